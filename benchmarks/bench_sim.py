@@ -1,0 +1,50 @@
+"""Simulator speed: 10,000 chat-like requests, continuous batching, Llama-3.2-1B on H100.
+
+Run on one core:  taskset -c 0 python -m benchmarks.bench_sim [--n 10000] [--repeat 3]
+Prints wall time (trace generation excluded; the run and the metrics included),
+requests per wall-second and simulated seconds per wall-second, per trace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from policies.batching import make_policy
+from policies.scheduler import SchedulerConfig
+from sim.config import SimConfig
+from sim.simulator import simulate
+from traces import load_trace
+
+TRACES = {
+    "synthetic chat (Poisson 20 req/s)": "synthetic:poisson,rate=20,n={n},seed=0",
+    "Azure conv 2023 (real arrivals)": "../shared/traces/azure_llm_inference_2023_conv.csv:n={n}",
+    "Azure conv 2023 (4x rate)": "../shared/traces/azure_llm_inference_2023_conv.csv:n={n},rate_scale=4",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cost-model", default="calibrated", choices=["calibrated", "roofline"])
+    args = parser.parse_args()
+    sim_cfg = SimConfig(model="llama-3.2-1b", gpu="h100", cost_model=args.cost_model)
+    sched_cfg = SchedulerConfig(num_gpu_blocks=sim_cfg.kv_blocks(16), block_size=16)
+    cost = sim_cfg.build_cost_model(16)
+    print(f"| trace | requests | steps | wall s (best of {args.repeat}) | requests/s | sim-s per wall-s |")
+    print("|---|---|---|---|---|---|")
+    for name, spec in TRACES.items():
+        requests = load_trace(spec.format(n=args.n))
+        best, summary = float("inf"), {}
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            summary = simulate(requests, make_policy("continuous"), sched_cfg, cost).summary
+            best = min(best, time.perf_counter() - t0)
+        sim_s = summary["makespan_s"]
+        print(f"| {name} | {summary['num_finished']} | {summary['num_steps']} | {best:.2f} | "
+              f"{args.n / best:,.0f} | {sim_s / best:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

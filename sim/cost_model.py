@@ -1,0 +1,274 @@
+"""Cost models: predicted duration of one engine step from a ``StepPlan``'s aggregates.
+
+A cost model reads only the plan's aggregate fields (``num_prefill_tokens``,
+``prefill_ctx_tokens``, ``prefill_attn_pairs``, ``decode_ctx_tokens``, the number
+of decodes, prefill chunks and swapped blocks), never its sequences, and costs
+about a microsecond per call (the simulator calls it ~100k times per run).
+
+With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positions
+(decodes + prefill chunks: every chunk is counted as sampling, an upper bound):
+
+- ``RooflineCostModel``: the roofline of ``sim/roofline.py``, exactly. Operators
+  that depend only on T (all but attention and lm_head) sum to a convex
+  piecewise-linear function of T, precomputed with its breakpoints; lm_head
+  likewise in S; attention is ``max(FLOPs / compute, bytes / bandwidth)`` over
+  the layers. Swapped blocks cost ``block bytes / host bandwidth`` each.
+- ``CalibratedCostModel``: from a profile file (format in ``sim/profile.py``)::
+
+      step_time = step_overhead_s + dense(T) + lm_head(S) + prefill_attention(pairs)
+                  + decode_attention(decode_ctx) + swapped_blocks * block_bytes / swap_bytes_per_s
+
+  each table interpolated piecewise-linearly (flat below its first point,
+  linearly extrapolated beyond its last); a term is 0 when its work is 0 (no
+  prefill chunk, no decode) and an empty step costs 0.
+"""
+
+from __future__ import annotations
+
+import datetime
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+from policies.types import StepPlan
+from sim.hardware import GPUSpec, get_gpu
+from sim.model_spec import ModelSpec
+from sim.profile import PROFILE_FORMAT, PiecewiseLinear, read_profile, validate_profile, write_profile
+from sim.roofline import OpCost, op_costs, op_times
+
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+__all__ = ["CostModel", "RooflineCostModel", "CalibratedCostModel", "make_roofline_profile",
+           "write_profile", "profile_name", "load_cost_model", "PROFILES_DIR"]
+
+
+class CostModel(Protocol):
+    def step_time(self, plan: StepPlan) -> float:
+        """Predicted duration of ``plan`` in seconds."""
+        ...
+
+
+def _terms(op: OpCost, scale_flops: float, scale_bytes: float) -> tuple[dict[str, float], dict[str, float]]:
+    """``op``'s FLOP and byte coefficients, converted to seconds per unit of each feature."""
+    return ({k: c * scale_flops for k, c in op.flops}, {k: c * scale_bytes for k, c in op.bytes})
+
+
+class RooflineCostModel:
+    """Analytic cost model equal to ``sim.roofline.step_time`` on the plan's batch.
+
+    Args:
+        model, gpu: specs or their names.
+        weight_dtype, kv_dtype: storage formats (``sim/model_spec.py``).
+        block_size: tokens per KV block (to price swaps).
+        step_overhead_s: fixed cost added to every non-empty step.
+    """
+
+    def __init__(self, model: ModelSpec | str, gpu: GPUSpec | str, weight_dtype: str = "bf16",
+                 kv_dtype: str = "bf16", block_size: int = 16, step_overhead_s: float = 0.0) -> None:
+        if block_size < 1 or step_overhead_s < 0:
+            raise ValueError(f"need block_size >= 1 and step_overhead_s >= 0, got {block_size}, "
+                             f"{step_overhead_s}")
+        self.model = ModelSpec.load(model) if isinstance(model, str) else model
+        self.gpu = get_gpu(gpu)
+        self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
+        self.step_overhead_s = step_overhead_s
+        self.swap_block_s = self.model.kv_bytes_per_token(kv_dtype) * block_size / self.gpu.host_bw
+        groups: dict[str, list[OpCost]] = {"tokens": [], "samples": []}
+        flop_rate, bw = self.gpu.attainable_ops, self.gpu.attainable_bw
+        for op in op_costs(self.model, weight_dtype, kv_dtype):
+            used = {op.trigger, *(k for k, _ in op.flops), *(k for k, _ in op.bytes)}
+            count = self.model.num_layers if op.scope == "layer" else 1
+            flops, nbytes = _terms(op, count / flop_rate(op.compute), count / bw)
+            if len(used) == 1 and op.trigger in groups:
+                groups[op.trigger].append(op)
+            elif op.name == "attention_prefill" and used <= {"prefill_tokens", "prefill_ctx",
+                                                             "prefill_pairs"}:
+                self._pf_pairs = flops.get("prefill_pairs", 0.0)
+                self._pf_tokens = nbytes.get("prefill_tokens", 0.0)
+                self._pf_ctx = nbytes.get("prefill_ctx", 0.0)
+            elif op.name == "attention_decode" and used <= {"decodes", "decode_ctx"}:
+                self._dec_ctx_flops = flops.get("decode_ctx", 0.0)
+                self._dec_n, self._dec_ctx = nbytes.get("decodes", 0.0), nbytes.get("decode_ctx", 0.0)
+            else:  # roofline.py grew an op of a new shape: teach this class about it
+                raise NotImplementedError(f"RooflineCostModel cannot compile op {op.name!r} ({used})")
+        self._dense = self._convex(groups["tokens"], "tokens")
+        self._lm = self._convex(groups["samples"], "samples")
+
+    def _convex(self, ops: list[OpCost], feature: str) -> PiecewiseLinear:
+        """Exact sum over ``ops`` of ``count * max(compute, memory)`` as a function of ``feature`` >= 1."""
+        knots = {1.0}
+        for op in ops:  # breakpoint where the op turns compute-bound: f x / F = (c + b x) / B
+            f = sum(c for _, c in op.flops) / self.gpu.attainable_ops(op.compute)
+            b = sum(c for _, c in op.bytes) / self.gpu.attainable_bw
+            c = op.bytes_const / self.gpu.attainable_bw
+            if f > b and c > 0 and c / (f - b) > 1:
+                knots.add(c / (f - b))
+        xs = sorted(knots)
+        xs.append(2 * xs[-1])  # past the last breakpoint every op is linear
+
+        def total(x: float) -> float:
+            feats = dict.fromkeys(("tokens", "samples"), 0.0) | {feature: x}
+            n = self.model.num_layers
+            return sum(max(op_times(op, self.gpu, feats)) * (n if op.scope == "layer" else 1) for op in ops)
+
+        return PiecewiseLinear(xs, [total(x) for x in xs])
+
+    def dense_time(self, tokens: float) -> float:
+        """Time of every op but attention and lm_head for ``tokens`` (>= 1) computed tokens."""
+        return self._dense(tokens)
+
+    def lm_head_time(self, samples: float) -> float:
+        """lm_head time for ``samples`` (>= 1) sampling positions."""
+        return self._lm(samples)
+
+    def prefill_attention_time(self, tokens: float, ctx: float, pairs: float) -> float:
+        """Prefill attention over all layers: chunk tokens, cached context read, causal pairs."""
+        return max(self._pf_pairs * pairs, self._pf_tokens * tokens + self._pf_ctx * ctx)
+
+    def decode_attention_time(self, decodes: float, ctx: float) -> float:
+        """Decode attention over all layers: number of decodes and their total context."""
+        return max(self._dec_ctx_flops * ctx, self._dec_n * decodes + self._dec_ctx * ctx)
+
+    def knots(self) -> tuple[list[float], list[float]]:
+        """Breakpoints of the dense (vs tokens) and lm_head (vs samples) functions."""
+        return list(self._dense.xs), list(self._lm.xs)
+
+    def step_time(self, plan: StepPlan) -> float:
+        """Predicted duration of ``plan`` in seconds."""
+        nd, tp = len(plan.decodes), plan.num_prefill_tokens
+        swaps = len(plan.swap_in) + len(plan.swap_out)
+        if nd + tp == 0:
+            return self.step_overhead_s + swaps * self.swap_block_s if swaps else 0.0
+        total = self.step_overhead_s + self._dense(tp + nd) + self._lm(nd + len(plan.prefills))
+        if tp:
+            total += max(self._pf_pairs * plan.prefill_attn_pairs,
+                         self._pf_tokens * tp + self._pf_ctx * plan.prefill_ctx_tokens)
+        if nd:
+            ctx = plan.decode_ctx_tokens
+            total += max(self._dec_ctx_flops * ctx, self._dec_n * nd + self._dec_ctx * ctx)
+        return total + swaps * self.swap_block_s if swaps else total
+
+
+class CalibratedCostModel:
+    """Cost model interpolating a profile's timing tables (see the module docstring).
+
+    Args:
+        profile: a parsed profile (validated here).
+        block_size: tokens per KV block (to price swaps).
+        source: where the profile came from, for error messages.
+    """
+
+    def __init__(self, profile: dict[str, Any], block_size: int = 16, source: str = "<profile>") -> None:
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        tables = validate_profile(profile, source)
+        self.meta: dict[str, Any] = dict(profile["meta"])
+        self.step_overhead_s = float(profile["step_overhead_s"])
+        self.swap_block_s = profile["kv_bytes_per_token"] * block_size / profile["swap_bytes_per_s"]
+        self._dense, self._lm = tables["dense"], tables.get("lm_head")
+        self._pf, self._dec = tables["prefill_attention"], tables["decode_attention"]
+
+    @classmethod
+    def from_file(cls, path: str | Path, block_size: int = 16) -> CalibratedCostModel:
+        """Load a profile file; ``ProfileError`` names the file and field if it is malformed."""
+        return cls(read_profile(path), block_size, str(path))
+
+    def step_time(self, plan: StepPlan) -> float:
+        """Predicted duration of ``plan`` in seconds."""
+        nd, tp = len(plan.decodes), plan.num_prefill_tokens
+        swaps = len(plan.swap_in) + len(plan.swap_out)
+        if nd + tp == 0:
+            return self.step_overhead_s + swaps * self.swap_block_s if swaps else 0.0
+        total = self.step_overhead_s + self._dense(tp + nd)
+        if self._lm is not None:
+            total += self._lm(nd + len(plan.prefills))
+        if tp:
+            total += self._pf(plan.prefill_attn_pairs)
+        if nd:
+            total += self._dec(plan.decode_ctx_tokens)
+        return total + swaps * self.swap_block_s if swaps else total
+
+
+def _grid(hi: float) -> list[float]:
+    """1, 2, 3, 4, 6, 8, 12, ... up to and including ``hi``."""
+    out, p = [], 1
+    while p <= hi:
+        out += [p, p * 3 // 2] if p > 1 else [1]
+        p *= 2
+    return sorted({float(v) for v in out if v <= hi} | {float(hi)})
+
+
+def make_roofline_profile(model: ModelSpec | str, gpu: GPUSpec | str, weight_dtype: str = "bf16",
+                          kv_dtype: str = "bf16", *, max_tokens: int = 65536, max_samples: int = 4096,
+                          decode_ref_context: int = 1024, step_overhead_s: float = 0.0,
+                          command: str | None = None) -> dict[str, Any]:
+    """A profile whose tables come from ``RooflineCostModel`` (``meta.source = 'roofline'``).
+
+    dense and lm_head include the roofline's breakpoints, so they are exact.
+    decode_attention is priced for decodes of ``decode_ref_context`` tokens each
+    (at least one decode); prefill_attention for one chunk prefilled from scratch.
+
+    Returns:
+        The profile as a dict (pass it to ``write_profile``).
+    """
+    rcm = RooflineCostModel(model, gpu, weight_dtype, kv_dtype, step_overhead_s=step_overhead_s)
+    dense_knots, lm_knots = rcm.knots()
+    dense_x = sorted(set(_grid(max_tokens)) | {x for x in dense_knots if x <= max_tokens})
+    lm_x = sorted(set(_grid(max_samples)) | {x for x in lm_knots if x <= max_samples})
+    ctx_x = _grid(max_tokens * decode_ref_context)
+    qs = _grid(max_tokens)
+    quantized = weight_dtype not in ("bf16", "fp16")
+    return {
+        "format": PROFILE_FORMAT,
+        "meta": {"model": rcm.model.name, "gpu": rcm.gpu.name, "dtype": "bf16" if quantized else weight_dtype,
+                 "kv_cache_dtype": kv_dtype, "quantization": weight_dtype if quantized else None,
+                 "source": "roofline", "command": command or " ".join(sys.argv),
+                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "decode_ref_context": decode_ref_context, "prefill_reference": "one chunk from scratch"},
+        "step_overhead_s": step_overhead_s,
+        "kv_bytes_per_token": rcm.model.kv_bytes_per_token(kv_dtype),
+        "swap_bytes_per_s": rcm.gpu.host_bw,
+        "tables": {
+            "dense": {"x": dense_x, "time_s": [rcm.dense_time(x) for x in dense_x]},
+            "lm_head": {"x": lm_x, "time_s": [rcm.lm_head_time(x) for x in lm_x]},
+            "decode_attention": {"x": ctx_x, "time_s": [
+                rcm.decode_attention_time(max(1.0, x / decode_ref_context), x) for x in ctx_x]},
+            "prefill_attention": {"x": [q * (q + 1) / 2 for q in qs], "time_s": [
+                rcm.prefill_attention_time(q, 0, q * (q + 1) / 2) for q in qs]},
+        },
+    }
+
+
+def profile_name(model: str, gpu: str, weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> str:
+    """File name of a shipped profile: ``<model>_<gpu>_<weights>[_kv-<kv>].json``."""
+    return f"{model}_{gpu}_{weight_dtype}" + ("" if kv_dtype == "bf16" else f"_kv-{kv_dtype}") + ".json"
+
+
+def load_cost_model(model: str, gpu: str, kind: str = "calibrated", profile: str | Path | None = None,
+                    weight_dtype: str = "bf16", kv_dtype: str = "bf16", block_size: int = 16,
+                    step_overhead_s: float = 0.0) -> CostModel:
+    """The cost model the simulator uses.
+
+    Args:
+        model, gpu: names (``llama-3.2-1b``, ``h100``); a model may also be a config path.
+        kind: 'calibrated' (a profile file) or 'roofline' (analytic).
+        profile: profile path for 'calibrated'; default: the shipped one for
+            (model, gpu, weight_dtype, kv_dtype) in ``sim/profiles``.
+        step_overhead_s: per-step overhead of the roofline model (a profile has its own).
+
+    Raises:
+        ValueError: unknown kind, model or GPU. FileNotFoundError: no such profile
+        (the message lists the shipped ones).
+    """
+    if kind not in ("calibrated", "roofline"):
+        raise ValueError(f"unknown cost model kind {kind!r}; known: ['calibrated', 'roofline']")
+    spec, gpu_spec = ModelSpec.load(model), get_gpu(gpu)  # unknown names fail here, listing known ones
+    if kind == "roofline":
+        return RooflineCostModel(spec, gpu_spec, weight_dtype, kv_dtype, block_size, step_overhead_s)
+    if profile is None:
+        profile = PROFILES_DIR / profile_name(spec.name, gpu_spec.name, weight_dtype, kv_dtype)
+    path = Path(profile)
+    if not path.is_file():
+        shipped = sorted(p.name for p in PROFILES_DIR.glob("*.json"))
+        raise FileNotFoundError(f"no profile {path}; shipped profiles: {shipped} (or use kind='roofline', "
+                                "or write one with python -m sim.make_default_profiles)")
+    return CalibratedCostModel.from_file(path, block_size)

@@ -1,0 +1,156 @@
+"""Profile files: measured (or roofline-derived) step timings of one model on one GPU.
+
+Format (JSON, ``"format": "servegym-profile/1"``)::
+
+    {
+      "format": "servegym-profile/1",
+      "meta": {"model": "llama-3.2-1b", "gpu": "h100", "dtype": "bf16", "kv_cache_dtype": "bf16",
+               "quantization": null, "source": "roofline" | "measured",
+               "command": "<command line that wrote it>", "created": "<ISO 8601 UTC>", ...},
+      "step_overhead_s": 0.0,          # fixed cost of every non-empty step (launches, host work)
+      "kv_bytes_per_token": 32768,     # KV cache bytes per token over all layers (for swaps)
+      "swap_bytes_per_s": 5.5e10,      # host<->device copy rate of swapped KV blocks
+      "tables": {                      # 1-D tables: strictly increasing x, time_s >= 0 (seconds)
+        "dense":             {"x": [...], "time_s": [...]},  # x: tokens computed in the step
+        "decode_attention":  {"x": [...], "time_s": [...]},  # x: total context tokens the decodes read
+        "prefill_attention": {"x": [...], "time_s": [...]},  # x: causal (query, key) pairs of the chunks
+        "lm_head":           {"x": [...], "time_s": [...]}   # optional; x: sampling positions
+      }
+    }
+
+``dense`` is the time of everything but attention, summed over all layers: the
+embedding, norms, projections, MLP, KV writes, and the lm_head too when the
+profile has no ``lm_head`` table. Extra ``meta`` keys are allowed (e.g. how the
+tables were measured). ``PiecewiseLinear`` evaluates a table; its last segment
+must not decrease (so extrapolation never predicts less time for more work).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+PROFILE_FORMAT = "servegym-profile/1"
+REQUIRED_TABLES = ("dense", "decode_attention", "prefill_attention")
+OPTIONAL_TABLES = ("lm_head",)
+REQUIRED_META = ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "source", "command", "created")
+SOURCES = ("roofline", "measured")
+
+
+class ProfileError(ValueError):
+    """A malformed profile; the message names the file and the field."""
+
+
+class PiecewiseLinear:
+    """``y(x)`` through the points ``(xs[i], ys[i])``, linear between them.
+
+    Below ``xs[0]`` the value is ``ys[0]`` (a kernel's minimum time); beyond
+    ``xs[-1]`` the last segment is extended linearly.
+    """
+
+    __slots__ = ("xs", "ys", "slopes", "_last")
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float]) -> None:
+        if len(xs) != len(ys) or len(xs) < 2:
+            raise ValueError(f"need >= 2 points and equal lengths, got {len(xs)} x and {len(ys)} y")
+        if any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
+            raise ValueError("x must be strictly increasing")
+        self.xs = [float(v) for v in xs]
+        self.ys = [float(v) for v in ys]
+        self.slopes = [(y1 - y0) / (x1 - x0) for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:], strict=False)]
+        self._last = len(xs) - 1
+
+    def __call__(self, x: float) -> float:
+        i = bisect_right(self.xs, x)
+        if i == 0:
+            return self.ys[0]
+        k = i - 1 if i <= self._last else self._last - 1  # segment index
+        return self.ys[k] + self.slopes[k] * (x - self.xs[k])
+
+
+def _number(value: Any, source: str, field: str, *, positive: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (positive and value == 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ProfileError(f"{source}: field '{field}' must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def _table(data: Any, source: str, field: str) -> PiecewiseLinear:
+    if not isinstance(data, dict) or "x" not in data or "time_s" not in data:
+        raise ProfileError(f"{source}: field '{field}' must be an object with lists 'x' and 'time_s'")
+    xs, ts = data["x"], data["time_s"]
+    if not isinstance(xs, list) or not isinstance(ts, list) or len(xs) != len(ts) or len(xs) < 2:
+        raise ProfileError(f"{source}: field '{field}': 'x' and 'time_s' must be lists of equal length >= 2")
+    xs = [_number(v, source, f"{field}.x[{i}]") for i, v in enumerate(xs)]
+    ts = [_number(v, source, f"{field}.time_s[{i}]") for i, v in enumerate(ts)]
+    for i in range(1, len(xs)):
+        if xs[i] <= xs[i - 1]:
+            raise ProfileError(f"{source}: field '{field}.x' must be strictly increasing: "
+                               f"x[{i}]={xs[i]} <= x[{i - 1}]={xs[i - 1]}")
+    if ts[-1] < ts[-2]:
+        raise ProfileError(f"{source}: field '{field}.time_s': the last segment decreases ({ts[-2]} -> "
+                           f"{ts[-1]}), so linear extrapolation would predict less time for more work")
+    return PiecewiseLinear(xs, ts)
+
+
+def validate_profile(data: Any, source: str = "<profile>") -> dict[str, PiecewiseLinear]:
+    """Check a parsed profile; return its tables as ``PiecewiseLinear`` by name.
+
+    Raises:
+        ProfileError: naming ``source`` (the file) and the offending field.
+    """
+    if not isinstance(data, dict):
+        raise ProfileError(f"{source}: a profile must be a JSON object")
+    if data.get("format") != PROFILE_FORMAT:
+        raise ProfileError(f"{source}: field 'format' must be {PROFILE_FORMAT!r}, got {data.get('format')!r}")
+    meta = data.get("meta")
+    if not isinstance(meta, dict):
+        raise ProfileError(f"{source}: field 'meta' must be an object")
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise ProfileError(f"{source}: field 'meta' is missing {missing}")
+    if meta["source"] not in SOURCES:
+        raise ProfileError(f"{source}: field 'meta.source' must be one of {SOURCES}, got {meta['source']!r}")
+    _number(data.get("step_overhead_s"), source, "step_overhead_s")
+    _number(data.get("kv_bytes_per_token"), source, "kv_bytes_per_token", positive=True)
+    _number(data.get("swap_bytes_per_s"), source, "swap_bytes_per_s", positive=True)
+    tables = data.get("tables")
+    if not isinstance(tables, dict):
+        raise ProfileError(f"{source}: field 'tables' must be an object")
+    unknown = sorted(set(tables) - set(REQUIRED_TABLES) - set(OPTIONAL_TABLES))
+    if unknown:
+        known = [*REQUIRED_TABLES, *OPTIONAL_TABLES]
+        raise ProfileError(f"{source}: unknown tables {unknown}; known: {known}")
+    out: dict[str, PiecewiseLinear] = {}
+    for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
+        if name not in tables:
+            if name in REQUIRED_TABLES:
+                raise ProfileError(f"{source}: field 'tables.{name}' is missing")
+            continue
+        out[name] = _table(tables[name], source, f"tables.{name}")
+    return out
+
+
+def read_profile(path: str | Path) -> dict[str, Any]:
+    """Read and validate a profile file; returns the parsed JSON."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ProfileError(f"{path}: not valid JSON ({err})") from None
+    validate_profile(data, str(path))
+    return data
+
+
+def write_profile(profile: dict[str, Any], path: str | Path) -> Path:
+    """Validate ``profile`` and write it as indented JSON; returns the path."""
+    path = Path(path)
+    validate_profile(profile, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile, indent=1) + "\n")
+    return path

@@ -1,0 +1,176 @@
+"""Cost models: roofline equivalence, interpolation, profile validation, loading."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policies.types import PrefillChunk, StepPlan
+from sim import roofline
+from sim.cost_model import (
+    PROFILES_DIR,
+    CalibratedCostModel,
+    RooflineCostModel,
+    load_cost_model,
+    make_roofline_profile,
+    profile_name,
+    write_profile,
+)
+from sim.make_default_profiles import DEFAULTS
+from sim.make_default_profiles import main as make_defaults
+from sim.profile import PiecewiseLinear, ProfileError
+
+SEQ = object()  # cost models only count the plan's sequences
+
+
+def make_plan(prefill: list[tuple[int, int]] = (), decode_ctx: list[int] = (), swaps: int = 0) -> StepPlan:
+    f = roofline.step_features(prefill, decode_ctx)
+    return StepPlan(step_id=0, now=0.0, prefills=[PrefillChunk(SEQ, c, q) for q, c in prefill],
+                    decodes=[SEQ] * len(decode_ctx), swap_in=[(0, 0)] * swaps,
+                    num_prefill_tokens=f["prefill_tokens"], prefill_ctx_tokens=f["prefill_ctx"],
+                    prefill_attn_pairs=f["prefill_pairs"], decode_ctx_tokens=f["decode_ctx"])
+
+
+def random_batches(seed: int, n: int) -> list[tuple[list[tuple[int, int]], list[int]]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        chunks = rng.randint(0, 3)
+        pre = [(rng.randint(1, 4096), rng.choice([0, rng.randint(1, 8192)])) for _ in range(chunks)]
+        dec = [rng.randint(1, 8192) for _ in range(rng.randint(0 if pre else 1, 300))]
+        out.append((pre, dec))
+    return out
+
+
+@pytest.mark.parametrize(("model", "gpu", "kv"),
+                         [("llama-3.2-1b", "h100", "bf16"), ("llama-3.2-3b", "h200", "int8")])
+def test_roofline_cost_model_equals_roofline(model: str, gpu: str, kv: str) -> None:
+    cm = RooflineCostModel(model, gpu, kv_dtype=kv)
+    for pre, dec in random_batches(1, 60) + [([], [1]), ([(1, 0)], []), ([(50000, 0)], [])]:
+        expect = roofline.step_time(model, gpu, pre, dec, kv_dtype=kv)
+        assert cm.step_time(make_plan(pre, dec)) == pytest.approx(expect, rel=1e-9)
+
+
+def test_roofline_overhead_swaps_and_empty_step() -> None:
+    cm = RooflineCostModel("llama-3.2-1b", "h100", block_size=16, step_overhead_s=1e-4)
+    block_s = 32768 * 16 / 55e9
+    assert cm.step_time(make_plan()) == 0.0
+    assert cm.step_time(make_plan(swaps=3)) == pytest.approx(1e-4 + 3 * block_s)
+    base = roofline.step_time("llama-3.2-1b", "h100", [], [100])
+    assert cm.step_time(make_plan([], [100], swaps=2)) == pytest.approx(base + 1e-4 + 2 * block_s)
+
+
+@pytest.mark.parametrize(("model", "gpu"), [("llama-3.2-1b", "h100"), ("llama-3.2-3b", "h200")])
+def test_calibrated_from_roofline_profile_agrees(model: str, gpu: str) -> None:
+    calibrated = CalibratedCostModel(make_roofline_profile(model, gpu))
+    analytic = RooflineCostModel(model, gpu)
+    for pre, dec in random_batches(2, 200):
+        plan = make_plan(pre, dec)
+        assert calibrated.step_time(plan) == pytest.approx(analytic.step_time(plan), rel=0.03)
+    # Decode-only plans at the reference context are exact.
+    plan = make_plan([], [1024] * 7)
+    assert calibrated.step_time(plan) == pytest.approx(analytic.step_time(plan), rel=1e-9)
+
+
+def test_piecewise_linear() -> None:
+    f = PiecewiseLinear([1, 3, 7], [2.0, 6.0, 7.0])
+    assert [f(1), f(3), f(7)] == [2.0, 6.0, 7.0]  # exact at grid points
+    assert f(2) == pytest.approx(4.0) and f(5) == pytest.approx(6.5)  # linear between
+    assert f(0.5) == 2.0  # flat below the first point
+    assert f(11) == pytest.approx(8.0)  # last segment extended
+    with pytest.raises(ValueError, match="strictly increasing"):
+        PiecewiseLinear([1, 1], [0.0, 1.0])
+
+
+def tiny_profile(**tables: Any) -> dict[str, Any]:
+    base = {"dense": {"x": [1, 11], "time_s": [1e-3, 2e-3]},
+            "decode_attention": {"x": [0, 1000], "time_s": [0.0, 1e-4]},
+            "prefill_attention": {"x": [1, 101], "time_s": [1e-5, 2.01e-3]},
+            "lm_head": {"x": [1, 5], "time_s": [1e-4, 1.4e-4]}}
+    return {"format": "servegym-profile/1",
+            "meta": {"model": "m", "gpu": "g", "dtype": "bf16", "kv_cache_dtype": "bf16",
+                     "quantization": None, "source": "measured", "command": "test",
+                     "created": "2025-01-01T00:00:00+00:00"},
+            "step_overhead_s": 5e-5, "kv_bytes_per_token": 1000, "swap_bytes_per_s": 1e9,
+            "tables": base | tables}
+
+
+def test_calibrated_formula_by_hand() -> None:
+    cm = CalibratedCostModel(tiny_profile(), block_size=4)
+    # 1 chunk of 5 tokens from scratch (15 pairs) + 2 decodes reading 500 tokens; 1 swapped block.
+    plan = make_plan([(5, 0)], [200, 300], swaps=1)
+    dense, lm = 1e-3 + 6 * 1e-4, 1e-4 + 2 * 1e-5  # 7 tokens; 3 sampling positions
+    pf, dec, swap = 1e-5 + 14 * 2e-5, 5e-5, 4 * 1000 / 1e9
+    assert cm.step_time(plan) == pytest.approx(5e-5 + dense + lm + pf + dec + swap, rel=1e-12)
+    assert cm.step_time(make_plan()) == 0.0
+    tables = {k: v for k, v in tiny_profile()["tables"].items() if k != "lm_head"}
+    no_lm = CalibratedCostModel({**tiny_profile(), "tables": tables}, block_size=4)
+    assert no_lm.step_time(plan) == pytest.approx(cm.step_time(plan) - lm)
+
+
+def _bad(tmp_path: Path, profile: Any) -> str:
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(profile) if not isinstance(profile, str) else profile)
+    with pytest.raises(ProfileError) as err:
+        CalibratedCostModel.from_file(path)
+    assert str(path) in str(err.value)
+    return str(err.value)
+
+
+def test_bad_profiles_name_file_and_field(tmp_path: Path) -> None:
+    p = tiny_profile()
+    assert "'format' must be 'servegym-profile/1'" in _bad(tmp_path, p | {"format": "servegym-profile/0"})
+    del p["tables"]["decode_attention"]
+    assert "'tables.decode_attention' is missing" in _bad(tmp_path, p)
+    msg = _bad(tmp_path, tiny_profile(dense={"x": [1, 5, 5], "time_s": [1.0, 2.0, 3.0]}))
+    assert "'tables.dense.x' must be strictly increasing: x[2]=5.0 <= x[1]=5.0" in msg
+    msg = _bad(tmp_path, tiny_profile(lm_head={"x": [1, 2], "time_s": [-1.0, 2.0]}))
+    assert "'tables.lm_head.time_s[0]' must be a finite number >= 0" in msg
+    msg = _bad(tmp_path, tiny_profile(prefill_attention={"x": [1, 2], "time_s": [3.0, 2.0]}))
+    assert "last segment decreases" in msg
+    assert "'tables.dense': 'x' and 'time_s' must be lists" in _bad(tmp_path, tiny_profile(
+        dense={"x": [1, 2], "time_s": [1.0]}))
+    assert "unknown tables ['attn']" in _bad(tmp_path, tiny_profile(attn={"x": [1, 2], "time_s": [1, 2]}))
+    meta = {k: v for k, v in tiny_profile()["meta"].items() if k != "created"}
+    assert "'meta' is missing ['created']" in _bad(tmp_path, tiny_profile() | {"meta": meta})
+    assert "'swap_bytes_per_s' must be a finite number > 0" in _bad(tmp_path, tiny_profile() | {
+        "swap_bytes_per_s": 0})
+    assert "not valid JSON" in _bad(tmp_path, "{")
+
+
+def test_shipped_profiles_load_and_are_current() -> None:
+    for model, gpu, weights, kv in DEFAULTS:
+        path = PROFILES_DIR / profile_name(model, gpu, weights, kv)
+        shipped = json.loads(path.read_text())
+        assert shipped["meta"]["source"] == "roofline"
+        assert shipped["meta"]["command"].startswith("python -m sim.make_default_profiles")
+        assert shipped["tables"] == make_roofline_profile(model, gpu, weights, kv)["tables"], (
+            f"{path.name} is stale: run python -m sim.make_default_profiles")
+        assert isinstance(load_cost_model(model, gpu), CalibratedCostModel)
+
+
+def test_make_default_profiles_writes_all(tmp_path: Path) -> None:
+    assert make_defaults(["--out", str(tmp_path)]) == 0
+    files = sorted(p.name for p in tmp_path.glob("*.json"))
+    assert files == sorted(profile_name(*d) for d in DEFAULTS)
+    meta = json.loads((tmp_path / files[0]).read_text())["meta"]
+    assert meta["command"] == f"python -m sim.make_default_profiles --out {tmp_path}"
+
+
+def test_load_cost_model(tmp_path: Path) -> None:
+    assert isinstance(load_cost_model("llama-3.2-1b", "h100", kind="roofline"), RooflineCostModel)
+    path = write_profile(tiny_profile(), tmp_path / "p.json")
+    cm = load_cost_model("llama-3.2-1b", "h100", profile=path, block_size=4)
+    assert isinstance(cm, CalibratedCostModel) and cm.meta["source"] == "measured"
+    with pytest.raises(ValueError, match=r"unknown model 'gpt-2'.*shipped: \['llama-3\.2-1b'"):
+        load_cost_model("gpt-2", "h100")
+    with pytest.raises(ValueError, match="unknown GPU 'tpu'"):
+        load_cost_model("llama-3.2-1b", "tpu", kind="roofline")
+    with pytest.raises(ValueError, match="unknown cost model kind 'magic'"):
+        load_cost_model("llama-3.2-1b", "h100", kind="magic")
+    with pytest.raises(FileNotFoundError, match=r"llama-3.2-1b_a100_bf16.json; shipped profiles: \["):
+        load_cost_model("llama-3.2-1b", "a100")
