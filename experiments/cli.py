@@ -26,9 +26,9 @@ from policies.scheduler import SchedulerConfig
 from sim.config import SimConfig
 
 DEFAULT_TRACES = (
-    "synthetic:poisson,rate=24,n=2000,seed=0",
-    "synthetic:gamma,rate=24,cv=4,n=2000,seed=1",
-    "synthetic:poisson,rate=24,n=2000,seed=2,workload=shared_prefix,groups=8,prefix_len=1024",
+    "synthetic:poisson,rate=40,n=2000,seed=0",
+    "synthetic:gamma,rate=40,cv=4,n=2000,seed=1",
+    "synthetic:poisson,rate=40,n=2000,seed=2,workload=shared_prefix,groups=8,prefix_len=1024",
 )
 DEFAULT_POLICIES = ("static", "dynamic", "continuous", "prefix-aware")
 
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="sweep policies x traces x loads in parallel")
     p.add_argument("--traces", nargs="+", default=list(DEFAULT_TRACES), help="trace files or specs")
     p.add_argument("--policies", nargs="+", default=list(DEFAULT_POLICIES), help="policy specs")
-    p.add_argument("--rate-scales", nargs="+", type=float, default=[1.0], help="arrival-rate multipliers")
+    p.add_argument("--rate-scales", nargs="+", type=float, default=[0.5, 1.0, 2.0],
+                   help="arrival-rate multipliers (load levels)")
     p.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPU count)")
     p.add_argument("--out", default="results/compare", help="output folder")
     _add_deployment_args(p)

@@ -121,7 +121,8 @@ class DynamicBatching(StaticBatching):
     def may_admit(self, now: float, waiting: Seq[Sequence], view: SchedulerView) -> bool:
         if not super().may_admit(now, waiting, view) or not waiting:
             return False
-        return len(waiting) >= self.max_num_seqs or now - waiting[0].request.arrival_s >= self.max_wait_s
+        # Same expression as next_wake, so waking at that time always admits (no float drift).
+        return len(waiting) >= self.max_num_seqs or now >= waiting[0].request.arrival_s + self.max_wait_s
 
     def next_wake(self, now: float, waiting: Seq[Sequence], view: SchedulerView) -> float | None:
         return waiting[0].request.arrival_s + self.max_wait_s if waiting else None

@@ -1,0 +1,148 @@
+"""Paged attention backends: write the step's new K/V into the cache, then attend.
+
+Both backends take the packed step (prefill tokens first, then decodes) and
+return ``[T, Hq, D]``. ``TorchAttention`` is plain PyTorch (the CPU path and the
+reference): prefill chunks attend one sequence at a time to their gathered
+context, decodes attend in one padded batch. ``TritonAttention`` calls the
+paged kernels of ``kernels/`` (imported when the backend is built).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from engine.kv_cache import QMAX, KVCache, raw
+from engine.step_metadata import StepMetadata
+
+AMAX_FLOOR = 1e-12  # an all-zero head still gets a positive scale (its codes are 0)
+
+
+def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (token, head) symmetric quantization: ``scale = max(amax, floor) / QMAX``.
+
+    Returns:
+        ``(codes [.., D] in dtype, scales [..] fp32)``; dequantize as ``codes * scale``.
+    """
+    qmax = QMAX[dtype]
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1).clamp_min(AMAX_FLOOR) / qmax
+    q = (xf / scale[..., None]).clamp(-qmax, qmax)
+    if dtype == torch.int8:
+        q = q.round()
+    return q.to(dtype), scale
+
+
+class TorchAttention:
+    """Attention in plain PyTorch over the paged cache.
+
+    Args:
+        kv: the KV cache.
+        num_heads: query heads.
+        num_kv_heads: KV heads.
+        head_dim: per-head width.
+    """
+
+    def __init__(self, kv: KVCache, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        self.kv = kv
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim**-0.5
+
+    def _write(self, layer: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
+        k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
+        h, d = self.num_kv_heads, self.head_dim
+        for x, cache, scale in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+            if scale is None:
+                cache.view(-1, h, d)[slots] = x.to(cache.dtype)
+            else:
+                codes, sc = quantize_kv(x, cache.dtype)
+                raw(cache).view(-1, h, d)[slots] = raw(codes)
+                scale.view(-1, h)[slots] = sc
+
+    def _gather(self, cache: torch.Tensor, scale: torch.Tensor | None, blocks: torch.Tensor,
+                dtype: torch.dtype) -> torch.Tensor:
+        """Blocks' entries as ``[..., num_blocks * block_size, Hkv, D]`` in ``dtype``."""
+        vals = raw(cache)[blocks].view(cache.dtype)
+        vals = vals.flatten(-4, -3)
+        if scale is None:
+            return vals.to(dtype)
+        return (vals.float() * scale[blocks].flatten(-3, -2)[..., None]).to(dtype)
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 meta: StepMetadata) -> torch.Tensor:
+        self._write(layer, k, v, meta.slot_mapping)
+        k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        bs = self.kv.block_size
+        start = 0
+        for s, (n, ctx) in enumerate(zip(meta.prefill_q_lens, meta.prefill_ctx_lens, strict=True)):
+            blocks = meta.prefill_block_tables[s, : -(-ctx // bs)].long()
+            keys = self._gather(k_cache, k_scale, blocks, q.dtype)[:ctx]
+            vals = self._gather(v_cache, v_scale, blocks, q.dtype)[:ctx]
+            qs = q[start : start + n].transpose(0, 1)[None]
+            if n == ctx:
+                mask, causal = None, True
+            else:  # query i sits at position ctx - n + i and sees keys 0..that position
+                qpos = torch.arange(ctx - n, ctx, device=q.device)
+                mask, causal = torch.arange(ctx, device=q.device)[None, :] <= qpos[:, None], False
+            o = F.scaled_dot_product_attention(qs, keys.transpose(0, 1)[None], vals.transpose(0, 1)[None],
+                                               attn_mask=mask, is_causal=causal, scale=self.scale,
+                                               enable_gqa=True)
+            out[start : start + n] = o[0].transpose(0, 1)
+            start += n
+        if meta.num_decodes:
+            p = meta.num_prefill_tokens
+            tables = meta.decode_block_tables.long()
+            keys = self._gather(k_cache, k_scale, tables, q.dtype).transpose(1, 2)
+            vals = self._gather(v_cache, v_scale, tables, q.dtype).transpose(1, 2)
+            length = keys.shape[2]
+            mask = torch.arange(length, device=q.device)[None, :] < meta.decode_seq_lens[:, None]
+            o = F.scaled_dot_product_attention(q[p:, :, None, :], keys, vals,
+                                               attn_mask=mask[:, None, None, :], scale=self.scale,
+                                               enable_gqa=True)
+            out[p:] = o[:, :, 0, :]
+        return out
+
+
+class TritonAttention:
+    """Attention through the paged Triton kernels (KERNEL_API.md).
+
+    Args:
+        kv: the KV cache.
+        num_heads: query heads.
+        num_kv_heads: KV heads.
+        head_dim: per-head width.
+        decode_splits: split-KV factor for decodes; None lets the kernel choose from
+            the block-table width (host side, so fixed for a captured graph).
+
+    Raises:
+        ImportError: a kernel module is missing.
+    """
+
+    def __init__(self, kv: KVCache, num_heads: int, num_kv_heads: int, head_dim: int,
+                 decode_splits: int | None = None) -> None:
+        try:
+            from kernels.attention_decode import paged_decode_attention
+            from kernels.attention_prefill import paged_prefill_attention
+            from kernels.kv_write import write_kv
+        except ImportError as exc:
+            raise ImportError(f"attention_backend 'triton' needs the paged attention kernels: {exc}") from exc
+        self._write_kv = write_kv
+        self._prefill, self._decode = paged_prefill_attention, paged_decode_attention
+        self.kv = kv
+        self.scale = head_dim**-0.5
+        self.decode_splits = decode_splits
+
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 meta: StepMetadata) -> torch.Tensor:
+        k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
+        self._write_kv(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        p = meta.num_prefill_tokens
+        if p:
+            self._prefill(q[:p], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
+                          meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out[:p])
+        if meta.num_decodes:
+            self._decode(q[p:], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
+                         k_scale, v_scale, num_splits=self.decode_splits, out=out[p:])
+        return out

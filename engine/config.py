@@ -1,0 +1,95 @@
+"""Engine configuration: what model to load, where, in which precisions, with how much KV memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DTYPES = ("bfloat16", "float16", "float32")
+KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
+QUANTIZATIONS = (None, "int8", "int4", "w8a8")
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+DEFAULT_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Configuration of the real engine (``ModelRunner``).
+
+    Args:
+        model: path of a Hugging Face style folder (config.json + safetensors).
+        dtype: activation and weight dtype: 'bfloat16', 'float16' or 'float32'.
+        device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.
+        block_size: tokens per KV block (must equal the scheduler's block size).
+        num_gpu_blocks: KV blocks on the device; None sizes the pool from free GPU
+            memory (CUDA only; required on the CPU).
+        num_cpu_blocks: pinned host blocks for swap preemption (0: no swapping).
+        gpu_memory_utilization: fraction of the GPU's memory the engine may use in
+            all (weights, activations, KV cache) when ``num_gpu_blocks`` is None.
+        max_model_len: longest sequence (prompt + output); None: the model's
+            ``max_position_embeddings``.
+        max_num_batched_tokens: most tokens in one step (the scheduler's token
+            budget); sizes the memory-profiling forward pass.
+        max_num_seqs: most sequences in one step; caps the CUDA-graph ladder.
+        enforce_eager: never capture CUDA graphs.
+        cuda_graph_batch_sizes: decode batch sizes captured as CUDA graphs (a
+            decode-only step is padded up to the next size; larger ones run eagerly).
+        kv_cache_dtype: 'auto' (the model dtype), 'bf16', 'fp8' (e4m3 with
+            per-token scales) or 'int8' (with per-token scales).
+        quantization: weight quantization of the linear layers: None, 'int8' or
+            'int4' (weight-only), or 'w8a8'.
+        attention_backend: 'torch' (plain PyTorch, also the CPU path), 'triton'
+            (kernels/) or 'auto' (triton on CUDA, torch on the CPU).
+        seed: seed of the sampler for requests without their own seed.
+    """
+
+    model: str
+    dtype: str = "bfloat16"
+    device: str = "auto"
+    block_size: int = 16
+    num_gpu_blocks: int | None = None
+    num_cpu_blocks: int = 0
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 256
+    enforce_eager: bool = False
+    cuda_graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_BATCH_SIZES
+    kv_cache_dtype: str = "auto"
+    quantization: str | None = None
+    attention_backend: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"EngineConfig.{name}: {why}, got {getattr(self, name)!r}")
+
+        if not isinstance(self.model, str) or not self.model:
+            raise bad("model", "must be a non-empty path")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"must be one of {DTYPES}")
+        dev = self.device
+        if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+            raise bad("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.block_size < 1:
+            raise bad("block_size", "must be >= 1")
+        if self.num_gpu_blocks is not None and self.num_gpu_blocks < 1:
+            raise bad("num_gpu_blocks", "must be >= 1 or None")
+        if self.num_cpu_blocks < 0:
+            raise bad("num_cpu_blocks", "must be >= 0")
+        if not (0.0 < self.gpu_memory_utilization <= 1.0):
+            raise bad("gpu_memory_utilization", "must be in (0, 1]")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise bad("max_model_len", "must be >= 2 or None")
+        if self.max_num_batched_tokens < 1:
+            raise bad("max_num_batched_tokens", "must be >= 1")
+        if self.max_num_seqs < 1:
+            raise bad("max_num_seqs", "must be >= 1")
+        sizes = self.cuda_graph_batch_sizes
+        if any(s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
+            raise bad("cuda_graph_batch_sizes", "must be strictly increasing positive sizes")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise bad("kv_cache_dtype", f"must be one of {KV_CACHE_DTYPES}")
+        if self.quantization not in QUANTIZATIONS:
+            raise bad("quantization", f"must be one of {QUANTIZATIONS}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise bad("attention_backend", f"must be one of {ATTENTION_BACKENDS}")

@@ -1,0 +1,59 @@
+"""A linear layer (no bias) in full precision or with quantized weights from kernels/."""
+
+from __future__ import annotations
+
+import torch
+
+INT4_GROUP = 128
+
+
+class Linear:
+    """``y = x @ W.T`` for a weight ``W`` [N, K], optionally quantized at construction.
+
+    Args:
+        weight: the full-precision weight [N, K] on its final device.
+        quantization: None, 'int8' / 'int4' (weight-only; int4 in groups of
+            ``INT4_GROUP`` input channels) or 'w8a8'.
+
+    Raises:
+        ImportError: the kernel module a quantization needs is missing.
+        ValueError: a shape the chosen quantization cannot take (from the kernel).
+    """
+
+    def __init__(self, weight: torch.Tensor, quantization: str | None = None) -> None:
+        self.out_features, self.in_features = weight.shape
+        self.quantization = quantization
+        self.weight: torch.Tensor | None = None
+        self.qweight: object | None = None
+        if quantization is None:
+            self.weight = weight.contiguous()
+            return
+        try:
+            if quantization in ("int8", "int4"):
+                from kernels import quant_linear as mod
+            else:
+                from kernels import w8a8 as mod
+        except ImportError as exc:
+            raise ImportError(f"quantization {quantization!r} needs kernels/ ({exc})") from exc
+        if quantization == "int8":
+            self.qweight, self._fn = mod.quantize_int8(weight.contiguous()), mod.int8_linear
+        elif quantization == "int4":
+            if self.in_features % INT4_GROUP:
+                raise ValueError(f"int4 quantization needs in_features divisible by {INT4_GROUP}, "
+                                 f"got a [{self.out_features}, {self.in_features}] weight")
+            self.qweight = mod.quantize_int4(weight.contiguous(), group_size=INT4_GROUP)
+            self._fn = mod.int4_linear
+        else:
+            self.qweight, self._fn = mod.quantize_w8a8(weight.contiguous()), mod.w8a8_linear
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight is not None:
+            return torch.nn.functional.linear(x, self.weight)
+        return self._fn(x.contiguous(), self.qweight)
+
+    def weight_bytes(self) -> int:
+        """Bytes of the stored weight (and scales), what one full read of the layer costs."""
+        if self.weight is not None:
+            return self.weight.numel() * self.weight.element_size()
+        parts = [getattr(self.qweight, f) for f in ("qweight", "packed", "scale", "scales", "zeros")]
+        return sum(p.numel() * p.element_size() for p in parts if isinstance(p, torch.Tensor))

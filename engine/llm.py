@@ -1,0 +1,156 @@
+"""Offline front end: ``LLM(model).generate(prompts, sampling_params)`` with continuous batching.
+
+The loop is the step contract itself: ``schedule``, ``execute``, ``postprocess``
+until every request is finished, with the scheduler's clock advanced by each
+step's measured duration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence as Seq
+from pathlib import Path
+from typing import Any
+
+from engine.config import EngineConfig
+from engine.model_runner import ModelRunner
+from policies.batching import make_policy
+from policies.scheduler import Scheduler, SchedulerConfig
+from policies.sequence import Sequence
+from policies.types import Request, SamplingParams
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+class LLM:
+    """A loaded model plus a scheduler configuration, for offline generation.
+
+    Args:
+        model: path of a Hugging Face style Llama folder.
+        policy: batching policy name (``policies.batching.POLICIES``).
+        token_budget: most tokens per step (chunked prefill splits longer prompts).
+        max_num_seqs: most sequences per step.
+        enable_prefix_caching: reuse identical full prompt blocks across requests.
+        preemption_mode: 'recompute' or 'swap' (swap needs ``num_cpu_blocks``).
+        victim: victim policy name (``policies.preemption.VICTIM_POLICIES``).
+        eviction: eviction policy name (``policies.eviction``).
+        **engine_config: further ``EngineConfig`` fields (dtype, device, num_gpu_blocks...).
+    """
+
+    def __init__(self, model: str | Path, *, policy: str = "continuous", token_budget: int = 2048,
+                 max_num_seqs: int = 256, enable_prefix_caching: bool = True,
+                 preemption_mode: str = "recompute", victim: str = "lifo", eviction: str = "lru",
+                 **engine_config: Any) -> None:
+        self.policy = make_policy(policy, max_num_seqs=max_num_seqs, token_budget=token_budget)
+        engine_config.setdefault("max_num_batched_tokens", token_budget)
+        engine_config.setdefault("max_num_seqs", max_num_seqs)
+        self.config = EngineConfig(model=str(model), **engine_config)
+        self.runner = ModelRunner(self.config)
+        self.scheduler_config = SchedulerConfig(
+            num_gpu_blocks=self.runner.num_gpu_blocks, block_size=self.config.block_size,
+            num_cpu_blocks=self.config.num_cpu_blocks, enable_prefix_caching=enable_prefix_caching,
+            preemption_mode=preemption_mode, victim=victim, eviction=eviction)
+        self.tokenizer = None
+        folder = Path(model)
+        if any((folder / f).is_file() for f in TOKENIZER_FILES):
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.last_scheduler: Scheduler | None = None
+
+    def _encode(self, prompts: Seq[str] | Seq[Seq[int]]) -> list[list[int]]:
+        out: list[list[int]] = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if self.tokenizer is None:
+                    raise ValueError(f"prompt {i} is text but {self.config.model} has no tokenizer files "
+                                     f"({', '.join(TOKENIZER_FILES)}); pass token ids instead")
+                ids = list(self.tokenizer.encode(p))
+            else:
+                ids = [int(t) for t in p]
+            if not ids:
+                raise ValueError(f"prompt {i} is empty")
+            vocab = self.runner.spec.vocab_size
+            if not all(0 <= t < vocab for t in ids):
+                raise ValueError(f"prompt {i} has token ids outside [0, {vocab})")
+            if len(ids) >= self.runner.max_model_len:
+                raise ValueError(f"prompt {i} has {len(ids)} tokens; max_model_len is "
+                                 f"{self.runner.max_model_len} (prompt plus at least one new token)")
+            out.append(ids)
+        return out
+
+    def _stops(self, params: SamplingParams) -> SamplingParams:
+        """``params`` with the model's EOS ids added to its stop tokens (unless EOS is ignored)."""
+        if params.ignore_eos:
+            return params
+        stops = tuple(dict.fromkeys((*params.stop_token_ids, *self.runner.spec.eos_token_ids)))
+        return dataclasses.replace(params, stop_token_ids=stops)
+
+    def generate(self, prompts: Seq[str] | Seq[Seq[int]],
+                 sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+                 max_tokens: int = 16) -> list[dict[str, Any]]:
+        """Generate a completion for every prompt.
+
+        Args:
+            prompts: texts (needs tokenizer files) or token-id lists.
+            sampling_params: one for all prompts or one per prompt (default greedy;
+                note ``SamplingParams.ignore_eos`` defaults to True, replay-style).
+            max_tokens: most new tokens per prompt (fewer if the sequence would pass
+                ``max_model_len``, or on a stop token when EOS is not ignored).
+
+        Returns:
+            Per prompt, in order: ``{"text": str | None, "token_ids": list[int], "record": dict}``.
+
+        Raises:
+            ValueError: text prompts without a tokenizer, an empty or too long prompt,
+                ``max_tokens < 1``, or a request the KV pool can never hold.
+        """
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        encoded = self._encode(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            per_prompt = [sampling_params] * len(encoded)
+        else:
+            per_prompt = list(sampling_params)
+            if len(per_prompt) != len(encoded):
+                raise ValueError(f"{len(per_prompt)} sampling params for {len(encoded)} prompts")
+        requests = []
+        for i, (ids, sp) in enumerate(zip(encoded, per_prompt, strict=True)):
+            out_len = min(max_tokens, self.runner.max_model_len - len(ids))
+            requests.append(Request(str(i), 0.0, len(ids), out_len, prompt_token_ids=tuple(ids),
+                                    sampling=self._stops(sp)))
+        seqs = self.run(requests)
+        by_id = {s.seq_id: s for s in seqs}
+        results = []
+        for r in requests:
+            seq = by_id[r.id]
+            text = None if self.tokenizer is None else self.tokenizer.decode(seq.output_ids,
+                                                                              skip_special_tokens=True)
+            results.append({"text": text, "token_ids": list(seq.output_ids), "record": seq.record()})
+        return results
+
+    def run(self, requests: Seq[Request]) -> list[Sequence]:
+        """Run requests to completion with a fresh scheduler (all arrive at once).
+
+        Returns:
+            The finished sequences, in finish order.
+        """
+        sched = Scheduler(self.scheduler_config, self.policy)
+        self.last_scheduler = sched
+        for r in requests:
+            sched.add_request(r)
+        now = 0.0
+        while sched.has_unfinished():
+            plan = sched.schedule(now)
+            if plan.is_empty:
+                wake = sched.next_wake(now)
+                if wake is not None and wake > now:  # a policy timer (e.g. dynamic batching) is pending
+                    now = wake
+                    continue
+                raise RuntimeError(f"scheduler produced an empty plan at t={now:.3f}s with requests left")
+            result = self.runner.execute(plan)
+            sched.postprocess(plan, result)
+            now += result.duration_s
+        return list(sched.finished)

@@ -1,0 +1,101 @@
+"""The Llama forward pass over one packed varlen batch (all tokens of a step, no padding)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from engine.layers import LayerOps
+from engine.linear import Linear
+from engine.loader import LlamaTensors
+from engine.model_config import LlamaSpec
+from engine.step_metadata import StepMetadata
+
+AttentionFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, StepMetadata], torch.Tensor]
+
+
+@dataclass
+class DecoderLayer:
+    """One decoder layer's weights, linear layers possibly quantized."""
+
+    input_norm: torch.Tensor
+    qkv: Linear
+    o: Linear
+    post_norm: torch.Tensor
+    gate_up: Linear
+    down: Linear
+
+
+class LlamaModel:
+    """Llama 3.x decoder with a pluggable attention backend and elementwise ops.
+
+    Args:
+        spec: the model's shapes.
+        tensors: loaded weights (consumed: linear weights may be replaced by quantized ones).
+        ops: elementwise op implementations (torch or Triton).
+        max_positions: size of the RoPE table (the engine's max_model_len).
+        quantization: weight quantization of the decoder's linear layers.
+    """
+
+    def __init__(self, spec: LlamaSpec, tensors: LlamaTensors, ops: LayerOps, max_positions: int,
+                 quantization: str | None = None) -> None:
+        self.spec = spec
+        self.ops = ops
+        self.embed = tensors.embed
+        self.norm = tensors.norm
+        self.lm_head = tensors.lm_head
+        self.layers: list[DecoderLayer] = []
+        for t in tensors.layers:
+            self.layers.append(DecoderLayer(
+                t.input_norm, Linear(t.qkv, quantization), Linear(t.o, quantization),
+                t.post_norm, Linear(t.gate_up, quantization), Linear(t.down, quantization)))
+            t.qkv = t.o = t.gate_up = t.down = None  # type: ignore[assignment]  # free full-precision copies
+        cos_sin = ops.rope_cos_sin(spec.head_dim, max_positions, spec.rope_theta, spec.rope_scaling)
+        self.cos_sin = cos_sin.to(self.embed.device)
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights a decode step reads (embedding rows excluded, LM head included)."""
+        n = self.lm_head.numel() * self.lm_head.element_size() + self.norm.numel() * self.norm.element_size()
+        for layer in self.layers:
+            n += sum(lin.weight_bytes() for lin in (layer.qkv, layer.o, layer.gate_up, layer.down))
+            n += 2 * layer.input_norm.numel() * layer.input_norm.element_size()
+        return n
+
+    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionFn,
+                      meta: StepMetadata) -> torch.Tensor:
+        """Final normalised hidden states [T, H] of the packed tokens."""
+        spec, ops = self.spec, self.ops
+        eps = spec.rms_norm_eps
+        hq, hkv, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        q_size, kv_size = spec.q_size, spec.kv_size
+        h = self.embed[input_ids]
+        residual: torch.Tensor | None = None
+        for i, layer in enumerate(self.layers):
+            if residual is None:
+                residual = h
+                x = ops.rms_norm(h, layer.input_norm, eps)
+            else:
+                x, residual = ops.fused_add_rms_norm(h, residual, layer.input_norm, eps)
+            qkv = layer.qkv(x)
+            q = qkv[:, :q_size].reshape(-1, hq, d)
+            k = qkv[:, q_size : q_size + kv_size].reshape(-1, hkv, d)
+            v = qkv[:, q_size + kv_size :].reshape(-1, hkv, d)
+            ops.apply_rope_(q, k, positions, self.cos_sin)  # in place, on views into qkv
+            attn = attention(i, q, k, v, meta)
+            h = layer.o(attn.reshape(-1, q_size))
+            x, residual = ops.fused_add_rms_norm(h, residual, layer.post_norm, eps)
+            h = layer.down(ops.silu_and_mul(layer.gate_up(x)))
+        assert residual is not None
+        out, _ = ops.fused_add_rms_norm(h, residual, self.norm, eps)
+        return out
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits [N, V] of the given rows of hidden states."""
+        return torch.nn.functional.linear(hidden, self.lm_head).float()
+
+    def forward(self, meta: StepMetadata, attention: AttentionFn) -> torch.Tensor:
+        """Logits [N, V] (fp32) of the step's sampling rows (``meta.logits_indices``)."""
+        hidden = self.hidden_states(meta.input_ids, meta.positions, attention, meta)
+        return self.logits(hidden[meta.logits_indices])

@@ -1,0 +1,196 @@
+"""The engine's executor: ``ModelRunner.execute(plan) -> StepResult`` on a real model.
+
+Per step: swaps (out, then in), metadata (one host-to-device copy), the forward
+pass (a CUDA graph for decode-only steps when captured), sampling, and one
+synchronisation when the sampled ids come back to the host; the step's
+duration is that wall time.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from engine.attention import TorchAttention, TritonAttention
+from engine.config import EngineConfig
+from engine.cuda_graphs import DecodeGraphs
+from engine.kv_cache import KVCache, block_bytes, storage_dtype
+from engine.layers import torch_ops, triton_ops
+from engine.loader import load_llama
+from engine.model import LlamaModel
+from engine.sampler import Sampler
+from engine.step_metadata import MetadataBuilder, StepMetadata
+from policies.sequence import Sequence
+from policies.types import PrefillChunk, Request, SamplingParams, StepPlan, StepResult
+
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``EngineConfig.device`` as a torch device ('auto': CUDA when available)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"EngineConfig.device is {name!r} but CUDA is not available")
+    return dev
+
+
+class ModelRunner:
+    """Loads the model, owns the KV cache, and executes step plans.
+
+    Args:
+        config: the engine configuration.
+
+    Attributes:
+        spec: the model's shapes (``LlamaSpec``).
+        num_gpu_blocks: KV blocks the scheduler may use (ids ``0..num_gpu_blocks-1``).
+        max_model_len: longest sequence the engine accepts.
+        graphs: captured decode graphs, or None (eager).
+    """
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = TORCH_DTYPES[config.dtype]
+        backend = config.attention_backend
+        if backend == "auto":
+            backend = "triton" if self.device.type == "cuda" else "torch"
+        self.backend = backend
+        ops = triton_ops() if backend == "triton" else torch_ops()
+        spec, tensors = load_llama(config.model, self.dtype, self.device)
+        self.spec = spec
+        self.max_model_len = config.max_model_len or spec.max_position_embeddings
+        if self.max_model_len > spec.max_position_embeddings:
+            raise ValueError(f"EngineConfig.max_model_len {self.max_model_len} exceeds the model's "
+                             f"max_position_embeddings {spec.max_position_embeddings}")
+        self.model = LlamaModel(spec, tensors, ops, self.max_model_len, config.quantization)
+        self.kv_dtype = storage_dtype(config.kv_cache_dtype, self.dtype)
+        self.block_size = config.block_size
+        self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
+        self.num_gpu_blocks = config.num_gpu_blocks or self._profile_num_blocks()
+        self.kv = KVCache(spec.num_layers, self.num_gpu_blocks, self.block_size, spec.num_kv_heads,
+                          spec.head_dim, self.kv_dtype, self.device, config.num_cpu_blocks)
+        self.attention = self._attention(self.kv)
+        self.builder = MetadataBuilder(self.block_size, self.kv.scratch_block, self.device)
+        self.sampler = Sampler(self.device, config.seed)
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not config.enforce_eager and backend == "triton":
+            sizes = tuple(s for s in config.cuda_graph_batch_sizes if s <= config.max_num_seqs)
+            if sizes:
+                # The decode kernel picks its split count from the block-table width (host
+                # side), so captured graphs of a fixed width replay with fixed splits.
+                self.graphs = DecodeGraphs(lambda m: self.model.forward(m, self.attention), sizes,
+                                           self.max_blocks_per_seq, self.kv.scratch_block, self.block_size,
+                                           self.device)
+
+    def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
+        s = self.spec
+        cls = TritonAttention if self.backend == "triton" else TorchAttention
+        return cls(kv, s.num_heads, s.num_kv_heads, s.head_dim)
+
+    # ---------------------------------------------------------------- sizing
+    def profile_plan(self, tokens: int) -> tuple[StepPlan, int]:
+        """A one-step plan prefilling ``tokens`` tokens as prompts of at most ``max_model_len``.
+
+        Returns:
+            The plan (block tables numbered from 0) and the number of KV blocks it uses.
+        """
+        bs, chunks, used = self.block_size, [], 0
+        for i, start in enumerate(range(0, tokens, self.max_model_len)):
+            n = min(self.max_model_len, tokens - start)
+            seq = Sequence(Request(f"profile{i}", 0.0, n, 1, prompt_token_ids=(0,) * n))
+            seq.block_table = list(range(used, used + -(-n // bs)))
+            used += len(seq.block_table)
+            chunks.append(PrefillChunk(seq, 0, n))
+        return StepPlan(0, 0.0, prefills=chunks, num_prefill_tokens=tokens), used
+
+    def _profile_num_blocks(self) -> int:
+        """KV blocks that fit in ``gpu_memory_utilization`` of the GPU after a max-size forward pass."""
+        if self.device.type != "cuda":
+            raise ValueError("EngineConfig.num_gpu_blocks must be given on the CPU "
+                             "(the KV pool is sized from free memory only on CUDA)")
+        cfg, s = self.config, self.spec
+        tokens = cfg.max_num_batched_tokens
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        outside_torch = total - free - torch.cuda.memory_reserved(self.device)
+        plan, nblocks = self.profile_plan(tokens)
+        scratch = KVCache(s.num_layers, nblocks, self.block_size, s.num_kv_heads, s.head_dim,
+                          self.kv_dtype, self.device)
+        builder = MetadataBuilder(self.block_size, scratch.scratch_block, self.device)
+        meta = builder.build(plan)
+        rows = min(cfg.max_num_seqs, tokens)
+        meta.logits_indices = torch.arange(rows, device=self.device)
+        logits = self.model.forward(meta, self._attention(scratch))
+        Sampler(self.device).sample(logits, [SamplingParams(temperature=1.0, top_p=0.9)] * rows, [0] * rows)
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        del scratch, logits, meta
+        torch.cuda.empty_cache()
+        budget = total * cfg.gpu_memory_utilization - peak - outside_torch
+        per_block = block_bytes(s.num_layers, self.block_size, s.num_kv_heads, s.head_dim, self.kv_dtype)
+        n = int(budget // per_block) - 1  # one block is the scratch block
+        if n < 1:
+            raise ValueError(
+                f"no memory left for the KV cache: {total / 2**30:.1f} GiB GPU x gpu_memory_utilization "
+                f"{cfg.gpu_memory_utilization} < peak {peak / 2**30:.2f} GiB (weights + activations of a "
+                f"{tokens}-token step) + {outside_torch / 2**30:.2f} GiB outside torch")
+        return n
+
+    # --------------------------------------------------------------- execute
+    def prepare(self, plan: StepPlan, use_graph: bool = True) -> tuple[StepMetadata, int | None]:
+        """Swaps of ``plan`` then its metadata; the graph size it runs at (None: eager)."""
+        if plan.swap_out:
+            self.kv.swap_out(plan.swap_out)
+        if plan.swap_in:
+            self.kv.swap_in(plan.swap_in)
+        graph_size = None
+        if use_graph and self.graphs is not None and not plan.prefills and plan.decodes:
+            graph_size = self.graphs.size_for(len(plan.decodes))
+        if graph_size is None:
+            return self.builder.build(plan), None
+        return self.builder.build(plan, graph_size, self.max_blocks_per_seq), graph_size
+
+    def logits(self, plan: StepPlan, all_rows: bool = False) -> tuple[torch.Tensor, list[Sequence]]:
+        """Run ``plan``'s forward pass.
+
+        Args:
+            plan: the step.
+            all_rows: return the logits of every token of the step (prefill tokens
+                in plan order, then decodes; eager), not only the sampling rows.
+
+        Returns:
+            fp32 logits [N, V] of the sampling sequences, and those sequences in row order.
+        """
+        meta, graph_size = self.prepare(plan, use_graph=not all_rows)
+        n = len(meta.sampling_seqs)
+        if all_rows:
+            meta.logits_indices = torch.arange(meta.num_tokens, device=self.device)
+        if graph_size is not None:
+            assert self.graphs is not None
+            return self.graphs.replay(meta)[:n], meta.sampling_seqs
+        if meta.num_tokens == 0:
+            return torch.empty(0, self.spec.vocab_size, device=self.device), []
+        return self.model.forward(meta, self.attention), meta.sampling_seqs
+
+    def execute(self, plan: StepPlan) -> StepResult:
+        """Run one step of the contract.
+
+        Returns:
+            The sampled token per sampling sequence, and the step's measured wall time.
+        """
+        start = time.perf_counter()
+        logits, seqs = self.logits(plan)
+        if not seqs:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            return StepResult(time.perf_counter() - start, {})
+        params = [s.request.sampling for s in seqs]
+        index = [s.num_generated for s in seqs]
+        tokens = self.sampler.sample(logits, params, index).tolist()  # the step's one synchronisation
+        duration = time.perf_counter() - start
+        return StepResult(duration, {s.seq_id: [t] for s, t in zip(seqs, tokens, strict=True)})

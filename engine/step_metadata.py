@@ -1,0 +1,178 @@
+"""Turn a ``StepPlan`` into the tensors of one packed varlen forward pass.
+
+Token order: the prefill chunks' tokens (in plan order), then one token per
+decode. Every integer array is built on the host with numpy, laid out in one
+byte buffer and moved to the device with a single copy (from a pinned staging
+buffer on CUDA); the device tensors are views into that one buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from policies.sequence import Sequence
+from policies.types import StepPlan
+
+
+@dataclass
+class StepMetadata:
+    """Everything the model and attention need for one step.
+
+    Device tensors: ``input_ids``, ``positions``, ``slot_mapping`` (int64 [T]);
+    ``logits_indices`` (int64 [N], the token rows that sample); prefill
+    ``prefill_cu_seqlens`` (int32 [Sp+1]), ``prefill_seq_lens`` (int32 [Sp],
+    context after the step), ``prefill_block_tables`` (int32 [Sp, Wp]); decode
+    ``decode_seq_lens`` (int32 [Sd]) and ``decode_block_tables`` (int32 [Sd, Wd]).
+    Host lists describe the prefill chunks for the per-sequence torch path.
+    """
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    slot_mapping: torch.Tensor
+    logits_indices: torch.Tensor
+    prefill_cu_seqlens: torch.Tensor
+    prefill_seq_lens: torch.Tensor
+    prefill_block_tables: torch.Tensor
+    decode_seq_lens: torch.Tensor
+    decode_block_tables: torch.Tensor
+    num_prefill_tokens: int
+    num_decodes: int
+    prefill_q_lens: list[int]
+    prefill_ctx_lens: list[int]
+    sampling_seqs: list[Sequence]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decodes
+
+
+def _last_token(seq: Sequence) -> int:
+    if seq.output_ids:
+        return seq.output_ids[-1]
+    ids = seq.request.prompt_token_ids
+    if ids is None:
+        raise ValueError(f"request {seq.seq_id!r} has no prompt token ids; the engine needs them")
+    return ids[-1]
+
+
+def _table(rows: list[list[int]], width: int, fill: int) -> np.ndarray:
+    out = np.full((len(rows), max(width, 1)), fill, dtype=np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
+
+
+class MetadataBuilder:
+    """Builds ``StepMetadata`` for a device, reusing a pinned staging buffer on CUDA.
+
+    Args:
+        block_size: tokens per KV block.
+        scratch_block: a KV block no sequence owns: padding tokens write there and
+            padded block-table entries point there.
+        device: target device.
+    """
+
+    def __init__(self, block_size: int, scratch_block: int, device: torch.device) -> None:
+        self.block_size = block_size
+        self.scratch_block = scratch_block
+        self.device = device
+        self._staging: torch.Tensor | None = None
+
+    def build(self, plan: StepPlan, pad_decodes_to: int = 0, decode_table_width: int = 0) -> StepMetadata:
+        """Lay out ``plan``'s tokens; optionally pad a decode-only batch (CUDA graphs).
+
+        Args:
+            plan: the step.
+            pad_decodes_to: pad the decode batch to this many rows (padding rows
+                attend to one token of the scratch block and write there).
+            decode_table_width: minimum width of the decode block table.
+        """
+        bs = self.block_size
+        ids: list[np.ndarray] = []
+        pos: list[np.ndarray] = []
+        slots: list[np.ndarray] = []
+        q_lens: list[int] = []
+        ctx_lens: list[int] = []
+        tables: list[list[int]] = []
+        sample_rows: list[int] = []
+        sampling_seqs: list[Sequence] = []
+        offset = 0
+        for chunk in plan.prefills:
+            seq, start, n = chunk.seq, chunk.start, chunk.num_tokens
+            toks = seq.token_ids[start : start + n]
+            p = np.arange(start, start + n, dtype=np.int64)
+            table = np.asarray(seq.block_table, dtype=np.int64)
+            ids.append(np.asarray(toks, dtype=np.int64))
+            pos.append(p)
+            slots.append(table[p // bs] * bs + p % bs)
+            q_lens.append(n)
+            ctx_lens.append(start + n)
+            tables.append(seq.block_table)
+            offset += n
+            if chunk.samples:
+                sample_rows.append(offset - 1)
+                sampling_seqs.append(seq)
+        num_prefill = offset
+        decodes = plan.decodes
+        nd = len(decodes)
+        rows = max(nd, pad_decodes_to)
+        d_pos = np.zeros(rows, dtype=np.int64)
+        d_ids = np.zeros(rows, dtype=np.int64)
+        d_pos[:nd] = [s.num_computed for s in decodes]
+        d_ids[:nd] = [_last_token(s) for s in decodes]
+        d_tables = [s.block_table for s in decodes]
+        width = max([decode_table_width, *map(len, d_tables)])
+        d_bt = _table(d_tables, width, self.scratch_block)
+        if rows > nd:
+            d_bt = np.concatenate([d_bt, np.full((rows - nd, d_bt.shape[1]), self.scratch_block, np.int32)])
+        d_slots = d_bt[np.arange(rows), d_pos // bs].astype(np.int64) * bs + d_pos % bs
+        d_lens = (d_pos + 1).astype(np.int32)
+        sample_rows.extend(range(num_prefill, num_prefill + nd))
+        sampling_seqs.extend(decodes)
+        cu = np.zeros(len(q_lens) + 1, dtype=np.int32)
+        np.cumsum(q_lens, out=cu[1:])
+        p_width = max(map(len, tables), default=1)
+        arrays = {
+            "input_ids": np.concatenate([*ids, d_ids]),
+            "positions": np.concatenate([*pos, d_pos]),
+            "slot_mapping": np.concatenate([*slots, d_slots]),
+            "logits_indices": np.asarray(sample_rows, dtype=np.int64),
+            "prefill_cu_seqlens": cu,
+            "prefill_seq_lens": np.asarray(ctx_lens, dtype=np.int32),
+            "prefill_block_tables": _table(tables, p_width, self.scratch_block),
+            "decode_seq_lens": d_lens,
+            "decode_block_tables": d_bt,
+        }
+        tensors = self._to_device(arrays)
+        return StepMetadata(**tensors, num_prefill_tokens=num_prefill, num_decodes=rows,
+                            prefill_q_lens=q_lens, prefill_ctx_lens=ctx_lens, sampling_seqs=sampling_seqs)
+
+    def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """One host buffer (8-byte aligned segments), one copy, then typed views."""
+        layout: list[tuple[str, int, np.ndarray]] = []
+        total = 0
+        for name, arr in arrays.items():
+            layout.append((name, total, arr))
+            total += -(-arr.nbytes // 8) * 8
+        total = max(total, 8)
+        if self.device.type == "cuda":
+            if self._staging is None or self._staging.numel() < total:
+                self._staging = torch.empty(max(total, 2 * (self._staging.numel() if self._staging is not None
+                                                             else 0)), dtype=torch.uint8, pin_memory=True)
+            host = self._staging[:total]
+        else:
+            host = torch.empty(total, dtype=torch.uint8)
+        host_np = host.numpy()
+        for _, off, arr in layout:
+            host_np[off : off + arr.nbytes] = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
+        dev = host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host
+        out: dict[str, torch.Tensor] = {}
+        for name, off, arr in layout:
+            dtype = torch.int64 if arr.dtype == np.int64 else torch.int32
+            seg = dev[off : off + arr.nbytes]
+            out[name] = seg.view(dtype).view(arr.shape) if arr.size else torch.empty(arr.shape, dtype=dtype,
+                                                                                      device=self.device)
+        return out

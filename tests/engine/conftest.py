@@ -1,0 +1,63 @@
+"""Tiny random Llama 3 checkpoints for the engine tests (built once per session)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# The triton backend's kernels run on the CPU interpreter when there is no GPU; the
+# variable must be set before any kernel module is imported (at decoration time).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+VOCAB = 300
+ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+
+
+def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64) -> Path:
+    """Save a random 2-layer Llama-3-style model (GQA 8/2 heads, llama3 rope, tied embeddings)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=8,
+                      num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=True,
+                      max_position_embeddings=512, rope_parameters=dict(ROPE), initializer_range=0.1,
+                      bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_wide(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Hidden size 128: wide enough for int4 groups of 128 input channels."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama_wide"), hidden=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_old_keys(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights with a config.json in the pre-5.x style (rope_theta + rope_scaling)."""
+    folder = tmp_path_factory.mktemp("tiny_llama_old")
+    cfg = json.loads((tiny_llama / "config.json").read_text())
+    params = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = params.pop("rope_theta")
+    cfg["rope_scaling"] = params
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "model.safetensors").symlink_to(tiny_llama / "model.safetensors")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_model(tiny_llama: Path):
+    from transformers import LlamaForCausalLM
+
+    return LlamaForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()

@@ -1,0 +1,82 @@
+"""paged_prefill_attention vs paged_prefill_attention_ref (same cache, fp32 softmax reference).
+
+Error bounds (CPU interpreter, where every product is fp32): fp32 q/out |out - ref| <= 1e-4 |ref| + 2e-5;
+bf16 q/out adds only the output rounding (one bf16 ulp from the reference's own): <= 2^-7 max|ref|.
+On CUDA the products use tensor cores (tf32 for fp32 q, bf16 P for bf16 q): <= 4e-3 resp. 2e-2 max|ref|.
+Quantized caches are compared on the same dequantised values, so the same bounds apply to fp8 / int8 KV.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.attention_prefill import paged_prefill_attention, paged_prefill_attention_ref
+from tests.kernels.paged_kv_fixtures import BF16_ATOL_REL, DEVICE, assert_fp32_close, make_paged_kv
+
+# (new tokens per sequence, total context per sequence, Hq, Hkv, head_dim, block_size, kv dtype)
+CASES = [
+    ([1], [1], 4, 4, 64, 16, torch.bfloat16),  # one token, no prefix, GQA 1
+    ([5, 1, 37], [5, 20, 50], 8, 2, 64, 16, torch.bfloat16),  # mixed: fresh, decode-like, chunk with prefix
+    ([7, 1, 23], [30, 1, 23], 8, 1, 128, 8, torch.int8),  # GQA 8, head_dim 128, 8-token pages
+    ([19, 2], [45, 33], 16, 4, 64, 32, torch.float8_e4m3fn),  # GQA 4, pages larger than the key tile
+    ([3, 9], [3, 70], 12, 4, 64, 16, torch.int8),  # 3 query heads per kv head (non-power-of-two group)
+    ([4, 0, 2], [9, 6, 2], 8, 2, 64, 16, torch.bfloat16),  # a sequence with no new tokens this step
+]
+
+
+def _inputs(q_lens: list[int], ctx_lens: list[int], hq: int, hkv: int, d: int, bs: int, dtype: torch.dtype,
+            q_dtype: torch.dtype, seed: int) -> tuple:
+    kv = make_paged_kv(ctx_lens, hkv, d, bs, dtype, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    q = (torch.randn(sum(q_lens), hq, d, generator=gen) * 2).to(q_dtype).to(DEVICE)
+    cu = torch.tensor([0, *torch.tensor(q_lens).cumsum(0).tolist()], dtype=torch.int32, device=DEVICE)
+    return q, kv.k_cache, kv.v_cache, kv.block_tables, cu, kv.seq_lens, d**-0.5, kv.k_scale, kv.v_scale
+
+
+@pytest.mark.parametrize(("q_lens", "ctx_lens", "hq", "hkv", "d", "bs", "dtype"), CASES)
+def test_prefill_fp32_matches_reference(q_lens: list[int], ctx_lens: list[int], hq: int, hkv: int, d: int,
+                                        bs: int, dtype: torch.dtype) -> None:
+    args = _inputs(q_lens, ctx_lens, hq, hkv, d, bs, dtype, torch.float32, seed=sum(ctx_lens) + hq)
+    out = torch.full_like(args[0], float("nan"))  # poison: unwritten rows fail
+    paged_prefill_attention(*args, out=out)
+    assert_fp32_close(out, paged_prefill_attention_ref(*args))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_prefill_bf16_io(dtype: torch.dtype) -> None:
+    args = _inputs([4, 11, 1], [4, 29, 17], 8, 2, 64, 16, dtype, torch.bfloat16, seed=3)
+    out = torch.full_like(args[0], float("nan"))
+    paged_prefill_attention(*args, out=out)
+    ref = paged_prefill_attention_ref(*args).float()
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() <= BF16_ATOL_REL * ref.abs().max()
+
+
+def test_prefill_is_causal_and_reads_only_its_context() -> None:
+    """Changing keys after a query's position or past seq_len must not change that query's output."""
+    args = list(_inputs([6], [10], 4, 2, 64, 4, torch.bfloat16, torch.float32, seed=11))
+    first = paged_prefill_attention(*args).clone()
+    k_cache, bt = args[1], args[3]
+    # Token 9 (the last) sits in the 3rd page at offset 1; only query 5 (position 9) may see it.
+    k_cache[bt[0, 2], 1] += 5.0
+    second = paged_prefill_attention(*args)
+    assert torch.equal(first[:5], second[:5])
+    assert not torch.equal(first[5], second[5])
+    k_cache[bt[0, 2], 2:] = float("nan")  # slots past seq_len in the last page
+    k_cache[bt[0, 3]] = float("nan")  # the table's padding entry
+    assert not paged_prefill_attention(*args).isnan().any()
+
+
+def test_prefill_bad_arguments_raise() -> None:
+    args = list(_inputs([2], [5], 8, 2, 64, 16, torch.int8, torch.float32, seed=1))
+    bad_cu = args.copy()
+    bad_cu[4] = args[4].long()
+    with pytest.raises(ValueError, match="cu_seqlens_q has dtype torch.int64"):
+        paged_prefill_attention(*bad_cu)
+    bad_heads = args.copy()
+    bad_heads[0] = torch.zeros(2, 5, 64, device=DEVICE)
+    with pytest.raises(ValueError, match="q has 5 heads, not a multiple of the cache's 2 kv heads"):
+        paged_prefill_attention(*bad_heads)
+    with pytest.raises(ValueError, match="k_scale is required"):
+        paged_prefill_attention(*args[:7])
