@@ -75,8 +75,11 @@ def write_comparison(summaries: list[dict[str, Any]], out_dir: Path) -> pd.DataF
     table.to_csv(out_dir / "summary.csv", index=False)
     clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in s.items()} for s in summaries]
     (out_dir / "summary.json").write_text(json.dumps(clean, indent=2) + "\n")
-    plots.latency_cdfs(_gather(summaries, "requests.parquet"), out_dir / "latency_cdf.png")
-    plots.kv_utilisation(_gather(summaries, "steps.parquet"), out_dir / "kv_util.png")
+    # Per-request and per-step plots show one load level (the one nearest the trace's own rate).
+    nearest = min({s["rate_scale"] for s in summaries}, key=lambda x: abs(math.log(x)))
+    at_load = [s for s in summaries if s["rate_scale"] == nearest]
+    plots.latency_cdfs(_gather(at_load, "requests.parquet"), out_dir / "latency_cdf.png")
+    plots.kv_utilisation(_gather(at_load, "steps.parquet"), out_dir / "kv_util.png")
     plots.throughput_vs_load(table, out_dir / "throughput_vs_load.png")
     return table
 
