@@ -6,8 +6,10 @@ by 4j therefore yields WG consecutive weights for every j, which multiply a cont
 load the packed bytes as int32 words and spend a shift, a mask-or (one LOP3) and a float subtract per weight.
 Dequantised weight = (nibble - zero) * scale; symmetric weights use zero = 8.
 
-The CUDA-core INT4 GEMV applies the scale once per group: s * sum_k (q_k - z) x_k, so the per-weight work is a
-shift, a mask-or, one subtract (conversion and zero point together) and one FMA; the tensor-core GEMMs
+The M == 1 GEMV (int4_gemv1_kernel) reads nibble P of a word or of its upper half with one LOP3 as the float
+2^(23-4P) + q (see _nib), subtracts 2^(23-4P) + z exactly and FMAs with x, each converted x serving two row
+sets. The CUDA-core INT4 GEMV for 2 <= M <= 4 applies the scale once per group: s * sum_k (q_k - z) x_k,
+so the per-weight work is a shift, a mask-or, one subtract and one FMA; the tensor-core GEMMs
 dequantise each weight tile to x.dtype in registers (its cost is shared by BLOCK_M rows). Conversions use
 bitcast(0x4B000000 | v) - 2^23 == v  (exact for 0 <= v < 2^23), cheaper than I2F on GPUs.
 """
@@ -84,6 +86,100 @@ def int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, KG,
         acc = tl.sum(acc1, axis=1)[None, :]
     o_ptrs = out_ptr + m_idx[:, None] * stride_om + n64[None, :]
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(m_idx[:, None] < M) & nmask[None, :])
+
+
+@triton.jit
+def _nib(words, P: tl.constexpr, ASM: tl.constexpr):
+    # Nibble P (bits 4P..4P+3) of int32 words as the exact float 2^(23-4P) + q: the nibble sits in the mantissa
+    # at weight 2^(4P) of a float with exponent 23-4P. On GPUs one explicit LOP3 ((w & mask) | magic): left to
+    # ptxas, the two immediates become two LOP3s. The interpreter runs the same formula in plain ops.
+    if ASM:
+        if P == 0:
+            v = tl.inline_asm_elementwise("lop3.b32 $0, $1, 0xF, 0x4B000000, 0xEA;", "=r,r", [words],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+        elif P == 1:
+            v = tl.inline_asm_elementwise("lop3.b32 $0, $1, 0xF0, 0x49000000, 0xEA;", "=r,r", [words],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+        elif P == 2:
+            v = tl.inline_asm_elementwise("lop3.b32 $0, $1, 0xF00, 0x47000000, 0xEA;", "=r,r", [words],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            v = tl.inline_asm_elementwise("lop3.b32 $0, $1, 0xF000, 0x45000000, 0xEA;", "=r,r", [words],
+                                          dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        v = (words & (15 << (4 * P))) | ((150 - 4 * P) << 23)
+    return v.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _int4_rows(q_ptr, s_ptr, z_ptr, n, nmask, g, gmask, stride_qn, stride_sn, WG: tl.constexpr,
+               SYMMETRIC: tl.constexpr):
+    # words [R, NG, WG] of rows n, groups g; their high halves; scales [R, NG, 1]; z + 2^(23-4P), P = 0..3
+    m2 = nmask[:, None] & gmask[None, :]
+    w_off = tl.arange(0, WG)
+    n64 = n.to(tl.int64)
+    q_ptrs = q_ptr + n64[:, None, None] * stride_qn + (g[:, None] * WG + w_off[None, :])[None, :, :]
+    lo = tl.load(q_ptrs, mask=m2[:, :, None], other=0, eviction_policy="evict_first")
+    s = tl.load(s_ptr + n64[:, None] * stride_sn + g[None, :], mask=m2, other=0.0).to(tl.float32)
+    if SYMMETRIC:
+        z = tl.full(s.shape, 8.0, dtype=tl.float32)
+    else:
+        z = tl.load(z_ptr + n64[:, None] * stride_sn + g[None, :], mask=m2, other=0).to(tl.float32)
+    # arithmetic >> 16 sign-fills bits 16..31, which _nib masks off
+    return (lo, lo >> 16, s[:, :, None], (z + 8388608.0)[:, :, None], (z + 524288.0)[:, :, None],
+            (z + 32768.0)[:, :, None], (z + 2048.0)[:, :, None])
+
+
+@triton.jit
+def _nib_dot(lo, hi, z0, z1, z2, z3, xj, t, J: tl.constexpr, ASM: tl.constexpr):
+    # t + (q_J - z) * x_J for nibble J of every word (nibbles 0-3 from lo, 4-7 from hi)
+    src = lo if J < 4 else hi
+    P: tl.constexpr = J % 4
+    zc = z0 if P == 0 else (z1 if P == 1 else (z2 if P == 2 else z3))
+    return tl.fma(_nib(src, P, ASM) - zc, xj, t)
+
+
+@triton.jit
+def int4_gemv1_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, KG, stride_qn, stride_sn,
+                      HALF: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr, SYMMETRIC: tl.constexpr,
+                      ASM: tl.constexpr):
+    """CUDA-core GEMV for M == 1: program = two sets of HALF rows sharing every converted x value.
+
+    Per weight: one LOP3 (_nib), one exact subtract of 2^(23-4P) + z, one FMA; per 8 weights one shift; x is
+    converted once for both row sets; the group scale is one FMA per word position per step.
+    """
+    pid = tl.program_id(0)
+    na = pid * (2 * HALF) + tl.arange(0, HALF)
+    nb = na + HALF
+    ma = na < N
+    mb = nb < N
+    g_off = tl.arange(0, NG)
+    w_off = tl.arange(0, WG)
+    acc_a = tl.zeros([HALF, NG, WG], dtype=tl.float32)
+    acc_b = tl.zeros([HALF, NG, WG], dtype=tl.float32)
+    for kg in range(0, KG, NG):
+        g = kg + g_off
+        gmask = g < KG
+        lo_a, hi_a, s_a, a0, a1, a2, a3 = _int4_rows(q_ptr, s_ptr, z_ptr, na, ma, g, gmask, stride_qn, stride_sn,
+                                                    WG, SYMMETRIC)
+        lo_b, hi_b, s_b, b0, b1, b2, b3 = _int4_rows(q_ptr, s_ptr, z_ptr, nb, mb, g, gmask, stride_qn, stride_sn,
+                                                    WG, SYMMETRIC)
+        # x pointers in the weight tile's shape (every thread loads the x of its own words, L1 hits)
+        x3 = x_ptr + (na[:, None, None] * 0 + g[None, :, None] * (8 * WG) + w_off[None, None, :])
+        xmask = (na[:, None, None] * 0 + g[None, :, None]) < KG
+        x0 = tl.load(x3, mask=xmask, other=0.0).to(tl.float32)
+        t_a = (_nib(lo_a, 0, ASM) - a0) * x0
+        t_b = (_nib(lo_b, 0, ASM) - b0) * x0
+        for j in tl.static_range(1, 8):
+            xj = tl.load(x3 + j * WG, mask=xmask, other=0.0).to(tl.float32)
+            t_a = _nib_dot(lo_a, hi_a, a0, a1, a2, a3, xj, t_a, j, ASM)
+            t_b = _nib_dot(lo_b, hi_b, b0, b1, b2, b3, xj, t_b, j, ASM)
+        acc_a = tl.fma(t_a, s_a, acc_a)
+        acc_b = tl.fma(t_b, s_b, acc_b)
+    ya = tl.sum(tl.sum(acc_a, axis=2), axis=1)
+    yb = tl.sum(tl.sum(acc_b, axis=2), axis=1)
+    tl.store(out_ptr + na, ya.to(out_ptr.dtype.element_ty), mask=ma)
+    tl.store(out_ptr + nb, yb.to(out_ptr.dtype.element_ty), mask=mb)
 
 
 @triton.jit

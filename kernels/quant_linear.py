@@ -1,7 +1,8 @@
 """Weight-only INT8 (per-channel) and INT4 (group-wise) linear layers, dequantised inside the kernels.
 
 Quantise once at load time (``quantize_int8`` / ``quantize_int4``, plain PyTorch on the weight's device),
-then call ``int8_linear`` / ``int4_linear`` every step. Paths by rows of x: M <= FMA_MAX_M (4) a CUDA-core
+then call ``int8_linear`` / ``int4_linear`` every step. Paths by rows of x: INT4 with M == 1 its own GEMV
+kernel (int4_gemv1_kernel); M <= FMA_MAX_M (4) a CUDA-core
 GEMV with many programs over N (batch-1 decode, weight streaming); M <= 16 a tensor-core kernel with one
 16-row tile and narrow N blocks; larger M a tiled tensor-core GEMM. ``dequantize_int8`` /
 ``dequantize_int4`` give the float weights the ``*_ref`` references multiply with.
@@ -186,6 +187,13 @@ def _mm_config(m: int, n: int, device: torch.device) -> dict[str, int]:
     return {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3}
 
 
+def _gemv1_config(n: int, kg: int, wg: int, device: torch.device) -> tuple[int, int, int]:
+    """(HALF, NG, num_warps) of int4_gemv1_kernel: 2*HALF rows per program, NG groups per step."""
+    half = pick_block_n(n, device, max_block=16, min_block=2) // 2
+    ng = pow2_at_most(_GEMV_TILE_BYTES // (2 * half * 4 * wg), kg)
+    return half, ng, 4
+
+
 def int8_linear(x: torch.Tensor, w: Int8Weight, out: torch.Tensor | None = None) -> torch.Tensor:
     """y = x @ dequant(w).T with the INT8 weight dequantised in registers.
 
@@ -243,6 +251,13 @@ def int4_linear(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None)
     words = w.packed.view(torch.int32)  # [N, K/8]
     zeros = w.zeros if w.zeros is not None else w.packed  # never read when symmetric
     sym = w.zeros is None
+    if m == 1:
+        half, ng, warps = _gemv1_config(n, kg, wg, x.device)
+        grid = (triton.cdiv(n, 2 * half),)
+        qk.int4_gemv1_kernel[grid](x, words, w.scales, zeros, out, n, kg, words.stride(0), w.scales.stride(0),
+                                   HALF=half, NG=ng, WG=wg, SYMMETRIC=sym, ASM=not interpreting(),
+                                   num_warps=warps)
+        return out
     if m <= FMA_MAX_M:
         block_n = pick_block_n(n, x.device)
         ng = pow2_at_most(_GEMV_TILE_BYTES // (block_n * 4 * wg), kg)

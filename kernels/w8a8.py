@@ -85,7 +85,7 @@ def _w8a8_mm_kernel(xq_ptr, xs_ptr, wq_ptr, ws_ptr, out_ptr, M, N, K, stride_xm,
         bmask = nmask[None, :] & kmask[:, None]
         a = tl.load(xq_ptr + m64[:, None] * stride_xm + k[None, :], mask=amask, other=0)
         b = tl.load(wq_ptr + n64[None, :] * stride_wn + k[:, None], mask=bmask, other=0)
-        acc = tl.dot(a, b, acc=acc)
+        acc = tl.dot(a, b, acc=acc, out_dtype=tl.int32)  # 3.6 asserts acc dtype == out_dtype
     xs = tl.load(xs_ptr + m64, mask=mmask, other=0.0)
     ws = tl.load(ws_ptr + n64, mask=nmask, other=0.0)
     y = acc.to(tl.float32) * xs[:, None] * ws[None, :]

@@ -85,7 +85,8 @@ def test_int4_linear_matches_reference(m: int, symmetric: bool) -> None:
     _check_close(int4_linear(x, w, out=out), int4_linear_ref(x, w))
 
 
-@pytest.mark.parametrize("m,dtype", [(1, torch.float16), (2, torch.float32), (20, torch.float16)])
+@pytest.mark.parametrize("m,dtype", [(1, torch.float16), (1, torch.float32), (2, torch.float32),
+                                     (20, torch.float16)])
 def test_int4_linear_other_dtypes_and_groups(m: int, dtype: torch.dtype) -> None:
     n, k = 53, 512
     w = quantize_int4(_rand((n, k), 3, dtype, scale=0.05), 256)
