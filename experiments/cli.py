@@ -3,6 +3,10 @@
     servegym sim --trace TRACE --policy continuous --model llama-3.2-1b --gpu h100 --out DIR
     servegym compare [--traces T1 T2] [--policies P1 P2] [--rate-scales 0.5 1 2] --out DIR
     servegym roofline --model llama-3.2-1b --gpu h100 [--batch 1 --context 1024 --out DIR]
+    servegym replay --trace TRACE --policy continuous --model MODEL_DIR --out DIR [engine flags]
+    servegym random-checkpoint --config sim/models/llama-3.2-1b.json --out MODEL_DIR [--device cuda]
+    servegym calibrate --model MODEL_DIR --out PROFILE.json [--quick] [engine flags]
+    servegym validate --traces T1 T2 --policies P1 P2 --model MODEL_DIR --profile PROFILE.json --out DIR
 
 TRACE is a file (Azure, BurstGPT or Mooncake format, detected from the file,
 optionally followed by ``:n=1000,rate_scale=2,...``) or a synthetic spec such
@@ -68,6 +72,35 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
+    """Subcommands that run the real engine (torch is imported only when one of them runs)."""
+    from experiments.calibrate import add_calibrate_args, cmd_calibrate
+    from experiments.engine_run import add_engine_args, cmd_replay
+    from experiments.random_checkpoint import add_random_checkpoint_args, cmd_random_checkpoint
+    from experiments.validate import add_validate_args, cmd_validate
+
+    p = sub.add_parser("replay", help="replay one trace under one policy on the real engine")
+    p.add_argument("--trace", required=True, help="trace file or synthetic spec")
+    p.add_argument("--policy", default="continuous", help="policy spec name[:key=value,...]")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_engine_args(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("random-checkpoint", help="write a random-weight Llama checkpoint (HF layout)")
+    add_random_checkpoint_args(p)
+    p.set_defaults(func=cmd_random_checkpoint)
+
+    p = sub.add_parser("calibrate", help="time the engine's steps and write a measured profile")
+    add_calibrate_args(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("validate", help="replay and simulate traces x policies; sim-vs-real errors and plots")
+    add_validate_args(p, DEFAULT_POLICIES)
+    add_engine_args(p)
+    p.set_defaults(func=cmd_validate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="servegym", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -91,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_deployment_args(p)
     p.set_defaults(func=cmd_compare)
 
+    _add_engine_commands(sub)
+
     from sim.roofline import add_roofline_args, roofline_command
 
     p = sub.add_parser("roofline", help="per-layer roofline analysis of a model on a GPU")
@@ -101,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns = build_parser().parse_args(argv)
+    ns.argv = argv  # the exact command line, recorded by calibrate
     try:
         return int(ns.func(ns) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as err:

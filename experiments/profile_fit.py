@@ -1,0 +1,159 @@
+"""Fit the tables of a profile (``sim/profile.py``) from timed engine steps, by differences.
+
+Inputs are medians of whole-step wall times of two kinds of steps:
+
+* decode-only steps of ``B`` sequences whose decodes read ``x`` context tokens in all,
+  at (at least) a small and a large context per ``B``: CUDA-graphed on a GPU, the
+  steady state of every decoding batch;
+* prefill-only steps of one ``T``-token chunk, from scratch (``C = 0``) and on top of
+  ``C`` cached prefix tokens: ``P = T * C + T * (T + 1) / 2`` causal (query, key) pairs;
+  eager steps, like every step that holds a prefill chunk.
+
+The cost model adds ``step_overhead + dense(tokens) + prefill_attention(pairs) +
+decode_attention(decode ctx)`` (no ``lm_head`` table: dense includes it). The fit:
+
+1. decode attention: per ``B``, the slope ``k_B = dt / dx`` between its small and
+   large context; each measured point contributes ``(x, k_B * x)``, i.e. decode
+   attention is taken to be proportional to the context read at a given batch size;
+2. decode base ``d(B) = t(B, small) - k_B * x_small``; ``step_overhead_s`` is the
+   intercept at ``B = 0`` of the line through the two smallest batches (clipped to
+   ``[0, min d]``) and ``dense(B) = d(B) - overhead``;
+3. prefill: per ``T``, the slope ``k_T = dt / dP`` between ``C = 0`` and the largest
+   ``C``, and the base ``e(T) = t(T, 0) - overhead - k_T * P(T, 0)``. Where ``T`` lies in
+   the decode range, ``e(T) - dense(T)`` is the extra cost of an eager, prefill-holding
+   step over a graphed decode step of as many tokens; its median ``E`` (>= 0) goes into
+   the prefill table, which the cost model adds exactly when a step holds a prefill:
+   points ``(P, E + k_T * P)``, plus ``(1, E)``. For ``T`` beyond the decode range,
+   ``dense(T) = e(T) - E``.
+
+Every table is then made non-decreasing by isotonic regression (pool adjacent
+violators), duplicates in ``x`` averaged, negative times clipped to 0. Nothing here
+looks at a trace: only the synthetic calibration steps.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sim.profile import PiecewiseLinear
+
+
+@dataclass(frozen=True)
+class DecodeSample:
+    """Median time of a decode-only step: ``batch`` decodes reading ``ctx_tokens`` in all."""
+
+    batch: int
+    ctx_tokens: float
+    time_s: float
+
+
+@dataclass(frozen=True)
+class PrefillSample:
+    """Median time of a prefill-only step of one ``tokens`` chunk after ``context`` cached tokens."""
+
+    tokens: int
+    context: int
+    time_s: float
+
+    @property
+    def pairs(self) -> float:
+        t, c = self.tokens, self.context
+        return t * c + t * (t + 1) / 2
+
+
+@dataclass(frozen=True)
+class FittedProfile:
+    """The fitted parts of a profile: overhead and ``{table: (x, time_s)}``."""
+
+    step_overhead_s: float
+    tables: dict[str, tuple[list[float], list[float]]]
+    eager_extra_s: float
+
+
+def isotonic(ys: Sequence[float]) -> list[float]:
+    """Least-squares non-decreasing fit of ``ys`` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [sum, count]
+    for y in ys:
+        blocks.append([float(y), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            s, n = blocks.pop()
+            blocks[-1][0] += s
+            blocks[-1][1] += n
+    out: list[float] = []
+    for s, n in blocks:
+        out += [s / n] * int(n)
+    return out
+
+
+def monotone_table(points: Iterable[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """Sort, average equal ``x``, clip at 0 and make non-decreasing: a valid profile table."""
+    by_x: dict[float, list[float]] = defaultdict(list)
+    for x, y in points:
+        by_x[float(x)].append(float(y))
+    xs = sorted(by_x)
+    if len(xs) < 2:
+        raise ValueError(f"a table needs points at >= 2 distinct x, got {xs}")
+    ys = isotonic([max(0.0, statistics.fmean(by_x[x])) for x in xs])
+    return xs, ys
+
+
+def _slope(lo: tuple[float, float], hi: tuple[float, float]) -> float:
+    dx = hi[0] - lo[0]
+    return max(0.0, (hi[1] - lo[1]) / dx) if dx > 0 else 0.0
+
+
+def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSample]) -> FittedProfile:
+    """Fit overhead and the dense, decode-attention and prefill-attention tables (module docstring).
+
+    Raises:
+        ValueError: too few measurements (each needs two batch sizes / chunk sizes, each at two contexts).
+    """
+    by_batch: dict[int, list[DecodeSample]] = defaultdict(list)
+    for s in decodes:
+        by_batch[s.batch].append(s)
+    batches = sorted(b for b, ss in by_batch.items() if len({s.ctx_tokens for s in ss}) >= 2)
+    if len(batches) < 2:
+        raise ValueError("calibration needs decode steps at >= 2 batch sizes, each at 2 contexts")
+    dec_points: list[tuple[float, float]] = []
+    base: dict[int, float] = {}
+    for b in batches:
+        ss = sorted(by_batch[b], key=lambda s: s.ctx_tokens)
+        k = _slope((ss[0].ctx_tokens, ss[0].time_s), (ss[-1].ctx_tokens, ss[-1].time_s))
+        dec_points += [(s.ctx_tokens, k * s.ctx_tokens) for s in ss]
+        base[b] = ss[0].time_s - k * ss[0].ctx_tokens
+    b1, b2 = batches[:2]
+    intercept = base[b1] - b1 * (base[b2] - base[b1]) / (b2 - b1)
+    overhead = min(max(0.0, intercept), min(base.values()))
+    dense_dec = [(float(b), base[b] - overhead) for b in batches]
+    dense_dec_fn = PiecewiseLinear(*monotone_table(dense_dec))
+
+    by_tokens: dict[int, list[PrefillSample]] = defaultdict(list)
+    for p in prefills:
+        by_tokens[p.tokens].append(p)
+    sizes = sorted(t for t, ps in by_tokens.items() if any(p.context == 0 for p in ps) and len(ps) >= 2)
+    if len(sizes) < 2:
+        raise ValueError("calibration needs prefill steps at >= 2 chunk sizes, each with and without context")
+    slopes: dict[int, float] = {}
+    eager_base: dict[int, float] = {}
+    for t in sizes:
+        ps = sorted(by_tokens[t], key=lambda p: p.context)
+        k = _slope((ps[0].pairs, ps[0].time_s), (ps[-1].pairs, ps[-1].time_s))
+        slopes[t] = k
+        eager_base[t] = ps[0].time_s - overhead - k * ps[0].pairs
+    max_batch = batches[-1]
+    overlap = [t for t in sizes if t <= max_batch] or sizes[:1]
+    extra = max(0.0, statistics.median(eager_base[t] - dense_dec_fn(t) for t in overlap))
+    dense_points = dense_dec + [(float(t), eager_base[t] - extra) for t in sizes if t > max_batch]
+    pf_points = [(1.0, extra)] + [(p.pairs, extra + slopes[t] * p.pairs) for t in sizes for p in by_tokens[t]]
+    xs, ys = monotone_table(dec_points)
+    if xs[0] > 1:  # below the first point attention shrinks with the context
+        xs, ys = [1.0, *xs], [ys[0] / xs[0], *ys]
+    return FittedProfile(
+        step_overhead_s=overhead,
+        tables={"dense": monotone_table(dense_points), "decode_attention": (xs, ys),
+                "prefill_attention": monotone_table(pf_points)},
+        eager_extra_s=extra,
+    )

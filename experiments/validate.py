@@ -1,0 +1,189 @@
+"""``servegym validate``: replay traces on the engine, simulate the same requests, compare per metric.
+
+For every trace and policy: a wall-clock replay on one ``ModelRunner`` (reused across runs; a
+fresh ``Scheduler`` per run resets the KV bookkeeping and the prefix cache), then a simulation of
+the same materialised requests with the same ``SchedulerConfig`` (the engine's block count and
+size) and policy, priced by ``CalibratedCostModel`` from the given profile. Writes
+``DIR/<trace>/<policy>/{real,sim}/`` (result files as ``servegym sim``), ``DIR/errors.csv``
+(``trace, policy, metric, sim, real, rel_error``), ``DIR/summaries.csv`` and the plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm import tqdm
+
+from engine.model_config import read_llama_spec
+from experiments.cli_args import from_args
+from experiments.engine_run import (
+    build_runner,
+    device_label,
+    engine_config,
+    load_requests,
+    max_model_len_of,
+    offered_rate,
+    precheck,
+    replay_on_engine,
+    scheduler_config,
+    slug,
+    warm_up,
+    write_engine_config,
+)
+from policies.metrics import SLO, write_results
+from policies.scheduler import SchedulerConfig
+from policies.spec import parse_policy
+from policies.types import Request
+from sim.cost_model import CalibratedCostModel
+from sim.simulator import simulate
+
+METRICS = ("throughput_output_tok_s", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s",
+           "tpot_p99_s", "e2e_mean_s", "e2e_p50_s", "e2e_p99_s", "preemptions", "prefix_cache_hit_rate")
+ERROR_COLUMNS = ("trace", "policy", "metric", "sim", "real", "rel_error")
+# Engine settings that change step times: a profile measured with other values is a poor fit.
+TIMING_FIELDS = ("dtype", "block_size", "max_model_len", "max_num_seqs", "enforce_eager", "cuda_graph_batch_sizes",
+                 "kv_cache_dtype", "quantization", "attention_backend")
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def rel_error(sim: Any, real: Any) -> float:
+    """``(sim - real) / real``; 0 when both are equal (0 and 0 included), NaN when undefined."""
+    s, r = _number(sim), _number(real)
+    if math.isnan(s) or math.isnan(r):
+        return math.nan
+    if s == r:
+        return 0.0
+    return (s - r) / r if r != 0 else math.nan
+
+
+def error_rows(trace: str, policy: str, sim: dict[str, Any], real: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row of ``ERROR_COLUMNS`` per metric of ``METRICS``."""
+    return [{"trace": trace, "policy": policy, "metric": m, "sim": _number(sim.get(m)),
+             "real": _number(real.get(m)), "rel_error": rel_error(sim.get(m), real.get(m))} for m in METRICS]
+
+
+def profile_mismatches(profile_engine: dict[str, Any] | None, engine: dict[str, Any]) -> list[str]:
+    """Timing-relevant engine settings that differ between the profile's calibration and this run."""
+    if not profile_engine:
+        return []
+    out = []
+    for key in TIMING_FIELDS:
+        a, b = profile_engine.get(key), engine.get(key)
+        if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+            a, b = list(a), list(b)
+        if key in profile_engine and a != b:
+            out.append(f"{key}: profile {a!r}, this run {b!r}")
+    return out
+
+
+def _unique_labels(labels: list[str]) -> list[str]:
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
+    return out
+
+
+def validate(ns: argparse.Namespace) -> pd.DataFrame:
+    """Run the whole validation of the ``servegym validate`` flags; returns the errors table."""
+    policies = [(spec, parse_policy(spec)) for spec in ns.policies]  # unknown policies fail before loading
+    if not Path(ns.profile).is_file():
+        raise FileNotFoundError(f"profile {ns.profile} does not exist (--profile); write one with servegym calibrate")
+    slo = from_args(SLO, ns, prefix="slo_")
+    cfg = engine_config(ns, max_num_batched_tokens=max(p.token_budget for _, p in policies),
+                        max_num_seqs=max(p.max_num_seqs for _, p in policies))
+    from_args(SchedulerConfig, ns, num_gpu_blocks=1, block_size=cfg.block_size, num_cpu_blocks=cfg.num_cpu_blocks)
+    cost = CalibratedCostModel.from_file(ns.profile, cfg.block_size)
+    vocab, mml = read_llama_spec(cfg.model).vocab_size, max_model_len_of(cfg)
+    loaded = [load_requests(t, vocab, mml) for t in ns.traces]
+    labels = _unique_labels([label for label, _ in loaded])
+    traces: list[tuple[str, list[Request]]] = [(lab, reqs) for lab, (_, reqs) in zip(labels, loaded, strict=True)]
+    runner = build_runner(cfg)
+    sched_cfg = scheduler_config(ns, runner)
+    for label, reqs in traces:
+        for spec, policy in policies:
+            precheck(reqs, sched_cfg, policy, f"trace {label!r}, policy {spec!r}")
+    for line in profile_mismatches(cost.meta.get("engine"), dataclasses.asdict(runner.config)):
+        print(f"servegym validate: warning: profile {ns.profile} was measured with different engine settings: "
+              f"{line}", file=sys.stderr)
+    warm_up(runner)
+    out = Path(ns.out)
+    gpu, model = device_label(runner), ns.model
+    rows: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    from experiments import validate_plots as plots  # matplotlib only once the replays are done
+
+    bar = tqdm(total=len(traces) * len(policies), desc="validate", unit="run", disable=ns.quiet)
+    for label, reqs in traces:
+        req_frames: list[pd.DataFrame] = []
+        step_frames: list[pd.DataFrame] = []
+        for spec, policy in policies:
+            run_dir = out / slug(label) / slug(spec)
+            bar.set_postfix_str(f"{label} {spec}")
+            r_req, r_steps, r_sum = replay_on_engine(reqs, policy, sched_cfg, runner, slo, not ns.quiet,
+                                                     desc=f"replay {spec}")
+            s = simulate(reqs, policy, sched_cfg, cost, slo)
+            labels_ = {"trace": label, "policy": spec, "rate_scale": 1.0, "model": model,
+                       "num_gpu_blocks": runner.num_gpu_blocks}
+            rate = offered_rate(reqs)
+            real_sum = {**labels_, "offered_rate_req_s": rate, "gpu": gpu, "cost_model": "engine", **r_sum}
+            sim_sum = {**labels_, "offered_rate_req_s": rate, "gpu": cost.meta.get("gpu"),
+                       "cost_model": "calibrated", **s.summary}
+            write_results(run_dir / "real", r_req, r_steps, real_sum)
+            write_engine_config(run_dir / "real", runner.config)
+            write_results(run_dir / "sim", s.requests, s.steps, sim_sum)
+            rows += error_rows(label, spec, sim_sum, real_sum)
+            summaries += [{"world": "real", **real_sum}, {"world": "sim", **sim_sum}]
+            for frames, (a, b) in ((req_frames, (r_req, s.requests)), (step_frames, (r_steps, s.steps))):
+                frames += [a.assign(world="real", policy=spec), b.assign(world="sim", policy=spec)]
+            bar.update()
+        trace_dir = out / slug(label)
+        requests, steps = pd.concat(req_frames, ignore_index=True), pd.concat(step_frames, ignore_index=True)
+        plots.latency_cdfs(requests, trace_dir / "latency_cdf.png")
+        plots.e2e_scatter(requests, trace_dir / "e2e_scatter.png")
+        plots.kv_utilisation(steps, trace_dir / "kv_util.png")
+    bar.close()
+    errors = pd.DataFrame(rows, columns=list(ERROR_COLUMNS))
+    errors.to_csv(out / "errors.csv", index=False)
+    pd.DataFrame(summaries).to_csv(out / "summaries.csv", index=False)
+    plots.error_heatmap(errors, out / "errors.png")
+    return errors
+
+
+def print_errors(errors: pd.DataFrame) -> None:
+    """The errors table as relative errors in percent, one row per (trace, policy)."""
+    table = errors.pivot_table(index=["trace", "policy"], columns="metric", values="rel_error", sort=False,
+                               dropna=False)
+    short = {m: m.replace("throughput_output_tok_s", "tput").replace("prefix_cache_hit_rate", "hit")
+             .replace("preemptions", "preempt").removesuffix("_s") for m in table.columns}
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:+.1f}".format):
+        print("relative error (sim - real) / real, in %:")
+        print((table * 100).rename(columns=short).to_string())
+
+
+def add_validate_args(p: argparse.ArgumentParser, default_policies: Sequence[str]) -> None:
+    p.add_argument("--traces", nargs="+", required=True, help="trace files or synthetic specs")
+    p.add_argument("--policies", nargs="+", default=list(default_policies), help="policy specs")
+    p.add_argument("--profile", required=True, help="profile file (servegym calibrate) for the simulator")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_validate(ns: argparse.Namespace) -> int:
+    """``servegym validate``."""
+    errors = validate(ns)
+    print_errors(errors)
+    print(f"wrote {ns.out}/errors.csv, summaries.csv, errors.png and per trace: latency_cdf.png, "
+          "e2e_scatter.png, kv_util.png, <policy>/{real,sim}/")
+    return 0

@@ -1,0 +1,96 @@
+"""servegym replay, calibrate and validate on a tiny random model (CPU): files, formats, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments.cli import main
+from experiments.validate import ERROR_COLUMNS, METRICS
+from sim.profile import read_profile
+
+TRACE = "synthetic:poisson,rate=50,n=12,seed=0,in=uniform:4:60,out=uniform:1:12"
+ENGINE = ["--dtype", "float32", "--device", "cpu", "--num-gpu-blocks", "128"]
+GRID = ["--batch-sizes", "1", "2", "4", "--decode-contexts", "8", "96", "--prefill-tokens", "8", "32",
+        "--prefill-context", "64", "--warmup", "1", "--repeats", "2"]
+
+
+@pytest.fixture(scope="module")
+def profile(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("profile") / "tiny.json"
+    assert main(["calibrate", "--model", str(tiny_model), "--out", str(out), "--quiet", *ENGINE, *GRID]) == 0
+    return out
+
+
+def test_replay_writes_the_simulators_format(tiny_model: Path, tmp_path: Path) -> None:
+    real, sim = tmp_path / "real", tmp_path / "sim"
+    assert main(["replay", "--trace", TRACE, "--policy", "continuous", "--model", str(tiny_model),
+                 "--out", str(real), "--quiet", *ENGINE]) == 0
+    assert main(["sim", "--trace", TRACE, "--policy", "continuous", "--out", str(sim), "--quiet",
+                 "--num-gpu-blocks", "128"]) == 0
+    for name in ("requests.parquet", "steps.parquet"):
+        a, b = pd.read_parquet(real / name), pd.read_parquet(sim / name)
+        assert list(a.columns) == list(b.columns) and len(a) > 0
+    summary = json.loads((real / "summary.json").read_text())
+    assert summary.keys() == json.loads((sim / "summary.json").read_text()).keys()
+    assert summary["num_finished"] == 12 and summary["num_gpu_blocks"] == 128
+    assert summary["trace"] == "poisson-r50" and summary["policy"] == "continuous"
+    reqs = pd.read_parquet(real / "requests.parquet")
+    sim_reqs = pd.read_parquet(sim / "requests.parquet")
+    assert sorted(reqs["output_len"]) == sorted(sim_reqs["output_len"])  # exactly the trace's lengths
+    assert (reqs["ttft_s"] > 0).all()
+
+
+def test_calibrate_writes_a_valid_measured_profile(profile: Path) -> None:
+    data = read_profile(profile)  # validates
+    meta = data["meta"]
+    assert meta["source"] == "measured" and meta["command"].startswith("servegym calibrate --model")
+    assert "--prefill-context 64" in meta["command"]
+    assert len(meta["decode_samples"]) == 6 and len(meta["prefill_samples"]) == 4
+    assert data["step_overhead_s"] >= 0 and data["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # K+V, layers, heads
+    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention"}
+
+
+def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    policies = ["static", "dynamic:max_wait_s=0.05", "continuous", "prefix-aware"]
+    assert main(["validate", "--traces", TRACE, "--policies", *policies, "--model", str(tiny_model),
+                 "--profile", str(profile), "--out", str(tmp_path), "--quiet", *ENGINE]) == 0
+    errors = pd.read_csv(tmp_path / "errors.csv")
+    assert tuple(errors.columns) == ERROR_COLUMNS
+    assert len(errors) == len(policies) * len(METRICS)
+    assert set(errors["policy"]) == set(policies) and list(errors["metric"][: len(METRICS)]) == list(METRICS)
+    row = errors[(errors["policy"] == "continuous") & (errors["metric"] == "e2e_mean_s")].iloc[0]
+    assert row["rel_error"] == pytest.approx((row["sim"] - row["real"]) / row["real"])
+    trace_dir = tmp_path / "poisson-r50"
+    for png in ("latency_cdf.png", "e2e_scatter.png", "kv_util.png"):
+        assert (trace_dir / png).stat().st_size > 5_000
+    for world in ("real", "sim"):
+        assert json.loads((trace_dir / "continuous" / world / "summary.json").read_text())["num_finished"] == 12
+    assert "relative error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("command", "args", "message"), [
+    ("replay", ["--model", "/no/such/model"], "model folder /no/such/model does not exist"),
+    ("replay", ["--policy", "fastest"], "unknown policy 'fastest'"),
+    ("replay", ["--max-model-len", "16"], "max_model_len is 16"),
+    ("replay", ["--num-gpu-blocks", "2"], "pool has only 2 blocks"),
+    ("calibrate", ["--model", "/no/such/model"], "model folder /no/such/model does not exist"),
+    ("validate", ["--profile", "/no/profile.json"], "profile /no/profile.json does not exist"),
+    ("validate", ["--policies", "nope"], "unknown policy 'nope'"),  # reported before the missing profile
+])
+def test_bad_input_exits_2(tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str,
+                           args: list[str], message: str) -> None:
+    base = {"--model": str(tiny_model), "--out": str(tmp_path / "o"), "--dtype": "float32", "--device": "cpu",
+            "--num-gpu-blocks": "128"}
+    if command == "replay":
+        base["--trace"] = TRACE
+    if command == "validate":
+        base |= {"--traces": TRACE, "--profile": str(tmp_path / "p.json")}
+    base |= dict(zip(args[::2], args[1::2], strict=True))
+    argv = [command, "--quiet", *[x for kv in base.items() for x in kv]]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,69 @@
+"""The profile fit recovers a known step-time model from synthetic measurements."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from experiments.profile_fit import DecodeSample, PrefillSample, fit_profile, isotonic, monotone_table
+from experiments.validate import rel_error
+from sim.cost_model import CalibratedCostModel
+from sim.profile import PROFILE_FORMAT, validate_profile
+
+OVH, DENSE, DEC, PF, EAGER = 1e-3, 2e-6, 3e-9, 4e-11, 5e-4
+
+
+def decode_time(b: int, ctx: float) -> float:
+    return OVH + DENSE * b + DEC * ctx
+
+
+def prefill_time(t: int, c: int) -> float:
+    return OVH + EAGER + DENSE * t + PF * (t * c + t * (t + 1) / 2)
+
+
+def fitted_model() -> CalibratedCostModel:
+    decodes = [DecodeSample(b, b * c, decode_time(b, b * c)) for b in (1, 2, 8, 64, 256) for c in (32, 2048)]
+    prefills = [PrefillSample(t, c, prefill_time(t, c)) for t in (16, 128, 1024, 8192) for c in (0, 4096)]
+    fit = fit_profile(decodes, prefills)
+    assert fit.eager_extra_s == pytest.approx(EAGER, rel=1e-6)
+    profile = {"format": PROFILE_FORMAT, "step_overhead_s": fit.step_overhead_s, "kv_bytes_per_token": 1.0,
+               "swap_bytes_per_s": 1.0, "tables": {k: {"x": x, "time_s": y} for k, (x, y) in fit.tables.items()},
+               "meta": {k: "t" for k in ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "command",
+                                         "created")} | {"source": "measured"}}
+    validate_profile(profile)
+    return CalibratedCostModel(profile)
+
+
+def test_fit_reproduces_a_linear_engine() -> None:
+    from policies.sequence import Sequence
+    from policies.types import PrefillChunk, Request, StepPlan
+
+    model = fitted_model()
+    seqs = [Sequence(Request(str(i), 0.0, 10, 2)) for i in range(100)]
+    decode = StepPlan(0, 0.0, decodes=seqs[:100], decode_ctx_tokens=100 * 700)
+    assert model.step_time(decode) == pytest.approx(decode_time(100, 100 * 700), rel=1e-3)
+    t, c = 3000, 1000
+    chunk = PrefillChunk(seqs[0], c, t)
+    prefill = StepPlan(0, 0.0, prefills=[chunk], num_prefill_tokens=t, prefill_ctx_tokens=c,
+                       prefill_attn_pairs=t * c + t * (t + 1) // 2)
+    assert model.step_time(prefill) == pytest.approx(prefill_time(t, c), rel=1e-3)
+
+
+def test_isotonic_and_tables_are_monotone() -> None:
+    assert isotonic([1, 3, 2, 4]) == [1, 2.5, 2.5, 4]
+    xs, ys = monotone_table([(3, 1.0), (1, 2.0), (1, 0.0), (2, -5.0)])
+    assert xs == [1, 2, 3] and ys == sorted(ys) and min(ys) >= 0
+    with pytest.raises(ValueError, match="2 distinct x"):
+        monotone_table([(1, 1.0)])
+
+
+def test_too_few_measurements_are_named() -> None:
+    with pytest.raises(ValueError, match="decode steps at >= 2 batch sizes"):
+        fit_profile([DecodeSample(1, 10, 1e-3)], [])
+
+
+def test_rel_error_is_nan_safe() -> None:
+    assert rel_error(1.1, 1.0) == pytest.approx(0.1)
+    assert rel_error(0, 0) == 0.0
+    assert math.isnan(rel_error(1.0, 0.0)) and math.isnan(rel_error(None, 2.0)) and math.isnan(rel_error(1, math.nan))
