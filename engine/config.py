@@ -40,6 +40,9 @@ class EngineConfig:
         attention_backend: 'torch' (plain PyTorch, also the CPU path), 'triton'
             (kernels/) or 'auto' (triton on CUDA, torch on the CPU).
         seed: seed of the sampler for requests without their own seed.
+        small_batch_gemv: on CUDA with full-precision bf16/fp16 weights, time
+            ``kernels.gemv_bf16`` against ``F.linear`` at start-up for each kind of
+            linear layer and use it for inputs of at most 4 rows where it is faster.
     """
 
     model: str
@@ -58,6 +61,7 @@ class EngineConfig:
     quantization: str | None = None
     attention_backend: str = "auto"
     seed: int = 0
+    small_batch_gemv: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:

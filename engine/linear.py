@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 INT4_GROUP = 128
+GEMV_MAX_ROWS = 4  # inputs of at most this many rows may take ``Linear.gemv`` (decode of a few sequences)
+
+GemvFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Linear:
@@ -15,6 +20,11 @@ class Linear:
         quantization: None, 'int8' / 'int4' (weight-only; int4 in groups of
             ``INT4_GROUP`` input channels) or 'w8a8'.
 
+    Attributes:
+        gemv: for a full-precision weight, a ``(x, weight) -> x @ weight.T`` kernel used
+            for inputs of at most ``GEMV_MAX_ROWS`` rows instead of ``F.linear``
+            (None: always ``F.linear``; set by ``engine.gemv_choice`` where it is faster).
+
     Raises:
         ImportError: the kernel module a quantization needs is missing.
         ValueError: a shape the chosen quantization cannot take (from the kernel).
@@ -23,6 +33,7 @@ class Linear:
     def __init__(self, weight: torch.Tensor, quantization: str | None = None) -> None:
         self.out_features, self.in_features = weight.shape
         self.quantization = quantization
+        self.gemv: GemvFn | None = None
         self.weight: torch.Tensor | None = None
         self.qweight: object | None = None
         if quantization is None:
@@ -48,6 +59,8 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
+            if self.gemv is not None and 0 < x.shape[0] <= GEMV_MAX_ROWS:
+                return self.gemv(x, self.weight)
             return torch.nn.functional.linear(x, self.weight)
         return self._fn(x.contiguous(), self.qweight)
 

@@ -46,6 +46,7 @@ class LlamaModel:
         self.embed = tensors.embed
         self.norm = tensors.norm
         self.lm_head = tensors.lm_head
+        self.lm_head_linear = Linear(tensors.lm_head)  # never quantized; shares the (possibly tied) weight
         self.layers: list[DecoderLayer] = []
         for t in tensors.layers:
             self.layers.append(DecoderLayer(
@@ -91,11 +92,28 @@ class LlamaModel:
         out, _ = ops.fused_add_rms_norm(h, residual, self.norm, eps)
         return out
 
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """fp32 logits [N, V] of the given rows of hidden states."""
-        return torch.nn.functional.linear(hidden, self.lm_head).float()
+    def linears(self) -> dict[str, list[Linear]]:
+        """The linear layers by kind ('qkv', 'o', 'gate_up', 'down', 'lm_head'), one entry per layer."""
+        kinds = ("qkv", "o", "gate_up", "down")
+        out = {k: [getattr(layer, k) for layer in self.layers] for k in kinds}
+        out["lm_head"] = [self.lm_head_linear]
+        return out
 
-    def forward(self, meta: StepMetadata, attention: AttentionFn) -> torch.Tensor:
-        """Logits [N, V] (fp32) of the step's sampling rows (``meta.logits_indices``)."""
+    def logits(self, hidden: torch.Tensor, fp32: bool = True) -> torch.Tensor:
+        """Logits [N, V] of the given rows of hidden states (fp32, or the model dtype)."""
+        out = self.lm_head_linear(hidden)
+        return out.float() if fp32 else out
+
+    def forward(self, meta: StepMetadata, attention: AttentionFn, fp32: bool = True) -> torch.Tensor:
+        """Logits [N, V] of the step's sampling rows (``meta.logits_indices``; None: every row).
+
+        Args:
+            meta: the step.
+            attention: the attention backend.
+            fp32: return fp32 logits (else the model dtype: exact, as fp32 logits are
+                the model-dtype ones converted).
+        """
         hidden = self.hidden_states(meta.input_ids, meta.positions, attention, meta)
-        return self.logits(hidden[meta.logits_indices])
+        if meta.logits_indices is not None:
+            hidden = hidden[meta.logits_indices]
+        return self.logits(hidden, fp32)

@@ -1,20 +1,25 @@
 """The engine's executor: ``ModelRunner.execute(plan) -> StepResult`` on a real model.
 
 Per step: swaps (out, then in), metadata (one host-to-device copy), the forward
-pass (a CUDA graph for decode-only steps when captured), sampling, and one
-synchronisation when the sampled ids come back to the host; the step's
-duration is that wall time.
+pass, sampling, and one synchronisation when the sampled ids come back to the
+host; the step's duration is that wall time. A decode-only step of at most the
+largest captured batch takes the CUDA-graph path: its inputs are written into
+static pinned buffers (one copy), one graph runs the whole step including the
+greedy argmax, and all-greedy steps read those ids back directly.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
 from engine.attention import TorchAttention, TritonAttention
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs
+from engine.decode_inputs import DecodeInputs
+from engine.gemv_choice import GEMV_DTYPES, GemvTiming, choose_gemv
 from engine.kv_cache import KVCache, block_bytes, storage_dtype
 from engine.layers import torch_ops, triton_ops
 from engine.loader import load_llama
@@ -48,6 +53,10 @@ class ModelRunner:
         num_gpu_blocks: KV blocks the scheduler may use (ids ``0..num_gpu_blocks-1``).
         max_model_len: longest sequence the engine accepts.
         graphs: captured decode graphs, or None (eager).
+        gemv_timings: the start-up choice between ``F.linear`` and ``gemv_bf16`` per
+            kind of linear layer (empty when not made).
+        last_launch_s: host seconds from the start of the last graph-path ``execute``
+            until its graph was launched (benchmarks).
     """
 
     def __init__(self, config: EngineConfig) -> None:
@@ -76,14 +85,25 @@ class ModelRunner:
         self.builder = MetadataBuilder(self.block_size, self.kv.scratch_block, self.device)
         self.sampler = Sampler(self.device, config.seed)
         self.graphs: DecodeGraphs | None = None
-        if self.device.type == "cuda" and not config.enforce_eager and backend == "triton":
+        self.gemv_timings: list[GemvTiming] = []
+        self.last_launch_s = 0.0
+        if self.device.type == "cuda" and backend == "triton":
+            if config.small_batch_gemv and config.quantization is None and self.dtype in GEMV_DTYPES:
+                try:
+                    self.gemv_timings = choose_gemv(self.model.linears(), self.device)
+                except Exception as exc:  # a failed timing only costs the optimisation
+                    for lins in self.model.linears().values():
+                        for lin in lins:
+                            lin.gemv = None
+                    warnings.warn(f"GEMV choice failed, using F.linear everywhere: {exc!r}", stacklevel=2)
             sizes = tuple(s for s in config.cuda_graph_batch_sizes if s <= config.max_num_seqs)
-            if sizes:
+            if sizes and not config.enforce_eager:
                 # The decode kernel picks its split count from the block-table width (host
                 # side), so captured graphs of a fixed width replay with fixed splits.
-                self.graphs = DecodeGraphs(lambda m: self.model.forward(m, self.attention), sizes,
-                                           self.max_blocks_per_seq, self.kv.scratch_block, self.block_size,
-                                           self.device)
+                inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size,
+                                      self.kv.scratch_block, self.device)
+                self.graphs = DecodeGraphs(lambda m: self.model.forward(m, self.attention, fp32=False), sizes,
+                                           inputs, self.device)
 
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
@@ -142,18 +162,21 @@ class ModelRunner:
         return n
 
     # --------------------------------------------------------------- execute
-    def prepare(self, plan: StepPlan, use_graph: bool = True) -> tuple[StepMetadata, int | None]:
-        """Swaps of ``plan`` then its metadata; the graph size it runs at (None: eager)."""
+    def _swap(self, plan: StepPlan) -> None:
         if plan.swap_out:
             self.kv.swap_out(plan.swap_out)
         if plan.swap_in:
             self.kv.swap_in(plan.swap_in)
-        graph_size = None
-        if use_graph and self.graphs is not None and not plan.prefills and plan.decodes:
-            graph_size = self.graphs.size_for(len(plan.decodes))
-        if graph_size is None:
-            return self.builder.build(plan), None
-        return self.builder.build(plan, graph_size, self.max_blocks_per_seq), graph_size
+
+    def uses_graph(self, plan: StepPlan) -> bool:
+        """Whether ``plan`` runs as a captured decode graph."""
+        return (self.graphs is not None and not plan.prefills
+                and 0 < len(plan.decodes) <= self.graphs.sizes[-1])
+
+    def prepare(self, plan: StepPlan) -> StepMetadata:
+        """Swaps of ``plan``, then its metadata for an eager forward pass."""
+        self._swap(plan)
+        return self.builder.build(plan)
 
     def logits(self, plan: StepPlan, all_rows: bool = False) -> tuple[torch.Tensor, list[Sequence]]:
         """Run ``plan``'s forward pass.
@@ -166,13 +189,14 @@ class ModelRunner:
         Returns:
             fp32 logits [N, V] of the sampling sequences, and those sequences in row order.
         """
-        meta, graph_size = self.prepare(plan, use_graph=not all_rows)
-        n = len(meta.sampling_seqs)
-        if all_rows:
-            meta.logits_indices = torch.arange(meta.num_tokens, device=self.device)
-        if graph_size is not None:
+        if not all_rows and self.uses_graph(plan):
             assert self.graphs is not None
-            return self.graphs.replay(meta)[:n], meta.sampling_seqs
+            self._swap(plan)
+            logits, _ = self.graphs.run(plan.decodes)
+            return logits.float(), list(plan.decodes)
+        meta = self.prepare(plan)
+        if all_rows:
+            meta.logits_indices = None
         if meta.num_tokens == 0:
             return torch.empty(0, self.spec.vocab_size, device=self.device), []
         return self.model.forward(meta, self.attention), meta.sampling_seqs
@@ -184,6 +208,19 @@ class ModelRunner:
             The sampled token per sampling sequence, and the step's measured wall time.
         """
         start = time.perf_counter()
+        if self.uses_graph(plan):
+            assert self.graphs is not None
+            self._swap(plan)
+            seqs = plan.decodes
+            logits, ids = self.graphs.run(seqs)
+            self.last_launch_s = time.perf_counter() - start
+            params = [s.request.sampling for s in seqs]
+            if all(p.temperature == 0.0 for p in params):
+                tokens = ids.tolist()  # the step's one synchronisation
+            else:
+                tokens = self.sampler.sample(logits.float(), params, [s.num_generated for s in seqs]).tolist()
+            new = {s.seq_id: [t] for s, t in zip(seqs, tokens, strict=True)}
+            return StepResult(time.perf_counter() - start, new)
         logits, seqs = self.logits(plan)
         if not seqs:
             if self.device.type == "cuda":

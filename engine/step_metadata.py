@@ -4,6 +4,12 @@ Token order: the prefill chunks' tokens (in plan order), then one token per
 decode. Every integer array is built on the host with numpy, laid out in one
 byte buffer and moved to the device with a single copy (from a pinned staging
 buffer on CUDA); the device tensors are views into that one buffer.
+
+Triton specialises a kernel on whether each pointer is 16-byte aligned and each
+integer argument is a multiple of 16 (or 1). So that a step's shapes never pick
+a new specialisation (a JIT compile of seconds in the middle of a run), every
+view starts on a ``SEGMENT_ALIGN``-byte boundary and block tables are padded to
+a width that is a multiple of ``TABLE_WIDTH_MULTIPLE``.
 """
 
 from __future__ import annotations
@@ -16,13 +22,17 @@ import torch
 from policies.sequence import Sequence
 from policies.types import StepPlan
 
+SEGMENT_ALIGN = 64  # bytes; the device buffer itself comes from the caching allocator (512-byte aligned)
+TABLE_WIDTH_MULTIPLE = 16
+
 
 @dataclass
 class StepMetadata:
     """Everything the model and attention need for one step.
 
     Device tensors: ``input_ids``, ``positions``, ``slot_mapping`` (int64 [T]);
-    ``logits_indices`` (int64 [N], the token rows that sample); prefill
+    ``logits_indices`` (int64 [N], the token rows that sample; None: every row,
+    as in a captured decode step); prefill
     ``prefill_cu_seqlens`` (int32 [Sp+1]), ``prefill_seq_lens`` (int32 [Sp],
     context after the step), ``prefill_block_tables`` (int32 [Sp, Wp]); decode
     ``decode_seq_lens`` (int32 [Sd]) and ``decode_block_tables`` (int32 [Sd, Wd]).
@@ -32,7 +42,7 @@ class StepMetadata:
     input_ids: torch.Tensor
     positions: torch.Tensor
     slot_mapping: torch.Tensor
-    logits_indices: torch.Tensor
+    logits_indices: torch.Tensor | None
     prefill_cu_seqlens: torch.Tensor
     prefill_seq_lens: torch.Tensor
     prefill_block_tables: torch.Tensor
@@ -49,7 +59,8 @@ class StepMetadata:
         return self.num_prefill_tokens + self.num_decodes
 
 
-def _last_token(seq: Sequence) -> int:
+def last_token(seq: Sequence) -> int:
+    """The token a sequence feeds next: its last output, else its last prompt token."""
     if seq.output_ids:
         return seq.output_ids[-1]
     ids = seq.request.prompt_token_ids
@@ -58,8 +69,13 @@ def _last_token(seq: Sequence) -> int:
     return ids[-1]
 
 
+def padded_width(width: int) -> int:
+    """``width`` rounded up to a positive multiple of ``TABLE_WIDTH_MULTIPLE``."""
+    return max(1, -(-width // TABLE_WIDTH_MULTIPLE)) * TABLE_WIDTH_MULTIPLE
+
+
 def _table(rows: list[list[int]], width: int, fill: int) -> np.ndarray:
-    out = np.full((len(rows), max(width, 1)), fill, dtype=np.int32)
+    out = np.full((len(rows), padded_width(width)), fill, dtype=np.int32)
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out
@@ -80,6 +96,8 @@ class MetadataBuilder:
         self.scratch_block = scratch_block
         self.device = device
         self._staging: torch.Tensor | None = None
+        # Recorded after each copy out of the pinned staging buffer; waited on before rewriting it.
+        self._copied = torch.cuda.Event() if device.type == "cuda" else None
 
     def build(self, plan: StepPlan, pad_decodes_to: int = 0, decode_table_width: int = 0) -> StepMetadata:
         """Lay out ``plan``'s tokens; optionally pad a decode-only batch (CUDA graphs).
@@ -122,7 +140,7 @@ class MetadataBuilder:
         d_pos = np.zeros(rows, dtype=np.int64)
         d_ids = np.zeros(rows, dtype=np.int64)
         d_pos[:nd] = [s.num_computed for s in decodes]
-        d_ids[:nd] = [_last_token(s) for s in decodes]
+        d_ids[:nd] = [last_token(s) for s in decodes]
         d_tables = [s.block_table for s in decodes]
         width = max([decode_table_width, *map(len, d_tables)])
         d_bt = _table(d_tables, width, self.scratch_block)
@@ -151,14 +169,16 @@ class MetadataBuilder:
                             prefill_q_lens=q_lens, prefill_ctx_lens=ctx_lens, sampling_seqs=sampling_seqs)
 
     def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """One host buffer (8-byte aligned segments), one copy, then typed views."""
+        """One host buffer (``SEGMENT_ALIGN``-byte aligned segments), one copy, then typed views."""
         layout: list[tuple[str, int, np.ndarray]] = []
         total = 0
         for name, arr in arrays.items():
             layout.append((name, total, arr))
-            total += -(-arr.nbytes // 8) * 8
-        total = max(total, 8)
+            total += -(-arr.nbytes // SEGMENT_ALIGN) * SEGMENT_ALIGN
+        total = max(total, SEGMENT_ALIGN)
         if self.device.type == "cuda":
+            if self._copied is not None:  # never overwrite pinned bytes a pending copy still reads
+                self._copied.synchronize()  # (returns at once when never recorded)
             if self._staging is None or self._staging.numel() < total:
                 self._staging = torch.empty(max(total, 2 * (self._staging.numel() if self._staging is not None
                                                              else 0)), dtype=torch.uint8, pin_memory=True)
@@ -168,7 +188,10 @@ class MetadataBuilder:
         host_np = host.numpy()
         for _, off, arr in layout:
             host_np[off : off + arr.nbytes] = np.ascontiguousarray(arr).view(np.uint8).reshape(-1)
-        dev = host.to(self.device, non_blocking=True) if self.device.type == "cuda" else host
+        dev = host
+        if self._copied is not None:
+            dev = host.to(self.device, non_blocking=True)
+            self._copied.record()
         out: dict[str, torch.Tensor] = {}
         for name, off, arr in layout:
             dtype = torch.int64 if arr.dtype == np.int64 else torch.int32

@@ -21,7 +21,8 @@ def make_seq(name: str, ids: list[int], first_block: int) -> Sequence:
 
 def runner(path, **kw) -> ModelRunner:
     kw.setdefault("dtype", "float32")
-    return ModelRunner(EngineConfig(str(path), device="cpu", num_gpu_blocks=64, block_size=BS, **kw))
+    kw.setdefault("device", "cpu")
+    return ModelRunner(EngineConfig(str(path), num_gpu_blocks=64, block_size=BS, **kw))
 
 
 def hf_logits(hf_model, ids: list[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,4 +1,7 @@
-"""The triton backend (kernels/, on the CPU interpreter without a GPU) against the torch backend."""
+"""The triton backend (kernels/, on the CPU interpreter without a GPU) against the torch backend.
+
+Triton kernels need their tensors on the GPU when one is present, so every runner here uses ``DEV``.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ from tests.engine.test_model import chunked_logits, make_seq, runner
 
 pytest.importorskip("kernels.attention_prefill")
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 @pytest.mark.parametrize("kv", ["auto", "int8", "fp8"])
 def test_triton_backend_matches_torch_backend(tiny_llama, kv):
@@ -18,7 +23,8 @@ def test_triton_backend_matches_torch_backend(tiny_llama, kv):
     a, b = (torch.randint(0, 300, (n,), generator=gen).tolist() for n in (21, 13))
     out = []
     for backend in ("torch", "triton"):
-        r = runner(tiny_llama, dtype="bfloat16", kv_cache_dtype=kv, attention_backend=backend)
+        r = runner(tiny_llama, dtype="bfloat16", kv_cache_dtype=kv, attention_backend=backend, device=DEV,
+                   enforce_eager=True)
         sa, sb = make_seq("a", a, 0), make_seq("b", b, 16)
         first = chunked_logits(r, sa, [9, 11])  # chunked prefill with a cached prefix
         chunked_logits(r, sb, [12])
@@ -26,7 +32,7 @@ def test_triton_backend_matches_torch_backend(tiny_llama, kv):
         # One mixed step: a's last prompt token as a chunk, b's last token as a decode.
         plan = StepPlan(3, 0.0, prefills=[PrefillChunk(sa, 20, 1)], decodes=[sb], num_prefill_tokens=1)
         out.append(torch.cat([first, r.logits(plan, all_rows=True)[0]]))
-    torch_out, triton_out = out
+    torch_out, triton_out = (x.cpu() for x in out)
     assert triton_out.shape == (22, 300)
     torch.testing.assert_close(triton_out, torch_out, atol=0.15 if kv == "fp8" else 8e-2, rtol=0)
     assert (triton_out.argmax(-1) == torch_out.argmax(-1)).float().mean() > 0.85
@@ -38,17 +44,18 @@ def test_weight_only_quantization_equals_dequantized_weights(tiny_llama_wide, qu
     ql = pytest.importorskip("kernels.quant_linear")
     ref_fn = ql.int8_linear_ref if quant == "int8" else ql.int4_linear_ref
     ids = list(range(11, 40))
-    r = runner(tiny_llama_wide, dtype="bfloat16", quantization=quant)
+    r = runner(tiny_llama_wide, dtype="bfloat16", quantization=quant, device=DEV, enforce_eager=True)
     assert r.model.layers[0].qkv.weight is None  # really quantized
     got = chunked_logits(r, make_seq("a", ids, 0), [len(ids)])
-    ref = runner(tiny_llama_wide, dtype="bfloat16")
+    ref = runner(tiny_llama_wide, dtype="bfloat16", device=DEV, enforce_eager=True)
     for mine, theirs in zip(r.model.layers, ref.model.layers, strict=True):
         for name in ("qkv", "o", "gate_up", "down"):
             q = getattr(mine, name)
-            eye = torch.eye(q.in_features, dtype=torch.float32)
+            eye = torch.eye(q.in_features, dtype=torch.float32, device=DEV)
             setattr(theirs, name, Linear(ref_fn(eye, q.qweight).T.to(torch.bfloat16)))
     want = chunked_logits(ref, make_seq("a", ids, 0), [len(ids)])
-    base = chunked_logits(runner(tiny_llama_wide, dtype="bfloat16"), make_seq("a", ids, 0), [len(ids)])
+    base = chunked_logits(runner(tiny_llama_wide, dtype="bfloat16", device=DEV, enforce_eager=True),
+                          make_seq("a", ids, 0), [len(ids)])
     assert (want - base).abs().max() > 0.02  # the dequantized model really differs
     err = (got - want).abs() / base.std()  # bf16 rounding differences only
     assert err.max() < 0.25 and err.mean() < 0.02
@@ -57,9 +64,10 @@ def test_weight_only_quantization_equals_dequantized_weights(tiny_llama_wide, qu
 def test_w8a8_stays_close(tiny_llama_wide):
     pytest.importorskip("kernels.w8a8")
     ids = list(range(11, 40))
-    base = chunked_logits(runner(tiny_llama_wide, dtype="bfloat16"), make_seq("a", ids, 0), [len(ids)])
-    got = chunked_logits(runner(tiny_llama_wide, dtype="bfloat16", quantization="w8a8"), make_seq("a", ids, 0),
-                         [len(ids)])
+    kw = {"dtype": "bfloat16", "device": DEV, "enforce_eager": True}
+    base = chunked_logits(runner(tiny_llama_wide, **kw), make_seq("a", ids, 0), [len(ids)])
+    w8a8 = runner(tiny_llama_wide, quantization="w8a8", **kw)
+    got = chunked_logits(w8a8, make_seq("a", ids, 0), [len(ids)])
     err = (got - base).abs() / base.std()  # int8 weights and per-token int8 activations
     assert 0 < err.mean() < 0.06 and err.max() < 0.3
 
@@ -67,4 +75,4 @@ def test_w8a8_stays_close(tiny_llama_wide):
 def test_int4_needs_width_multiple_of_group(tiny_llama):
     pytest.importorskip("kernels.quant_linear")
     with pytest.raises(ValueError, match=r"int4 quantization needs in_features divisible by 128, got a \[96, 64\]"):
-        runner(tiny_llama, dtype="bfloat16", quantization="int4")
+        runner(tiny_llama, dtype="bfloat16", quantization="int4", device=DEV)

@@ -1,0 +1,130 @@
+"""Static inputs of captured decode steps: one device buffer, its host mirror, one copy per step.
+
+The buffer holds, field after field (each on a ``SEGMENT_ALIGN``-byte boundary),
+``input_ids``, ``positions``, ``slot_mapping`` (int64 [R]), ``seq_lens`` (int32
+[R]) and ``block_tables`` (int32 [R, W]) for up to ``R`` rows. Block tables come
+last, so a step of ``b`` rows copies one prefix of the buffer: every field in
+full plus ``b`` table rows. The host mirror is pinned on CUDA and written in
+place; nothing is allocated per step.
+
+Rows past the step's real decodes are padding: token 0 at position 0, one key
+(the scratch block's first slot, where they also write). Table entries past a
+sequence's own blocks are left as they were: they are valid block ids and no
+kernel reads them (a row of context ``c`` reads only its first ``ceil(c / bs)``
+entries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+
+import numpy as np
+import torch
+
+from engine.step_metadata import SEGMENT_ALIGN, StepMetadata, last_token, padded_width
+from policies.sequence import Sequence
+
+_FIELDS = (("input_ids", np.int64, 1), ("positions", np.int64, 1), ("slot_mapping", np.int64, 1),
+           ("seq_lens", np.int32, 1), ("block_tables", np.int32, 0))  # 0: the table width
+
+
+class DecodeInputs:
+    """The static decode-step buffers that captured graphs read.
+
+    Args:
+        max_rows: most rows (the largest captured batch).
+        table_width: block-table width (rounded up to a multiple of 16).
+        block_size: tokens per KV block.
+        scratch_block: the KV block padding rows use.
+        device: where the buffers live (CUDA for graphs; the CPU works too, for tests).
+    """
+
+    def __init__(self, max_rows: int, table_width: int, block_size: int, scratch_block: int,
+                 device: torch.device) -> None:
+        if max_rows < 1:
+            raise ValueError(f"DecodeInputs.max_rows must be >= 1, got {max_rows}")
+        self.max_rows = max_rows
+        self.width = padded_width(table_width)
+        self.block_size = block_size
+        self.scratch_block = scratch_block
+        self.device = device
+        offsets: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+        total = 0
+        for name, dtype, cols in _FIELDS:
+            shape = (max_rows,) if cols else (max_rows, self.width)
+            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+            offsets[name] = (total, np.dtype(dtype), shape)
+            total += -(-nbytes // SEGMENT_ALIGN) * SEGMENT_ALIGN
+        self._table_offset = offsets["block_tables"][0]
+        pin = device.type == "cuda"
+        self._host = torch.zeros(total, dtype=torch.uint8, pin_memory=pin)
+        self._dev = torch.zeros(total, dtype=torch.uint8, device=device)
+        host_np = self._host.numpy()
+        self.host: dict[str, np.ndarray] = {}
+        self.dev: dict[str, torch.Tensor] = {}
+        for name, (off, dtype, shape) in offsets.items():
+            nbytes = int(np.prod(shape)) * dtype.itemsize
+            self.host[name] = host_np[off : off + nbytes].view(dtype).reshape(shape)
+            tdtype = torch.int64 if dtype == np.int64 else torch.int32
+            self.dev[name] = self._dev[off : off + nbytes].view(tdtype).view(shape)
+        self._pad(0, max_rows)
+        self.host["block_tables"][:] = scratch_block
+        self._dev.copy_(self._host)
+        # Recorded after each copy out of the pinned mirror (CUDA only); waited on before rewriting it.
+        self._copied = torch.cuda.Event() if pin else None
+
+    def _pad(self, start: int, stop: int) -> None:
+        h = self.host
+        h["input_ids"][start:stop] = 0
+        h["positions"][start:stop] = 0
+        h["slot_mapping"][start:stop] = self.scratch_block * self.block_size
+        h["seq_lens"][start:stop] = 1
+        h["block_tables"][start:stop, 0] = self.scratch_block
+
+    def stage(self, decodes: Seq[Sequence], rows: int) -> None:
+        """Write the decode step of ``decodes`` into rows ``0..rows-1`` (padding after them) and copy it.
+
+        Args:
+            decodes: the step's decoding sequences, in row order.
+            rows: the captured batch size the step runs at (>= len(decodes)).
+
+        Raises:
+            ValueError: more decodes than rows, or rows above ``max_rows``.
+        """
+        n = len(decodes)
+        if not n <= rows <= self.max_rows:
+            raise ValueError(f"cannot stage {n} decodes in {rows} rows (at most {self.max_rows})")
+        if self._copied is not None:  # the previous copy must have left the pinned buffer
+            self._copied.synchronize()  # (returns at once when never recorded)
+        h, bs = self.host, self.block_size
+        tables = h["block_tables"]
+        ids, pos, slots = [0] * n, [0] * n, [0] * n
+        for i, seq in enumerate(decodes):
+            p = seq.num_computed
+            table = seq.block_table
+            ids[i], pos[i], slots[i] = last_token(seq), p, table[p // bs] * bs + p % bs
+            tables[i, : len(table)] = table
+        h["input_ids"][:n] = ids
+        h["positions"][:n] = pos
+        h["slot_mapping"][:n] = slots
+        h["seq_lens"][:n] = h["positions"][:n] + 1
+        if rows > n:
+            self._pad(n, rows)
+        nbytes = self._table_offset + rows * self.width * 4
+        if self._copied is not None:
+            self._dev[:nbytes].copy_(self._host[:nbytes], non_blocking=True)
+            self._copied.record()
+        else:
+            self._dev[:nbytes].copy_(self._host[:nbytes])
+
+    def meta(self, rows: int) -> StepMetadata:
+        """Views of the first ``rows`` rows as a decode-only step (every row samples)."""
+        d = self.dev
+        i32 = {"dtype": torch.int32, "device": self.device}
+        return StepMetadata(
+            input_ids=d["input_ids"][:rows], positions=d["positions"][:rows],
+            slot_mapping=d["slot_mapping"][:rows], logits_indices=None,
+            prefill_cu_seqlens=torch.zeros(1, **i32), prefill_seq_lens=torch.zeros(0, **i32),
+            prefill_block_tables=torch.zeros((0, 1), **i32),
+            decode_seq_lens=d["seq_lens"][:rows], decode_block_tables=d["block_tables"][:rows],
+            num_prefill_tokens=0, num_decodes=rows, prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[])

@@ -1,0 +1,137 @@
+"""The captured-decode path: static input staging (any device), and graphs and GEMV choice (CUDA only)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from engine.decode_inputs import DecodeInputs
+from engine.step_metadata import SEGMENT_ALIGN, TABLE_WIDTH_MULTIPLE
+from policies.types import PrefillChunk, SamplingParams, StepPlan
+from tests.engine.test_model import BS, chunked_logits, make_seq, runner
+
+CUDA = torch.cuda.is_available()
+
+
+def decoding_seqs(r, lens: tuple[int, ...], seed: int, first_blocks: tuple[int, ...] | None = None) -> list:
+    """Sequences with their prompts but the last token prefilled, ready to decode."""
+    gen = torch.Generator().manual_seed(seed)
+    firsts = first_blocks or tuple(10 * i for i in range(len(lens)))
+    seqs = [make_seq(f"s{i}", torch.randint(0, 300, (n,), generator=gen).tolist(), f)
+            for i, (n, f) in enumerate(zip(lens, firsts, strict=True))]
+    for s in seqs:
+        chunked_logits(r, s, [s.prompt_len - 1])
+        s.num_computed = s.prompt_len - 1
+    return seqs
+
+
+@pytest.fixture
+def cpu_runner(tiny_llama):
+    return runner(tiny_llama)
+
+
+def test_staging_matches_builder_and_eager_logits(cpu_runner):
+    r = cpu_runner
+    seqs = decoding_seqs(r, (7, 13, 3), seed=4)
+    inputs = DecodeInputs(8, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device)
+    inputs.stage(seqs, 8)
+    meta = inputs.meta(8)
+    built = r.builder.build(StepPlan(5, 0.0, decodes=seqs), pad_decodes_to=8,
+                            decode_table_width=r.max_blocks_per_seq)
+    for name in ("input_ids", "positions", "slot_mapping"):
+        assert torch.equal(getattr(meta, name), getattr(built, name)), name
+    assert torch.equal(meta.decode_seq_lens, built.decode_seq_lens)
+    for i, s in enumerate(seqs):
+        assert meta.decode_block_tables[i, : len(s.block_table)].tolist() == s.block_table
+    assert (meta.decode_block_tables[3:, 0] == r.kv.scratch_block).all()
+    assert meta.decode_block_tables.shape[1] % TABLE_WIDTH_MULTIPLE == 0
+    eager = r.logits(StepPlan(5, 0.0, decodes=seqs))[0]
+    staged = r.model.forward(meta, r.attention)
+    assert staged.shape == (8, 300)
+    torch.testing.assert_close(staged[:3], eager, atol=1e-5, rtol=1e-5)
+
+
+def test_restaging_fewer_rows_over_stale_tables_stays_exact(cpu_runner):
+    """A row reused by a shorter sequence keeps stale table entries past its blocks; nothing reads them."""
+    r = cpu_runner
+    long_seq, short_seq = decoding_seqs(r, (30, 5), seed=6, first_blocks=(0, 20))
+    inputs = DecodeInputs(4, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device)
+    inputs.stage([long_seq, short_seq], 2)
+    inputs.stage([short_seq], 2)  # short_seq now in row 0, over long_seq's table; row 1 is padding
+    meta = inputs.meta(2)
+    assert meta.decode_block_tables[0, len(short_seq.block_table)].item() == long_seq.block_table[
+        len(short_seq.block_table)]
+    assert meta.decode_seq_lens.tolist() == [short_seq.num_computed + 1, 1]
+    eager = r.logits(StepPlan(5, 0.0, decodes=[short_seq]))[0]
+    torch.testing.assert_close(r.model.forward(meta, r.attention)[:1], eager, atol=1e-5, rtol=1e-5)
+
+
+def test_staging_errors(cpu_runner):
+    r = cpu_runner
+    seqs = decoding_seqs(r, (4, 5, 6), seed=1)
+    inputs = DecodeInputs(2, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device)
+    with pytest.raises(ValueError, match="cannot stage 3 decodes in 2 rows"):
+        inputs.stage(seqs, 2)
+    with pytest.raises(ValueError, match=r"cannot stage 1 decodes in 4 rows \(at most 2\)"):
+        inputs.stage(seqs[:1], 4)
+    with pytest.raises(ValueError, match="max_rows must be >= 1, got 0"):
+        DecodeInputs(0, 8, BS, 0, r.device)
+
+
+def test_step_metadata_views_are_aligned(cpu_runner):
+    """Aligned views and padded table widths keep Triton on one specialisation per kernel."""
+    r = cpu_runner
+    a, b = decoding_seqs(r, (9, 6), seed=2)
+    fresh = make_seq("f", list(range(3, 14)), 40)
+    plan = StepPlan(3, 0.0, prefills=[PrefillChunk(fresh, 0, 11)], decodes=[a, b], num_prefill_tokens=11)
+    meta = r.builder.build(plan)
+    for name in ("input_ids", "positions", "slot_mapping", "logits_indices", "prefill_cu_seqlens",
+                 "prefill_seq_lens", "prefill_block_tables", "decode_seq_lens", "decode_block_tables"):
+        t = getattr(meta, name)
+        assert t.data_ptr() % SEGMENT_ALIGN == 0, name
+    assert meta.prefill_block_tables.shape[1] == meta.decode_block_tables.shape[1] == TABLE_WIDTH_MULTIPLE
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+def test_graph_decode_equals_eager_decode(tiny_llama):
+    graphs = runner(tiny_llama, dtype="bfloat16", device="cuda", cuda_graph_batch_sizes=(1, 2, 4))
+    eager = runner(tiny_llama, dtype="bfloat16", device="cuda", enforce_eager=True)
+    assert graphs.graphs is not None and graphs.graphs.sizes == (1, 2, 4)
+    seqs_g = decoding_seqs(graphs, (7, 13, 3), seed=4)
+    seqs_e = decoding_seqs(eager, (7, 13, 3), seed=4)
+    plan_g, plan_e = StepPlan(5, 0.0, decodes=seqs_g), StepPlan(5, 0.0, decodes=seqs_e)
+    assert graphs.uses_graph(plan_g) and not eager.uses_graph(plan_e)
+    got, want = graphs.logits(plan_g)[0], eager.logits(plan_e)[0]
+    torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
+    res_g, res_e = graphs.execute(plan_g), eager.execute(plan_e)
+    assert [res_g.tokens[s.seq_id][0] for s in seqs_g] == got.argmax(-1).tolist()  # the in-graph argmax
+    top2 = want.topk(2, dim=-1).values
+    for s, margin in zip(seqs_g, (top2[:, 0] - top2[:, 1]).tolist(), strict=True):
+        if margin > 0.1:  # bf16 rounding may only flip near-ties
+            assert res_g.tokens[s.seq_id] == res_e.tokens[s.seq_id]
+    for s in seqs_g:  # random sampling on the graph's logits
+        s.request = dataclasses.replace(s.request, sampling=SamplingParams(temperature=1.0, seed=3))
+    sampled = graphs.execute(plan_g).tokens
+    assert set(sampled) == {s.seq_id for s in seqs_g}
+    assert all(0 <= t[0] < 300 for t in sampled.values())
+
+
+@pytest.mark.skipif(not CUDA, reason="the GEMV choice is timed on a GPU")
+def test_gemv_choice_and_forced_gemv_keep_results(tiny_llama):
+    from kernels.gemv_bf16 import gemv_bf16
+
+    r = runner(tiny_llama, dtype="bfloat16", device="cuda", enforce_eager=True)
+    assert {t.kind for t in r.gemv_timings} == {"qkv", "o", "gate_up", "down", "lm_head"}
+    assert all(t.linear_us > 0 for t in r.gemv_timings)
+    plain = runner(tiny_llama, dtype="bfloat16", device="cuda", enforce_eager=True, small_batch_gemv=False)
+    assert plain.gemv_timings == []
+    for lins in r.model.linears().values():  # every layer through the GEMV kernel, whatever was chosen
+        for lin in lins:
+            lin.gemv = gemv_bf16
+    seqs_r = decoding_seqs(r, (7, 13, 3), seed=4)
+    seqs_p = decoding_seqs(plain, (7, 13, 3), seed=4)
+    got = r.logits(StepPlan(5, 0.0, decodes=seqs_r))[0]
+    want = plain.logits(StepPlan(5, 0.0, decodes=seqs_p))[0]
+    torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
