@@ -300,6 +300,45 @@ def _prefill_case(runner, tag: str, peak: float) -> list[dict]:
                 ceiling_value=peak / 1e12)]
 
 
+def _int4_case(folder: Path, tag: str, bw: float, rows: list[dict]) -> list[dict]:
+    """Batch-1 decode with INT4 weights, beside the bf16 engine's figure from this run."""
+    from engine import LLM
+
+    bf16 = next((r["value"] for r in rows if r["case"] == f"{tag} decode b1 (prompt 128, 256 new)"), float("nan"))
+    llm = LLM(str(folder), dtype="bfloat16", max_model_len=MAX_MODEL_LEN, token_budget=TOKEN_BUDGET,
+              gpu_memory_utilization=0.85, quantization="int4")
+    try:
+        out = _decode_case(llm, f"{tag} int4", bw, {"decode": bf16}, profile_kernels=False)
+    finally:
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+    for r in out:
+        if r["unit"] == "tok/s":
+            r["reference"] = "bf16 engine, same run"
+    return out
+
+
+def _kv_capacity_case(folder: Path, tag: str, bf16_blocks: int) -> list[dict]:
+    """Concurrent 2k-token sequences that fit with FP8 / INT8 KV against bf16 KV (same memory budget)."""
+    from engine import EngineConfig, ModelRunner
+
+    out = []
+    per_seq = -(-2048 // 16)
+    for kv in ("fp8", "int8"):
+        runner = ModelRunner(EngineConfig(model=str(folder), dtype="bfloat16", max_model_len=MAX_MODEL_LEN,
+                                          gpu_memory_utilization=0.85, kv_cache_dtype=kv, enforce_eager=True))
+        blocks = runner.num_gpu_blocks
+        del runner
+        gc.collect()
+        torch.cuda.empty_cache()
+        _log(f"{tag}: {kv} KV {blocks} blocks vs bf16 {bf16_blocks}: {blocks // per_seq} vs "
+             f"{bf16_blocks // per_seq} concurrent 2k-token sequences")
+        out.append(row(BENCH, f"{tag} {kv} KV: concurrent 2k-token sequences", blocks // per_seq, "seqs",
+                       "bf16 KV, same run", bf16_blocks // per_seq))
+    return out
+
+
 def _case(rows: list[dict], case: str, fn: Callable[[], list[dict]]) -> None:
     """Run ``fn``; on failure one NaN row named ``case`` with the error; prints the case's time."""
     t = time.perf_counter()
@@ -342,6 +381,13 @@ def _model_cases(rows: list[dict], name: str, bw: float, peak: float, quick: boo
         _case(rows, f"{tag} decode b1", lambda: _decode_case(llm, tag, bw, hf, profile_kernels=tag == "1B"))
         _case(rows, f"{tag} offline", lambda: _offline_case(llm, tag, requests, hf))
         _case(rows, f"{tag} prefill 8x2048", lambda: _prefill_case(runner, tag, peak))
+        if tag == "1B" and not quick:
+            bf16_blocks = runner.num_gpu_blocks
+            del llm, runner
+            gc.collect()
+            torch.cuda.empty_cache()
+            _case(rows, f"{tag} int4 decode b1", lambda: _int4_case(folder, tag, bw, rows))
+            _case(rows, f"{tag} KV capacity", lambda: _kv_capacity_case(folder, tag, bf16_blocks))
 
 
 def run(quick: bool = False) -> list[dict]:
