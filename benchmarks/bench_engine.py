@@ -202,6 +202,29 @@ def _kernel_table(llm, prompt: list[int], steps: int = 8) -> None:
         _log(f"    {us:8.1f} us  x{count:5.1f}  {key[:90]}")
 
 
+def _eager_prefill_profile(llm, vocab: int, tokens: int, reps: int = 5) -> None:
+    """Print where an eager prefill step's time goes: wall, GPU busy time, top host-side ops."""
+    from torch.profiler import ProfilerActivity, profile
+
+    prompt = [(7 * i + 11) % vocab for i in range(tokens)]
+    llm.generate([prompt], max_tokens=1)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        llm.generate([prompt], max_tokens=1)
+    wall = (time.perf_counter() - t0) / reps
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            llm.generate([prompt], max_tokens=1)
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    gpu = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / reps
+    _log(f"  eager prefill of {tokens} tokens: {wall * 1e3:.2f} ms a request (generate, 1 token), "
+         f"GPU kernels {gpu / 1e3:.2f} ms")
+    rows = sorted(((e.self_cpu_time_total / reps, e.count / reps, e.key) for e in events), reverse=True)
+    for us, count, key in rows[:14]:
+        _log(f"    host {us:8.1f} us  x{count:6.1f}  {key[:80]}")
+
+
 def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels: bool) -> list[dict]:
     runner = llm.runner
     prompt = list(range(1000, 1128))
@@ -381,6 +404,10 @@ def _model_cases(rows: list[dict], name: str, bw: float, peak: float, quick: boo
         _case(rows, f"{tag} decode b1", lambda: _decode_case(llm, tag, bw, hf, profile_kernels=tag == "1B"))
         _case(rows, f"{tag} offline", lambda: _offline_case(llm, tag, requests, hf))
         _case(rows, f"{tag} prefill 8x2048", lambda: _prefill_case(runner, tag, peak))
+        if tag == "1B":
+            for n in (64, 1024):
+                _case(rows, f"{tag} eager profile {n}", lambda n=n: _eager_prefill_profile(llm, cfg["vocab_size"], n)
+                      or [])
         if tag == "1B" and not quick:
             bf16_blocks = runner.num_gpu_blocks
             del llm, runner
@@ -421,6 +448,25 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
+def int4_only() -> list[dict]:
+    """The 1B batch-1 decode, bf16 then INT4 weights, in one process (for a short device call)."""
+    from engine import LLM
+
+    bw = measure_copy_bandwidth()
+    with tempfile.TemporaryDirectory(prefix="bench_int4_") as tmp:
+        folder = Path(tmp)
+        _write_checkpoint("llama-3.2-1b", folder)
+        llm = LLM(str(folder), dtype="bfloat16", max_model_len=MAX_MODEL_LEN, token_budget=TOKEN_BUDGET,
+                  gpu_memory_utilization=0.85)
+        rows = _decode_case(llm, "1B", bw, {}, profile_kernels=False)
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+        return rows + _int4_case(folder, "1B", bw, rows)
+
+
 if __name__ == "__main__":
-    for r in run(quick=False):
+    import sys
+
+    for r in int4_only() if "--int4-only" in sys.argv[1:] else run(quick=False):
         print(r)

@@ -68,5 +68,5 @@ class Linear:
         """Bytes of the stored weight (and scales), what one full read of the layer costs."""
         if self.weight is not None:
             return self.weight.numel() * self.weight.element_size()
-        parts = [getattr(self.qweight, f) for f in ("qweight", "packed", "scale", "scales", "zeros")]
+        parts = [getattr(self.qweight, f, None) for f in ("qweight", "packed", "scale", "scales", "zeros")]
         return sum(p.numel() * p.element_size() for p in parts if isinstance(p, torch.Tensor))

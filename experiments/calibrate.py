@@ -34,7 +34,7 @@ import numpy as np
 from tqdm import tqdm
 
 from experiments.engine_run import add_model_args, build_runner, device_label, engine_config, warm_up
-from experiments.profile_fit import DecodeSample, PrefillSample, fit_profile
+from experiments.profile_fit import DecodeSample, PrefillSample, chunk_sizes, fit_profile
 from policies.batching import ContinuousBatching
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.types import Request, StepPlan, StepResult
@@ -61,7 +61,7 @@ class CalibrationGrid:
 
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
     decode_contexts: tuple[int, int] = (32, 2048)
-    prefill_tokens: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    prefill_tokens: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
     prefill_context: int = 4096
     warmup: int = 3
     repeats: int = 7
@@ -130,9 +130,9 @@ class _Driver:
                     return DecodeSample(batch, statistics.median(ctx[warmup:]), statistics.median(times[warmup:]))
         raise RuntimeError(f"calibration: no steady decode batch of {batch} at context {context}")
 
-    def prefill(self, tokens: int, context: int, warmup: int, repeats: int) -> PrefillSample:
+    def prefill(self, tokens: int, context: int, seqs: int, warmup: int, repeats: int) -> PrefillSample:
         budget = max(tokens, self.runner.config.max_num_batched_tokens)
-        sched = self.scheduler(1, budget, caching=True)
+        sched = self.scheduler(seqs, budget, caching=True)
         prefix: tuple[int, ...] = ()
         if context:
             seed = self.request(context, 1)
@@ -141,21 +141,26 @@ class _Driver:
             while sched.has_unfinished():
                 self.step(sched)
         times: list[float] = []
+        want = [(context, t) for t in chunk_sizes(tokens, seqs)]
         for _ in range(warmup + repeats):
-            sched.add_request(self.request(context + tokens, 1, prefix))
+            for t in chunk_sizes(tokens, seqs):
+                sched.add_request(self.request(context + t, 1, prefix))
             plan, dt = self.step(sched)
             chunks = [(c.start, c.num_tokens) for c in plan.prefills]
-            if chunks != [(context, tokens)] or plan.decodes:
-                raise RuntimeError(f"calibration: expected one chunk of {tokens} tokens after {context} cached, "
-                                   f"got chunks {chunks} and {len(plan.decodes)} decodes")
+            if sorted(chunks) != sorted(want) or plan.decodes:
+                raise RuntimeError(f"calibration: expected chunks {want} (start, tokens), got chunks {chunks} "
+                                   f"and {len(plan.decodes)} decodes")
             times.append(dt)
-        return PrefillSample(tokens, context, statistics.median(times[warmup:]))
+        return PrefillSample(tokens, context, statistics.median(times[warmup:]), seqs)
 
 
-def plan_shapes(grid: CalibrationGrid, runner: ModelRunner) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-    """The (batch, context) decode shapes and (tokens, context) prefill shapes that fit this engine.
+def plan_shapes(grid: CalibrationGrid, runner: ModelRunner
+                ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
+    """The (batch, context) decode shapes and (tokens, context, seqs) prefill shapes that fit this engine.
 
-    Shapes longer than ``max_model_len`` or larger than the KV pool are shrunk (contexts) or dropped.
+    Contexts are shrunk to fit ``max_model_len`` and the KV pool; prefill steps of more tokens than
+    ``max_num_batched_tokens`` are dropped, and those longer than one sequence may be are split into
+    ``seqs`` near-equal chunks.
     """
     bs, blocks, mml = runner.block_size, runner.num_gpu_blocks, runner.max_model_len
     steps = grid.warmup + grid.repeats + 8
@@ -165,12 +170,15 @@ def plan_shapes(grid: CalibrationGrid, runner: ModelRunner) -> tuple[list[tuple[
         shapes = [c for c in dict.fromkeys(min(c, fit) for c in grid.decode_contexts) if c >= 2]
         if len(shapes) == 2:
             decodes += [(b, c) for c in shapes]
-    prefills: list[tuple[int, int]] = []
+    prefills: list[tuple[int, int, int]] = []
+    ctx = min(grid.prefill_context, mml // 2) // bs * bs
     for t in grid.prefill_tokens:
-        room = min(mml - t - 1, (blocks // 2) * bs - t - bs)
-        ctx = min(grid.prefill_context, room) // bs * bs
-        if ctx >= bs:
-            prefills += [(t, 0), (t, ctx)]
+        if t > runner.config.max_num_batched_tokens:
+            continue
+        seqs = -(-t // (mml - ctx - 1))
+        if seqs > runner.config.max_num_seqs or ctx < bs or (ctx + t) // bs + 2 * seqs > blocks // 2:
+            continue
+        prefills += [(t, 0, seqs), (t, ctx, seqs)]
     return decodes, prefills
 
 
@@ -200,14 +208,15 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
     warm_up(runner)
     driver = _Driver(runner)
     dec_shapes, pf_shapes = plan_shapes(grid, runner)
-    jobs = [("decode", *s) for s in dec_shapes] + [("prefill", *s) for s in pf_shapes]
     decodes: list[DecodeSample] = []
     prefills: list[PrefillSample] = []
-    for kind, size, ctx in tqdm(jobs, desc="calibrating", unit="shape", disable=not progress):
-        if kind == "decode":
+    with tqdm(total=len(dec_shapes) + len(pf_shapes), desc="calibrating", unit="shape", disable=not progress) as bar:
+        for size, ctx in dec_shapes:
             decodes.append(driver.decode(size, ctx, grid.warmup, grid.repeats))
-        else:
-            prefills.append(driver.prefill(size, ctx, grid.warmup, grid.repeats))
+            bar.update()
+        for size, ctx, seqs in pf_shapes:
+            prefills.append(driver.prefill(size, ctx, seqs, grid.warmup, grid.repeats))
+            bar.update()
     fitted = fit_profile(decodes, prefills)
     cfg, s = runner.config, runner.spec
     dtype = SHORT_DTYPES[cfg.dtype]
@@ -228,6 +237,8 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
         "swap_bytes_per_s": swap_rate(runner),
         "tables": {name: {"x": xs, "time_s": ys} for name, (xs, ys) in fitted.tables.items()},
     }
+    if runner.graphs is not None:  # decode-only steps up to the largest size replay padded graphs
+        profile["graph_batch_sizes"] = [int(b) for b in runner.graphs.sizes]
     return profile
 
 

@@ -9,8 +9,10 @@ Inputs are medians of whole-step wall times of two kinds of steps:
   ``C`` cached prefix tokens: ``P = T * C + T * (T + 1) / 2`` causal (query, key) pairs;
   eager steps, like every step that holds a prefill chunk.
 
-The cost model adds ``step_overhead + dense(tokens) + prefill_attention(pairs) +
-decode_attention(decode ctx)`` (no ``lm_head`` table: dense includes it). The fit:
+The cost model (``sim/cost_model.py``) adds ``step_overhead + dense'(tokens) +
+prefill_attention(pairs) + decode_attention(decode ctx)``, where ``dense'`` is ``dense`` at the
+padded graph size for graphed decode steps and ``eager_dense`` for eager steps (no ``lm_head``
+table: the dense tables include it). The fit:
 
 1. decode attention: per ``B``, the slope ``k_B = dt / dx`` between its small and
    large context; each measured point contributes ``(x, k_B * x)``, i.e. decode
@@ -18,13 +20,11 @@ decode_attention(decode ctx)`` (no ``lm_head`` table: dense includes it). The fi
 2. decode base ``d(B) = t(B, small) - k_B * x_small``; ``step_overhead_s`` is the
    intercept at ``B = 0`` of the line through the two smallest batches (clipped to
    ``[0, min d]``) and ``dense(B) = d(B) - overhead``;
-3. prefill: per ``T``, the slope ``k_T = dt / dP`` between ``C = 0`` and the largest
-   ``C``, and the base ``e(T) = t(T, 0) - overhead - k_T * P(T, 0)``. Where ``T`` lies in
-   the decode range, ``e(T) - dense(T)`` is the extra cost of an eager, prefill-holding
-   step over a graphed decode step of as many tokens; its median ``E`` (>= 0) goes into
-   the prefill table, which the cost model adds exactly when a step holds a prefill:
-   points ``(P, E + k_T * P)``, plus ``(1, E)``. For ``T`` beyond the decode range,
-   ``dense(T) = e(T) - E``.
+3. prefill attention: per ``T``, the slope ``k_T = dt / dP`` between ``C = 0`` and the largest
+   ``C``; points ``(P, k_T * P)`` of the chunk sizes ``T >= 256`` only (below that the
+   attention of even a long context is lost in the step's noise), plus ``(1, 0)``;
+4. ``eager_dense(T) = t(T, 0) - overhead - prefill_attention(P(T, 0))`` for every ``T``.
+   Steps of more tokens than one sequence may hold are timed as several equal chunks.
 
 Every table is then made non-decreasing by isotonic regression (pool adjacent
 violators), duplicates in ``x`` averaged, negative times clipped to 0. Nothing here
@@ -52,16 +52,23 @@ class DecodeSample:
 
 @dataclass(frozen=True)
 class PrefillSample:
-    """Median time of a prefill-only step of one ``tokens`` chunk after ``context`` cached tokens."""
+    """Median time of a prefill-only step of ``tokens`` in ``seqs`` near-equal chunks, each after
+    ``context`` cached tokens."""
 
     tokens: int
     context: int
     time_s: float
+    seqs: int = 1
 
     @property
     def pairs(self) -> float:
-        t, c = self.tokens, self.context
-        return t * c + t * (t + 1) / 2
+        return sum(t * self.context + t * (t + 1) / 2 for t in chunk_sizes(self.tokens, self.seqs))
+
+
+def chunk_sizes(tokens: int, seqs: int) -> list[int]:
+    """``tokens`` split into ``seqs`` chunks whose sizes differ by at most one (larger first)."""
+    q, r = divmod(tokens, seqs)
+    return [q + 1] * r + [q] * (seqs - r)
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class FittedProfile:
 
     step_overhead_s: float
     tables: dict[str, tuple[list[float], list[float]]]
-    eager_extra_s: float
+    eager_extra_s: float  # diagnostic: median eager_dense(T) - dense(T) over the decode range
 
 
 def isotonic(ys: Sequence[float]) -> list[float]:
@@ -136,24 +143,27 @@ def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSampl
     sizes = sorted(t for t, ps in by_tokens.items() if any(p.context == 0 for p in ps) and len(ps) >= 2)
     if len(sizes) < 2:
         raise ValueError("calibration needs prefill steps at >= 2 chunk sizes, each with and without context")
-    slopes: dict[int, float] = {}
-    eager_base: dict[int, float] = {}
-    for t in sizes:
+    big = [t for t in sizes if t >= 256] or sizes[-1:]
+    pf_points = [(1.0, 0.0)]
+    for t in big:
         ps = sorted(by_tokens[t], key=lambda p: p.context)
         k = _slope((ps[0].pairs, ps[0].time_s), (ps[-1].pairs, ps[-1].time_s))
-        slopes[t] = k
-        eager_base[t] = ps[0].time_s - overhead - k * ps[0].pairs
+        pf_points += [(p.pairs, k * p.pairs) for p in ps]
+    pf_table = monotone_table(pf_points)
+    pf_fn = PiecewiseLinear(*pf_table)
+    scratch = {t: min(by_tokens[t], key=lambda p: p.context) for t in sizes}
+    eager_points = [(float(t), p.time_s - overhead - pf_fn(p.pairs)) for t, p in scratch.items()]
+    eager_table = monotone_table(eager_points)
+    eager_fn = PiecewiseLinear(*eager_table)
     max_batch = batches[-1]
     overlap = [t for t in sizes if t <= max_batch] or sizes[:1]
-    extra = max(0.0, statistics.median(eager_base[t] - dense_dec_fn(t) for t in overlap))
-    dense_points = dense_dec + [(float(t), eager_base[t] - extra) for t in sizes if t > max_batch]
-    pf_points = [(1.0, extra)] + [(p.pairs, extra + slopes[t] * p.pairs) for t in sizes for p in by_tokens[t]]
+    extra = statistics.median(eager_fn(t) - dense_dec_fn(t) for t in overlap)
     xs, ys = monotone_table(dec_points)
     if xs[0] > 1:  # below the first point attention shrinks with the context
         xs, ys = [1.0, *xs], [ys[0] / xs[0], *ys]
     return FittedProfile(
         step_overhead_s=overhead,
-        tables={"dense": monotone_table(dense_points), "decode_attention": (xs, ys),
-                "prefill_attention": monotone_table(pf_points)},
+        tables={"dense": monotone_table(dense_dec), "decode_attention": (xs, ys),
+                "prefill_attention": pf_table, "eager_dense": eager_table},
         eager_extra_s=extra,
     )

@@ -5,7 +5,8 @@ fresh ``Scheduler`` per run resets the KV bookkeeping and the prefix cache), the
 the same materialised requests with the same ``SchedulerConfig`` (the engine's block count and
 size) and policy, priced by ``CalibratedCostModel`` from the given profile. Writes
 ``DIR/<trace>/<policy>/{real,sim}/`` (result files as ``servegym sim``), ``DIR/errors.csv``
-(``trace, policy, metric, sim, real, rel_error``), ``DIR/summaries.csv`` and the plots.
+(``trace, policy, metric, sim, real, rel_error``), ``DIR/step_fit.csv`` (the cost model's
+error on the real runs' own steps, ``experiments.step_fit``), ``DIR/summaries.csv`` and the plots.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from experiments.engine_run import (
     warm_up,
     write_engine_config,
 )
+from experiments.step_fit import step_fit
 from policies.metrics import SLO, write_results
 from policies.scheduler import SchedulerConfig
 from policies.spec import parse_policy
@@ -122,6 +124,7 @@ def validate(ns: argparse.Namespace) -> pd.DataFrame:
     gpu, model = device_label(runner), ns.model
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
+    fits: list[pd.DataFrame] = []
     from experiments import validate_plots as plots  # matplotlib only once the replays are done
 
     bar = tqdm(total=len(traces) * len(policies), desc="validate", unit="run", disable=ns.quiet)
@@ -144,6 +147,7 @@ def validate(ns: argparse.Namespace) -> pd.DataFrame:
             write_engine_config(run_dir / "real", runner.config)
             write_results(run_dir / "sim", s.requests, s.steps, sim_sum)
             rows += error_rows(label, spec, sim_sum, real_sum)
+            fits.append(step_fit(r_steps, cost, label, spec))
             summaries += [{"world": "real", **real_sum}, {"world": "sim", **sim_sum}]
             for frames, (a, b) in ((req_frames, (r_req, s.requests)), (step_frames, (r_steps, s.steps))):
                 frames += [a.assign(world="real", policy=spec), b.assign(world="sim", policy=spec)]
@@ -157,8 +161,18 @@ def validate(ns: argparse.Namespace) -> pd.DataFrame:
     errors = pd.DataFrame(rows, columns=list(ERROR_COLUMNS))
     errors.to_csv(out / "errors.csv", index=False)
     pd.DataFrame(summaries).to_csv(out / "summaries.csv", index=False)
+    pd.concat(fits, ignore_index=True).to_csv(out / "step_fit.csv", index=False)
     plots.error_heatmap(errors, out / "errors.png")
     return errors
+
+
+def print_step_fit(out: Path) -> None:
+    """The cost model's error on the real steps, from ``out/step_fit.csv``, in percent."""
+    fit = pd.read_csv(out / "step_fit.csv")
+    table = fit.pivot_table(index=["trace", "policy"], columns="kind", values="rel_error", sort=False)
+    with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:+.1f}".format):
+        print("cost model on the real runs' steps, (predicted - measured) / measured of summed step time, in %:")
+        print((table * 100).to_string())
 
 
 def print_errors(errors: pd.DataFrame) -> None:
@@ -184,6 +198,7 @@ def cmd_validate(ns: argparse.Namespace) -> int:
     """``servegym validate``."""
     errors = validate(ns)
     print_errors(errors)
-    print(f"wrote {ns.out}/errors.csv, summaries.csv, errors.png and per trace: latency_cdf.png, "
+    print_step_fit(Path(ns.out))
+    print(f"wrote {ns.out}/errors.csv, step_fit.csv, summaries.csv, errors.png and per trace: latency_cdf.png, "
           "e2e_scatter.png, kv_util.png, <policy>/{real,sim}/")
     return 0

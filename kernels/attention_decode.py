@@ -188,7 +188,7 @@ def paged_decode_attention(
     if num_seqs == 0:
         return out
     d = q.shape[2]
-    block_d = next_pow2(d)
+    block_d = max(16, next_pow2(d))  # tl.dot needs K >= 16 on GPUs
     if num_splits is None:
         num_splits = default_num_splits(num_seqs, hkv, block_tables.shape[1] * k_cache.shape[1], q.device)
     group = hq // hkv

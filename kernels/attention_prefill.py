@@ -170,7 +170,7 @@ def paged_prefill_attention(
         float(softmax_scale) * math.log2(math.e), num_seqs,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.shape[1], hkv,
-        GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=next_pow2(d),
+        GROUP=group, GROUP_P=group_p, HEAD_DIM=d, BLOCK_D=max(16, next_pow2(d)),
         BLOCK_Q=block_q, BLOCK_M=block_q * group_p, BLOCK_N=cfg["BLOCK_N"], QUANT=quantized,
         DOT_DT=dot_dtype(q.dtype, q.device),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],

@@ -22,7 +22,8 @@ from policies.sequence import SeqStatus, Sequence
 from policies.types import PrefillChunk, Request, StepPlan, StepResult
 
 STEP_LOG_COLUMNS = ("start_s", "duration_s", "prefill_tokens", "decodes", "kv_blocks_used",
-                    "running", "waiting", "swapped", "preempted")
+                    "running", "waiting", "swapped", "preempted", "prefills", "decode_ctx_tokens",
+                    "prefill_attn_pairs")
 
 
 @dataclass(frozen=True)
@@ -323,7 +324,8 @@ class Scheduler:
             self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
         self.step_log.extend((plan.now, result.duration_s, plan.num_prefill_tokens, len(plan.decodes),
                               bm.num_used, len(self.running), len(self.waiting), len(self.swapped),
-                              len(plan.preempted)))
+                              len(plan.preempted), len(plan.prefills), plan.decode_ctx_tokens,
+                              plan.prefill_attn_pairs))
         return done
 
     def _emit(self, seq: Sequence, t: float, ids: dict[str, list[int]] | None) -> bool:

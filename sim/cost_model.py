@@ -15,18 +15,25 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
   the layers. Swapped blocks cost ``block bytes / host bandwidth`` each.
 - ``CalibratedCostModel``: from a profile file (format in ``sim/profile.py``)::
 
-      step_time = step_overhead_s + dense(T) + lm_head(S) + prefill_attention(pairs)
+      step_time = step_overhead_s + dense'(T) + lm_head(S) + prefill_attention(pairs)
                   + decode_attention(decode_ctx) + swapped_blocks * block_bytes / swap_bytes_per_s
 
-  each table interpolated piecewise-linearly (flat below its first point,
-  linearly extrapolated beyond its last); a term is 0 when its work is 0 (no
-  prefill chunk, no decode) and an empty step costs 0.
+  where ``dense'`` follows the engine's two kinds of steps when the profile says
+  how they run: a decode-only step of ``B <= max(graph_batch_sizes)`` sequences
+  replays the graph captured for the smallest size ``>= B``, so it costs
+  ``dense(that size)``; any other step is eager and costs ``eager_dense(T)``.
+  Without ``graph_batch_sizes`` decode-only steps cost ``dense(B)``; without
+  ``eager_dense`` the other steps cost ``dense(T)``. Each table interpolated
+  piecewise-linearly (flat below its first point, linearly extrapolated beyond
+  its last); a term is 0 when its work is 0 (no prefill chunk, no decode) and an
+  empty step costs 0.
 """
 
 from __future__ import annotations
 
 import datetime
 import sys
+from bisect import bisect_left
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -37,6 +44,7 @@ from sim.profile import PROFILE_FORMAT, PiecewiseLinear, read_profile, validate_
 from sim.roofline import OpCost, op_costs, op_times
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
+MEASURED_DIR = PROFILES_DIR / "measured"  # profiles written by servegym calibrate on real GPUs
 __all__ = ["CostModel", "RooflineCostModel", "CalibratedCostModel", "make_roofline_profile",
            "write_profile", "profile_name", "load_cost_model", "PROFILES_DIR"]
 
@@ -165,7 +173,14 @@ class CalibratedCostModel:
         self.step_overhead_s = float(profile["step_overhead_s"])
         self.swap_block_s = profile["kv_bytes_per_token"] * block_size / profile["swap_bytes_per_s"]
         self._dense, self._lm = tables["dense"], tables.get("lm_head")
+        self._eager = tables.get("eager_dense", self._dense)
         self._pf, self._dec = tables["prefill_attention"], tables["decode_attention"]
+        self.graph_batch_sizes: list[int] = list(profile.get("graph_batch_sizes") or [])
+        # Dense time of a graphed decode step of B sequences, by B (the graph's padded size).
+        self._graph_dense = [0.0]
+        for b in range(1, (self.graph_batch_sizes or [0])[-1] + 1):
+            padded = self.graph_batch_sizes[bisect_left(self.graph_batch_sizes, b)]
+            self._graph_dense.append(self._dense(padded))
 
     @classmethod
     def from_file(cls, path: str | Path, block_size: int = 16) -> CalibratedCostModel:
@@ -174,18 +189,42 @@ class CalibratedCostModel:
 
     def step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` in seconds."""
-        nd, tp = len(plan.decodes), plan.num_prefill_tokens
-        swaps = len(plan.swap_in) + len(plan.swap_out)
+        return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), len(plan.decodes),
+                               plan.decode_ctx_tokens, plan.prefill_attn_pairs,
+                               len(plan.swap_in) + len(plan.swap_out))
+
+    def shape_time(self, prefill_tokens: float, prefills: float, decodes: float, decode_ctx_tokens: float,
+                   prefill_attn_pairs: float, swapped_blocks: float = 0) -> float:
+        """Predicted duration of a step from its aggregates (the columns of a step log).
+
+        Args:
+            prefill_tokens: tokens of all prefill chunks.
+            prefills: number of prefill chunks.
+            decodes: number of decoding sequences.
+            decode_ctx_tokens: context tokens the decodes read, in all.
+            prefill_attn_pairs: causal (query, key) pairs of the chunks.
+            swapped_blocks: KV blocks swapped in or out.
+
+        Returns:
+            Seconds.
+        """
+        nd, tp = int(decodes), prefill_tokens
+        swap = swapped_blocks * self.swap_block_s
         if nd + tp == 0:
-            return self.step_overhead_s + swaps * self.swap_block_s if swaps else 0.0
-        total = self.step_overhead_s + self._dense(tp + nd)
+            return self.step_overhead_s + swap if swapped_blocks else 0.0
+        if tp == 0 and nd < len(self._graph_dense):
+            total = self.step_overhead_s + self._graph_dense[nd]
+        elif tp == 0 and not self.graph_batch_sizes:  # an engine without graphs: decodes as calibrated
+            total = self.step_overhead_s + self._dense(nd)
+        else:
+            total = self.step_overhead_s + self._eager(tp + nd)
         if self._lm is not None:
-            total += self._lm(nd + len(plan.prefills))
+            total += self._lm(nd + prefills)
         if tp:
-            total += self._pf(plan.prefill_attn_pairs)
+            total += self._pf(prefill_attn_pairs)
         if nd:
-            total += self._dec(plan.decode_ctx_tokens)
-        return total + swaps * self.swap_block_s if swaps else total
+            total += self._dec(decode_ctx_tokens)
+        return total + swap
 
 
 def _grid(hi: float) -> list[float]:
@@ -252,7 +291,8 @@ def load_cost_model(model: str, gpu: str, kind: str = "calibrated", profile: str
         model, gpu: names (``llama-3.2-1b``, ``h100``); a model may also be a config path.
         kind: 'calibrated' (a profile file) or 'roofline' (analytic).
         profile: profile path for 'calibrated'; default: the shipped one for
-            (model, gpu, weight_dtype, kv_dtype) in ``sim/profiles``.
+            (model, gpu, weight_dtype, kv_dtype): the measured one in ``sim/profiles/measured``
+            where there is one, else the roofline-derived one in ``sim/profiles``.
         step_overhead_s: per-step overhead of the roofline model (a profile has its own).
 
     Raises:
@@ -265,10 +305,11 @@ def load_cost_model(model: str, gpu: str, kind: str = "calibrated", profile: str
     if kind == "roofline":
         return RooflineCostModel(spec, gpu_spec, weight_dtype, kv_dtype, block_size, step_overhead_s)
     if profile is None:
-        profile = PROFILES_DIR / profile_name(spec.name, gpu_spec.name, weight_dtype, kv_dtype)
+        name = profile_name(spec.name, gpu_spec.name, weight_dtype, kv_dtype)
+        profile = MEASURED_DIR / name if (MEASURED_DIR / name).is_file() else PROFILES_DIR / name
     path = Path(profile)
     if not path.is_file():
-        shipped = sorted(p.name for p in PROFILES_DIR.glob("*.json"))
+        shipped = sorted(str(p.relative_to(PROFILES_DIR)) for p in PROFILES_DIR.glob("**/*.json"))
         raise FileNotFoundError(f"no profile {path}; shipped profiles: {shipped} (or use kind='roofline', "
                                 "or write one with python -m sim.make_default_profiles)")
     return CalibratedCostModel.from_file(path, block_size)

@@ -106,14 +106,14 @@ def test_graph_decode_equals_eager_decode(tiny_llama):
     got, want = graphs.logits(plan_g)[0], eager.logits(plan_e)[0]
     torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
     res_g, res_e = graphs.execute(plan_g), eager.execute(plan_e)
-    assert [res_g.tokens[s.seq_id][0] for s in seqs_g] == got.argmax(-1).tolist()  # the in-graph argmax
+    assert [res_g.token_ids[s.seq_id][0] for s in seqs_g] == got.argmax(-1).tolist()  # the in-graph argmax
     top2 = want.topk(2, dim=-1).values
     for s, margin in zip(seqs_g, (top2[:, 0] - top2[:, 1]).tolist(), strict=True):
         if margin > 0.1:  # bf16 rounding may only flip near-ties
-            assert res_g.tokens[s.seq_id] == res_e.tokens[s.seq_id]
+            assert res_g.token_ids[s.seq_id] == res_e.token_ids[s.seq_id]
     for s in seqs_g:  # random sampling on the graph's logits
         s.request = dataclasses.replace(s.request, sampling=SamplingParams(temperature=1.0, seed=3))
-    sampled = graphs.execute(plan_g).tokens
+    sampled = graphs.execute(plan_g).token_ids
     assert set(sampled) == {s.seq_id for s in seqs_g}
     assert all(0 <= t[0] < 300 for t in sampled.values())
 

@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 
 from experiments.cli import main
+from experiments.engine_run import slug
+from experiments.step_fit import STEP_FIT_COLUMNS
 from experiments.validate import ERROR_COLUMNS, METRICS
 from sim.profile import read_profile
 
@@ -51,7 +53,7 @@ def test_calibrate_writes_a_valid_measured_profile(profile: Path) -> None:
     assert "--prefill-context 64" in meta["command"]
     assert len(meta["decode_samples"]) == 6 and len(meta["prefill_samples"]) == 4
     assert data["step_overhead_s"] >= 0 and data["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # K+V, layers, heads
-    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention"}
+    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention", "eager_dense"}
 
 
 def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_path: Path,
@@ -70,7 +72,18 @@ def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_p
         assert (trace_dir / png).stat().st_size > 5_000
     for world in ("real", "sim"):
         assert json.loads((trace_dir / "continuous" / world / "summary.json").read_text())["num_finished"] == 12
-    assert "relative error" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "relative error" in out and "cost model on the real runs' steps" in out
+    fit = pd.read_csv(tmp_path / "step_fit.csv")
+    assert tuple(fit.columns) == STEP_FIT_COLUMNS and set(fit["policy"]) == set(policies)
+    for (_trace, policy), part in fit.groupby(["trace", "policy"]):
+        whole = part[part["kind"] == "all"].iloc[0]
+        kinds = part[part["kind"] != "all"]
+        assert whole["steps"] == kinds["steps"].sum() > 0
+        assert whole["real_s"] == pytest.approx(kinds["real_s"].sum()) and whole["real_s"] > 0
+        steps = pd.read_parquet(tmp_path / "poisson-r50" / slug(policy) / "real" / "steps.parquet")
+        busy = steps[steps["prefill_tokens"] + steps["decodes"] > 0]
+        assert whole["steps"] == len(busy) and whole["real_s"] == pytest.approx(busy["duration_s"].sum())
 
 
 @pytest.mark.parametrize(("command", "args", "message"), [

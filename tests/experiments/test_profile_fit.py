@@ -50,6 +50,28 @@ def test_fit_reproduces_a_linear_engine() -> None:
     assert model.step_time(prefill) == pytest.approx(prefill_time(t, c), rel=1e-3)
 
 
+def test_fit_separates_graphed_and_eager_costs() -> None:
+    """An engine whose eager steps cost a nonlinear launch overhead on top of the graphed decode cost:
+    the eager_dense table recovers it, and multi-sequence prefill steps count their pairs per chunk."""
+    def eager_cost(t: int) -> float:
+        return 4e-3 + 1e-3 * math.log2(t) + DENSE * t
+
+    def pf_time(t: int, c: int, seqs: int) -> float:
+        return OVH + eager_cost(t) + PF * PrefillSample(t, c, 0.0, seqs).pairs
+
+    decodes = [DecodeSample(b, b * c, decode_time(b, b * c)) for b in (1, 2, 8, 64, 256) for c in (32, 2048)]
+    shapes = [(16, 1), (256, 1), (1024, 1), (8192, 3), (65536, 16)]
+    prefills = [PrefillSample(t, c, pf_time(t, c, n), n) for t, n in shapes for c in (0, 4096)]
+    fit = fit_profile(decodes, prefills)
+    xs, ys = fit.tables["eager_dense"]
+    for x, y in zip(xs, ys, strict=True):
+        assert y == pytest.approx(eager_cost(int(x)), rel=1e-6)
+    assert PrefillSample(10, 4, 0.0, 3).pairs == (4 * 4 + 10) + 2 * (3 * 4 + 6)  # chunks 4, 3, 3
+    px, py = fit.tables["prefill_attention"]
+    for x, y in zip(px, py, strict=True):
+        assert y == pytest.approx(PF * x, rel=1e-6, abs=1e-9)
+
+
 def test_isotonic_and_tables_are_monotone() -> None:
     assert isotonic([1, 3, 2, 4]) == [1, 2.5, 2.5, 4]
     xs, ys = monotone_table([(3, 1.0), (1, 2.0), (1, 0.0), (2, -5.0)])

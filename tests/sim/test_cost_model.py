@@ -12,6 +12,7 @@ import pytest
 from policies.types import PrefillChunk, StepPlan
 from sim import roofline
 from sim.cost_model import (
+    MEASURED_DIR,
     PROFILES_DIR,
     CalibratedCostModel,
     RooflineCostModel,
@@ -112,6 +113,28 @@ def test_calibrated_formula_by_hand() -> None:
     assert no_lm.step_time(plan) == pytest.approx(cm.step_time(plan) - lm)
 
 
+def test_graph_padding_and_eager_steps() -> None:
+    """Graphed decode steps cost dense at the padded graph size; steps with a prefill, or of more
+    decodes than the largest graph, cost eager_dense."""
+    eager = {"x": [1, 101], "time_s": [5e-3, 6e-3]}
+    cm = CalibratedCostModel(tiny_profile(eager_dense=eager) | {"graph_batch_sizes": [1, 2, 4, 8]})
+    lm = {n: 1e-4 + (n - 1) * 1e-5 for n in range(1, 20)}
+    ovh = 5e-5
+    for n, padded in ((1, 1), (3, 4), (4, 4), (5, 8), (8, 8)):
+        plan = make_plan([], [100] * n)
+        dense = 1e-3 + (padded - 1) * 1e-4
+        assert cm.step_time(plan) == pytest.approx(ovh + dense + lm[n] + 100 * n * 1e-7, rel=1e-12)
+    nine = make_plan([], [100] * 9)  # beyond the largest graph: eager
+    assert cm.step_time(nine) == pytest.approx(ovh + 5e-3 + 8e-5 + lm[9] + 900 * 1e-7, rel=1e-12)
+    mixed = make_plan([(5, 0)], [100, 100])  # a prefill makes the step eager: 7 tokens
+    pf = 1e-5 + 14 * 2e-5
+    assert cm.step_time(mixed) == pytest.approx(ovh + 5e-3 + 6e-5 + lm[3] + pf + 200 * 1e-7, rel=1e-12)
+    no_graphs = CalibratedCostModel(tiny_profile(eager_dense=eager))  # decodes priced by dense
+    assert no_graphs.step_time(make_plan([], [100] * 3)) == pytest.approx(
+        ovh + 1e-3 + 2e-4 + lm[3] + 300 * 1e-7, rel=1e-12)
+    assert cm.shape_time(5, 1, 2, 200, 15) == pytest.approx(cm.step_time(mixed), rel=1e-12)
+
+
 def _bad(tmp_path: Path, profile: Any) -> str:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(profile) if not isinstance(profile, str) else profile)
@@ -140,6 +163,9 @@ def test_bad_profiles_name_file_and_field(tmp_path: Path) -> None:
     assert "'swap_bytes_per_s' must be a finite number > 0" in _bad(tmp_path, tiny_profile() | {
         "swap_bytes_per_s": 0})
     assert "not valid JSON" in _bad(tmp_path, "{")
+    for sizes in ([], [2, 1], [0, 4], "8", [1.5]):
+        assert "'graph_batch_sizes' must be a non-empty strictly increasing" in _bad(
+            tmp_path, tiny_profile() | {"graph_batch_sizes": sizes})
 
 
 def test_shipped_profiles_load_and_are_current() -> None:
@@ -159,6 +185,21 @@ def test_make_default_profiles_writes_all(tmp_path: Path) -> None:
     assert files == sorted(profile_name(*d) for d in DEFAULTS)
     meta = json.loads((tmp_path / files[0]).read_text())["meta"]
     assert meta["command"] == f"python -m sim.make_default_profiles --out {tmp_path}"
+
+
+def test_measured_profiles_are_preferred() -> None:
+    """A measured profile shipped for (model, gpu, weights, kv) is the default over the roofline one."""
+    measured = sorted(MEASURED_DIR.glob("*.json"))
+    assert measured, "no measured profiles shipped"
+    for path in measured:
+        cm = CalibratedCostModel.from_file(path)
+        assert cm.meta["source"] == "measured" and cm.meta["command"].startswith("servegym calibrate")
+        model, gpu = cm.meta["model"], cm.meta["gpu"]
+        weights = cm.meta["quantization"] or cm.meta["dtype"]
+        assert path.name == profile_name(model, gpu, weights, cm.meta["kv_cache_dtype"])
+        default = load_cost_model(model, gpu, weight_dtype=weights, kv_dtype=cm.meta["kv_cache_dtype"])
+        assert isinstance(default, CalibratedCostModel) and default.meta == cm.meta
+    assert load_cost_model("llama-3.2-1b", "h200").meta["source"] == "roofline"  # nothing measured there
 
 
 def test_load_cost_model(tmp_path: Path) -> None:

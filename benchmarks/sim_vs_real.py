@@ -1,0 +1,114 @@
+"""Sim-vs-real in one GPU call: build a checkpoint, calibrate the simulator, validate policies on traces.
+
+    python -m benchmarks.sim_vs_real --out DIR [--trace-dir ../shared/traces] [--n 300]
+
+Steps, each a ``servegym`` command printed and appended to ``DIR/commands.txt``:
+
+1. ``random-checkpoint``: Llama-3.2-1B shapes, random bf16 weights (skipped if the folder exists);
+2. ``calibrate``: the measured profile ``DIR/profile_1b.json``;
+3. the load of the synthetic traces, from the simulator with that profile: the output-token
+   capacity of continuous batching on a burst of the same chat-like lengths (all requests at
+   once), turned into requests/s. Poisson runs at ``--poisson-load`` of it ("near saturation"),
+   the bursty gamma trace (cv 3) at ``--gamma-load``;
+4. ``validate``: static, dynamic, continuous and prefix-aware on the two synthetic traces and on
+   time-scaled slices of the Azure conversation and Mooncake traces (Mooncake prompts scaled by
+   ``len_scale`` so a replay takes seconds; both real traces' arrivals sped up by ``rate_scale``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CHAT_IN, CHAT_OUT = "lognormal:1155:0.96:6144", "lognormal:211:0.77:1024"
+POLICIES = ("static", "dynamic", "continuous", "prefix-aware")
+MAX_MODEL_LEN = 8192
+
+
+def run(cmd: list[str], log: Path, check: bool = True) -> bool:
+    """Run one command, echoing it and recording it in ``log``; raises on failure when ``check``."""
+    line = shlex.join(cmd)
+    print(f"$ {line}", flush=True)
+    with log.open("a") as f:
+        f.write(line + "\n")
+    t0 = time.perf_counter()
+    ok = subprocess.run(cmd, check=check).returncode == 0
+    print(f"  ({time.perf_counter() - t0:.0f} s{'' if ok else ', FAILED'})", flush=True)
+    return ok
+
+
+def capacity_req_s(profile: Path, n: int) -> float:
+    """Requests/s continuous batching sustains on the chat lengths, per the calibrated simulator."""
+    from policies.batching import ContinuousBatching
+    from policies.scheduler import SchedulerConfig
+    from sim.cost_model import CalibratedCostModel
+    from sim.simulator import simulate
+    from traces import load_trace, parse_trace_spec
+
+    reqs = load_trace(parse_trace_spec(f"synthetic:poisson,rate=1e6,n={n},seed=7,in={CHAT_IN},out={CHAT_OUT}"))
+    cost = CalibratedCostModel.from_file(profile, 16)
+    res = simulate(reqs, ContinuousBatching(), SchedulerConfig(num_gpu_blocks=200_000, block_size=16), cost)
+    mean_out = sum(r.output_len for r in reqs) / len(reqs)
+    return res.summary["throughput_output_tok_s"] / mean_out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--model-config", default="sim/models/llama-3.2-1b.json")
+    p.add_argument("--model-dir", default="/tmp/llama-3.2-1b-random", help="where the random checkpoint goes")
+    p.add_argument("--trace-dir", default="../shared/traces")
+    p.add_argument("--n", type=int, default=600, help="requests per synthetic trace")
+    p.add_argument("--n-real", type=int, default=150, help="requests per real-trace slice")
+    p.add_argument("--poisson-load", type=float, default=0.9)
+    p.add_argument("--gamma-load", type=float, default=0.7)
+    p.add_argument("--policies", nargs="+", default=list(POLICIES))
+    p.add_argument("--calibrate-args", default="", help="extra calibrate flags, e.g. '--quick'")
+    p.add_argument("--extra-profiles", action="store_true",
+                   help="after the validation, also calibrate 1B with INT4 weights, 1B with FP8 KV and 3B (bf16)")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = out / "commands.txt"
+    sg = [sys.executable, "-m", "experiments.cli"]
+    model = Path(args.model_dir)
+    if not (model / "config.json").is_file():
+        run(sg + ["random-checkpoint", "--config", args.model_config, "--out", str(model), "--dtype", "bf16",
+                  "--device", "cuda"], log)
+    profile = out / "profile_1b.json"
+    calibrate = sg + ["calibrate", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-batched-tokens", "65536",
+                      "--quiet", *shlex.split(args.calibrate_args)]
+    run(calibrate + ["--model", str(model), "--out", str(profile), "--model-name", "llama-3.2-1b"], log)
+    cap = capacity_req_s(profile, 2000)
+    print(f"simulated continuous-batching capacity on the chat lengths: {cap:.1f} req/s", flush=True)
+    with log.open("a") as f:
+        f.write(f"# simulated capacity {cap:.2f} req/s -> poisson x{args.poisson_load}, gamma x{args.gamma_load}\n")
+    lengths = f"in={CHAT_IN},out={CHAT_OUT}"
+    td = Path(args.trace_dir)
+    traces = [
+        f"synthetic:poisson,rate={args.poisson_load * cap:.1f},n={args.n},seed=1,{lengths}",
+        f"synthetic:gamma,rate={args.gamma_load * cap:.1f},cv=3,n={args.n},seed=2,{lengths}",
+        f"{td / 'azure_llm_inference_2023_conv.csv'}:n={args.n_real},rate_scale=6,max_in=6144,max_out=1024",
+        f"{td / 'mooncake_conversation_trace.jsonl'}:n={args.n_real},len_scale=0.25,rate_scale=6,max_in=6144,"
+        "max_out=1024",
+    ]
+    run(sg + ["validate", "--model", str(model), "--profile", str(profile), "--max-model-len", str(MAX_MODEL_LEN),
+              "--out", str(out / "validate"), "--quiet", "--traces", *traces, "--policies", *args.policies], log)
+    if args.extra_profiles:
+        for suffix, flags in (("int4", ["--quantization", "int4"]), ("fp8kv", ["--kv-cache-dtype", "fp8"])):
+            run(calibrate + ["--model", str(model), "--out", str(out / f"profile_1b_{suffix}.json"),
+                             "--model-name", "llama-3.2-1b", *flags], log, check=False)
+        big = Path(str(model).replace("1b", "3b"))
+        if (big / "config.json").is_file() or run(
+                sg + ["random-checkpoint", "--config", args.model_config.replace("1b", "3b"), "--out", str(big),
+                      "--dtype", "bf16", "--device", "cuda"], log, check=False):
+            run(calibrate + ["--model", str(big), "--out", str(out / "profile_3b.json"), "--model-name",
+                             "llama-3.2-3b"], log, check=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""How well a cost model prices the steps a real run actually took, step by step.
+
+End-to-end sim-vs-real errors mix two things: the cost model's error on a step, and the
+divergence of two timelines once one step is mispriced (a different batch forms next). This
+module isolates the first: every step of a real run's step log is priced by the cost model
+from the same aggregates the simulator would see (prefill tokens and chunks, decodes, context
+read, attention pairs), and compared with its measured duration.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from sim.cost_model import CalibratedCostModel
+
+STEP_FIT_COLUMNS = ("trace", "policy", "kind", "steps", "real_s", "sim_s", "rel_error", "median_step_rel_error",
+                    "p90_abs_step_rel_error")
+
+
+def step_kinds(steps: pd.DataFrame, max_graph_batch: int) -> pd.Series:
+    """'graph decode' (decode-only, at most ``max_graph_batch`` sequences), 'eager decode', or 'prefill'."""
+    decode_only = steps["prefill_tokens"] == 0
+    graphed = decode_only & (steps["decodes"] <= max_graph_batch)
+    return pd.Series(np.where(graphed, "graph decode", np.where(decode_only, "eager decode", "prefill")),
+                     index=steps.index)
+
+
+def step_fit(steps: pd.DataFrame, cost: CalibratedCostModel, trace: str, policy: str) -> pd.DataFrame:
+    """Predicted vs measured step time, per kind of step and over all steps.
+
+    Args:
+        steps: a real run's step log (``policies.metrics.steps_frame``).
+        cost: the calibrated cost model the simulator used.
+        trace, policy: labels for the rows.
+
+    Returns:
+        One row of ``STEP_FIT_COLUMNS`` per kind present and one for 'all' (sums of seconds;
+        ``rel_error = (sim_s - real_s) / real_s``; per-step relative errors' median and 90th
+        percentile of their absolute value).
+    """
+    busy = steps[(steps["prefill_tokens"] + steps["decodes"]) > 0]
+    pred = np.array([cost.shape_time(p, n, d, c, a) for p, n, d, c, a in zip(
+        busy["prefill_tokens"], busy["prefills"], busy["decodes"], busy["decode_ctx_tokens"],
+        busy["prefill_attn_pairs"], strict=True)])
+    frame = pd.DataFrame({"kind": step_kinds(busy, max(cost.graph_batch_sizes or [0])).to_numpy(),
+                          "real": busy["duration_s"].to_numpy(), "sim": pred})
+    rows = []
+    for kind, part in [*frame.groupby("kind", sort=True), ("all", frame)]:
+        if not len(part):
+            continue
+        rel = (part["sim"] - part["real"]) / part["real"]
+        real_s, sim_s = float(part["real"].sum()), float(part["sim"].sum())
+        rows.append({"trace": trace, "policy": policy, "kind": kind, "steps": len(part), "real_s": real_s,
+                     "sim_s": sim_s, "rel_error": (sim_s - real_s) / real_s if real_s > 0 else np.nan,
+                     "median_step_rel_error": float(rel.median()),
+                     "p90_abs_step_rel_error": float(rel.abs().quantile(0.9))})
+    return pd.DataFrame(rows, columns=list(STEP_FIT_COLUMNS))
