@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.common import measure_copy_bandwidth, measure_matmul_peak, row, time_cuda
+from benchmarks.common import graph_time, measure_copy_bandwidth, measure_matmul_peak, row, time_cuda
 from kernels.attention_decode import paged_decode_attention, paged_decode_attention_ref
 from kernels.attention_prefill import paged_prefill_attention, paged_prefill_attention_ref
 from kernels.kv_write import write_kv
@@ -39,18 +39,7 @@ _TOL = 2e-2  # bf16 q.k and P.v products with fp32 accumulation, bf16 output
 
 
 def _graph_time(calls: list[Callable[[], object]]) -> float:
-    """Seconds per call of ``calls`` replayed as one CUDA graph (each call warmed up first)."""
-    for c in calls:
-        c()
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(stream)
-    return time_cuda(graph.replay, iters=10, warmup=2) / len(calls)
+    return graph_time(calls, iters=10, warmup=2)
 
 
 def _safe(rows: list[dict], bench: str, case: str, unit: str, fn: Callable[[], list[dict]]) -> None:

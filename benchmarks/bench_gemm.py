@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import measure_copy_bandwidth, measure_matmul_peak, row, time_cuda
+from benchmarks.common import graph_time, measure_copy_bandwidth, measure_matmul_peak, row
 from kernels.activation import silu_and_mul, silu_and_mul_ref
 from kernels.gemv_bf16 import gemv_bf16
 from kernels.norm import fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm, rms_norm_ref
@@ -47,18 +47,7 @@ def _layers(model: str) -> list[tuple[str, int, int]]:
 
 
 def _graph_time(calls: list[Callable[[], object]]) -> float:
-    """Seconds per call of ``calls`` replayed as one CUDA graph (each call warmed up first)."""
-    for c in calls:
-        c()
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-        for c in calls:
-            c()
-    torch.cuda.current_stream().wait_stream(stream)
-    return time_cuda(graph.replay, iters=20, warmup=3) / len(calls)
+    return graph_time(calls, iters=20, warmup=3)
 
 
 def _safe(rows: list[dict], bench: str, case: str, unit: str, fn: Callable[[], dict]) -> None:

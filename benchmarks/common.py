@@ -61,3 +61,26 @@ def row(bench: str, case: str, value: float, unit: str, reference: str = "", ref
     """One result row of a benchmark table."""
     return {"bench": bench, "case": case, "value": value, "unit": unit, "reference": reference,
             "ref_value": ref_value, "ceiling": ceiling, "ceiling_value": ceiling_value}
+
+
+def graph_time(calls: list[Callable[[], object]], iters: int = 20, warmup: int = 3) -> float:
+    """Seconds per call of ``calls`` replayed as one CUDA graph (each call warmed up first).
+
+    Args:
+        calls: the calls to capture, in order.
+        iters, warmup: timed and untimed replays of the whole graph.
+
+    Returns:
+        Replay time divided by the number of calls.
+    """
+    for c in calls:
+        c()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        for c in calls:
+            c()
+    torch.cuda.current_stream().wait_stream(stream)
+    return time_cuda(graph.replay, iters=iters, warmup=warmup) / len(calls)
