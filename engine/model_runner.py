@@ -76,6 +76,10 @@ class ModelRunner:
                              f"max_position_embeddings {spec.max_position_embeddings}")
         self.model = LlamaModel(spec, tensors, ops, self.max_model_len, config.quantization)
         self.kv_dtype = storage_dtype(config.kv_cache_dtype, self.dtype)
+        if backend == "triton" and self.kv_dtype == torch.float32:
+            raise ValueError("EngineConfig: attention_backend 'triton' needs a bf16/fp16 model dtype or an fp8/int8 "
+                             "kv_cache_dtype (its kernels read no fp32 KV cache); use attention_backend='torch' "
+                             "for float32")
         self.block_size = config.block_size
         self.max_blocks_per_seq = -(-self.max_model_len // self.block_size)
         self.num_gpu_blocks = config.num_gpu_blocks or self._profile_num_blocks()

@@ -93,6 +93,8 @@ def test_quantized_kv_cache_stays_close(tiny_llama, hf_model, kv):
 
 
 def test_runner_errors(tiny_llama):
+    with pytest.raises(ValueError, match="attention_backend 'triton' needs a bf16/fp16 model dtype"):
+        runner(tiny_llama, attention_backend="triton")  # float32
     with pytest.raises(ValueError, match="num_gpu_blocks must be given on the CPU"):
         ModelRunner(EngineConfig(str(tiny_llama), device="cpu"))
     with pytest.raises(ValueError, match="exceeds the model's max_position_embeddings 512"):
