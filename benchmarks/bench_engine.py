@@ -21,8 +21,6 @@ Every case is wrapped: a failure records NaN rows and prints the error; the run 
 from __future__ import annotations
 
 import gc
-import json
-import random
 import statistics
 import tempfile
 import time
@@ -32,141 +30,18 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import measure_copy_bandwidth, measure_matmul_peak, row, time_cuda, time_wall
+from benchmarks.engine_profile import StepLog, eager_prefill_profile, kernel_table
+from benchmarks.engine_setup import (
+    HF_OFFLINE,
+    MAX_MODEL_LEN,
+    TOKEN_BUDGET,
+    hf_baselines,
+    log,
+    offline_requests,
+    write_checkpoint,
+)
 
 BENCH = "engine"
-MODELS_DIR = Path(__file__).resolve().parents[1] / "sim" / "models"
-PUBLIC_SHAPES = {  # used only if sim/models lacks the config files
-    "llama-3.2-1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
-                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64},
-    "llama-3.2-3b": {"hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28,
-                     "num_attention_heads": 24, "num_key_value_heads": 8, "head_dim": 128},
-}
-COMMON = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256,
-          "rms_norm_eps": 1e-5, "max_position_embeddings": 131072, "tie_word_embeddings": True,
-          "rope_theta": 500000.0, "bos_token_id": 128000, "eos_token_id": 128001,
-          "rope_scaling": {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}}
-MAX_MODEL_LEN = 4096
-TOKEN_BUDGET = 16384  # one step holds the 8 x 2048 prefill
-HF_OFFLINE = (8, 128)  # transformers offline baseline: requests, new tokens each
-
-
-def _log(msg: str) -> None:
-    print(f"[bench_engine] {msg}", flush=True)
-
-
-def _hf_config(name: str) -> dict:
-    path = MODELS_DIR / f"{name}.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {**COMMON, **PUBLIC_SHAPES[name]}
-    return {**cfg, "torch_dtype": "bfloat16"}
-
-
-def _write_checkpoint(name: str, folder: Path) -> dict:
-    """Random bf16 weights (N(0, 0.02), unit norms) drawn on the GPU, saved as HF Llama tensors."""
-    from safetensors.torch import save_file
-
-    cfg = _hf_config(name)
-    h, inter, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
-    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
-    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,)}
-    if not cfg.get("tie_word_embeddings", False):
-        shapes["lm_head.weight"] = (v, h)
-    for i in range(cfg["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes.update({p + "input_layernorm.weight": (h,), p + "post_attention_layernorm.weight": (h,),
-                       p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-                       p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-                       p + "mlp.gate_proj.weight": (inter, h), p + "mlp.up_proj.weight": (inter, h),
-                       p + "mlp.down_proj.weight": (h, inter)})
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    tensors = {}
-    for key, shape in shapes.items():
-        if len(shape) == 1:
-            tensors[key] = torch.ones(shape, dtype=torch.bfloat16)
-        else:
-            t = torch.randn(shape, generator=gen, device="cuda", dtype=torch.float32).mul_(0.02)
-            tensors[key] = t.to(torch.bfloat16).cpu()
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    (folder / "config.json").write_text(json.dumps(cfg))
-    return cfg
-
-
-def _requests(n: int, vocab: int, lo: int = 100, hi: int = 1024, seed: int = 0) -> list:
-    from policies.types import Request
-
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        p, o = rng.randint(lo, hi), rng.randint(lo, hi)
-        ids = tuple(rng.randrange(vocab) for _ in range(p))
-        out.append(Request(f"r{i}", 0.0, p, o, prompt_token_ids=ids))
-    return out
-
-
-def _hf_baselines(folder: Path, requests: list, vocab: int) -> dict[str, float]:
-    """transformers (eager) decode tok/s at batch 1 with a static cache, and offline useful tok/s."""
-    from transformers import LlamaForCausalLM
-
-    out: dict[str, float] = {}
-    t0 = time.perf_counter()
-    model = LlamaForCausalLM.from_pretrained(str(folder), dtype=torch.bfloat16).to("cuda").eval()
-    _log(f"  transformers model loaded in {time.perf_counter() - t0:.1f}s")
-    kw = {"do_sample": False, "pad_token_id": 0, "disable_compile": True}
-    try:
-        ids = torch.randint(0, vocab, (1, 128), device="cuda")
-
-        def gen(n: int) -> float:
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            with torch.no_grad():
-                model.generate(ids, max_new_tokens=n, min_new_tokens=n, cache_implementation="static", **kw)
-            torch.cuda.synchronize()
-            return time.perf_counter() - t
-
-        gen(16)  # warm-up
-        out["decode"] = 48 / (gen(64) - gen(16))
-    except Exception as e:  # the engine's figures do not depend on the baseline
-        _log(f"  transformers decode baseline failed: {type(e).__name__}: {e}")
-    try:
-        n, new = HF_OFFLINE
-        prompts = [list(r.prompt_token_ids) for r in requests[:n]]
-        longest = max(map(len, prompts))
-        ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts], device="cuda")
-        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts], device="cuda")
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        with torch.no_grad():
-            model.generate(ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new, **kw)
-        torch.cuda.synchronize()
-        out["offline"] = n * new / (time.perf_counter() - t)
-    except Exception as e:
-        _log(f"  transformers offline baseline failed: {type(e).__name__}: {e}")
-    return out  # the caller frees the model's memory (gc + empty_cache) once this frame is gone
-
-
-class StepLog:
-    """Records ``(graph, prefills, decodes, duration_s, launch_s)`` of each ``runner.execute``."""
-
-    def __init__(self, runner) -> None:
-        self.runner = runner
-        self.steps: list[tuple[bool, int, int, float, float]] = []
-
-    def __enter__(self) -> StepLog:
-        runner, original = self.runner, self.runner.execute
-
-        def execute(plan):
-            graph = runner.uses_graph(plan)
-            res = original(plan)
-            self.steps.append((graph, len(plan.prefills), len(plan.decodes), res.duration_s,
-                               runner.last_launch_s if graph else float("nan")))
-            return res
-
-        runner.execute = execute  # instance attribute shadows the method
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        del self.runner.execute
 
 
 def _prefill_flops(spec, lens: list[int]) -> float:
@@ -175,54 +50,6 @@ def _prefill_flops(spec, lens: list[int]) -> float:
     linear = h * (q + 2 * kv) + q * h + 3 * h * inter
     attn = sum(n * (n + 1) // 2 for n in lens) * 4 * q
     return spec.num_layers * (2 * sum(lens) * linear + attn)
-
-
-def _kernel_table(llm, prompt: list[int], steps: int = 8) -> None:
-    """Print the GPU kernels of eager decode steps at batch 1 (per step), largest total first."""
-    from torch.profiler import ProfilerActivity, profile
-
-    runner = llm.runner
-    graphs, runner.graphs = runner.graphs, None
-    try:
-        llm.generate([prompt], max_tokens=2)
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            llm.generate([prompt], max_tokens=steps + 1)
-        torch.cuda.synchronize()
-    finally:
-        runner.graphs = graphs
-    rows = []
-    for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
-        if us > 0:
-            rows.append((us / steps, e.count / steps, e.key))
-    rows.sort(reverse=True)
-    _log(f"  GPU kernels per eager decode step (1 prefill step included, /{steps}): "
-         f"total {sum(r[0] for r in rows):.0f} us")
-    for us, count, key in rows[:16]:
-        _log(f"    {us:8.1f} us  x{count:5.1f}  {key[:90]}")
-
-
-def _eager_prefill_profile(llm, vocab: int, tokens: int, reps: int = 5) -> None:
-    """Print where an eager prefill step's time goes: wall, GPU busy time, top host-side ops."""
-    from torch.profiler import ProfilerActivity, profile
-
-    prompt = [(7 * i + 11) % vocab for i in range(tokens)]
-    llm.generate([prompt], max_tokens=1)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        llm.generate([prompt], max_tokens=1)
-    wall = (time.perf_counter() - t0) / reps
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            llm.generate([prompt], max_tokens=1)
-        torch.cuda.synchronize()
-    events = prof.key_averages()
-    gpu = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / reps
-    _log(f"  eager prefill of {tokens} tokens: {wall * 1e3:.2f} ms a request (generate, 1 token), "
-         f"GPU kernels {gpu / 1e3:.2f} ms")
-    rows = sorted(((e.self_cpu_time_total / reps, e.count / reps, e.key) for e in events), reverse=True)
-    for us, count, key in rows[:14]:
-        _log(f"    host {us:8.1f} us  x{count:6.1f}  {key[:80]}")
 
 
 def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels: bool) -> list[dict]:
@@ -253,20 +80,20 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
         runner.graphs = graphs
     eager_ms = statistics.median(s[3] for s in eager_log.steps if s[1] == 0) * 1e3
     nan = float("nan")
-    _log(f"{tag}: decode b1 {tps:.0f} tok/s ({1e3 / tps:.3f} ms/token), floor {floor_tps:.0f} tok/s "
+    log(f"{tag}: decode b1 {tps:.0f} tok/s ({1e3 / tps:.3f} ms/token), floor {floor_tps:.0f} tok/s "
          f"({1e3 / floor_tps:.3f} ms), transformers eager static cache {hf.get('decode', nan):.0f} tok/s")
-    _log(f"  per step: execute() {exec_ms:.3f} ms (host until graph launch {launch_ms:.3f} ms), "
+    log(f"  per step: execute() {exec_ms:.3f} ms (host until graph launch {launch_ms:.3f} ms), "
          f"loop outside execute {loop_ms:.3f} ms; graph replay alone {replay_ms:.3f} ms GPU, "
          f"replay + id readback {readback_ms:.3f} ms wall; eager step {eager_ms:.3f} ms; "
          f"{len(graph_steps)}/{len(log.steps)} steps on graphs")
     for g in runner.gemv_timings:
-        _log(f"  gemv choice {g.kind:8s} {g.shape}: F.linear {g.linear_us:.1f} us, "
+        log(f"  gemv choice {g.kind:8s} {g.shape}: F.linear {g.linear_us:.1f} us, "
              f"gemv_bf16 {g.gemv_us:.1f} us -> {'gemv' if g.chosen else 'F.linear'} {g.note}")
     if profile_kernels:
         try:
-            _kernel_table(llm, prompt)
+            kernel_table(llm, prompt)
         except Exception as e:
-            _log(f"  kernel table failed: {type(e).__name__}: {e}")
+            log(f"  kernel table failed: {type(e).__name__}: {e}")
     name = f"{tag} decode b1"
     return [row(BENCH, f"{name} (prompt 128, 256 new)", tps, "tok/s",
                 "transformers generate, static cache, eager", hf.get("decode", nan),
@@ -292,7 +119,7 @@ def _offline_case(llm, tag: str, requests: list, hf: dict[str, float]) -> list[d
     eager = [s[3] for s in log.steps if not s[0]]
     slow = sorted(log.steps, key=lambda s: -s[3])[:3]
     sched = llm.last_scheduler
-    _log(f"{tag}: offline {len(requests)} requests {tps:.0f} out tok/s in {wall:.1f}s, preemptions "
+    log(f"{tag}: offline {len(requests)} requests {tps:.0f} out tok/s in {wall:.1f}s, preemptions "
          f"{sched.num_preemptions if sched else 'n/a'}; {len(graph)} graph steps {sum(graph):.2f}s, "
          f"{len(eager)} eager steps {sum(eager):.2f}s, outside {wall - sum(graph) - sum(eager):.2f}s; "
          "slowest " + ", ".join(f"{d * 1e3:.0f} ms ({p} prefills, {n} decodes)" for _, p, n, d, _ in slow))
@@ -316,7 +143,7 @@ def _prefill_case(runner, tag: str, peak: float) -> list[dict]:
     plan = StepPlan(0, 0.0, prefills=chunks, num_prefill_tokens=sum(lens))
     t = time_wall(lambda: runner.execute(plan), iters=5, warmup=2)
     flops = _prefill_flops(runner.spec, lens) / t
-    _log(f"{tag}: prefill 8x2048 {sum(lens) / t:.0f} tok/s, {flops / 1e12:.0f} TFLOP/s "
+    log(f"{tag}: prefill 8x2048 {sum(lens) / t:.0f} tok/s, {flops / 1e12:.0f} TFLOP/s "
          f"(peak {peak / 1e12:.0f})")
     return [row(BENCH, f"{tag} prefill 8x2048 tokens/s", sum(lens) / t, "tok/s"),
             row(BENCH, f"{tag} prefill 8x2048 TFLOP/s", flops / 1e12, "TFLOPS", ceiling="bf16 matmul peak",
@@ -355,7 +182,7 @@ def _kv_capacity_case(folder: Path, tag: str, bf16_blocks: int) -> list[dict]:
         del runner
         gc.collect()
         torch.cuda.empty_cache()
-        _log(f"{tag}: {kv} KV {blocks} blocks vs bf16 {bf16_blocks}: {blocks // per_seq} vs "
+        log(f"{tag}: {kv} KV {blocks} blocks vs bf16 {bf16_blocks}: {blocks // per_seq} vs "
              f"{bf16_blocks // per_seq} concurrent 2k-token sequences")
         out.append(row(BENCH, f"{tag} {kv} KV: concurrent 2k-token sequences", blocks // per_seq, "seqs",
                        "bf16 KV, same run", bf16_blocks // per_seq))
@@ -369,10 +196,10 @@ def _case(rows: list[dict], case: str, fn: Callable[[], list[dict]]) -> None:
         rows.extend(fn())
     except Exception as e:  # one failing case must not abort the others
         note = f"error: {type(e).__name__}: {str(e)[:300]}"
-        _log(f"FAILED {case}: {note}")
+        log(f"FAILED {case}: {note}")
         rows.append(row(BENCH, case, float("nan"), "", reference=note))
     torch.cuda.empty_cache()
-    _log(f"  ({case}: {time.perf_counter() - t:.1f}s)")
+    log(f"  ({case}: {time.perf_counter() - t:.1f}s)")
 
 
 def _model_cases(rows: list[dict], name: str, bw: float, peak: float, quick: bool) -> None:
@@ -383,30 +210,30 @@ def _model_cases(rows: list[dict], name: str, bw: float, peak: float, quick: boo
     with tempfile.TemporaryDirectory(prefix=f"bench_{name}_") as tmp:
         folder = Path(tmp)
         t0 = time.perf_counter()
-        cfg = _write_checkpoint(name, folder)
-        _log(f"{tag}: checkpoint written in {time.perf_counter() - t0:.1f}s")
-        requests = _requests(n_requests, cfg["vocab_size"])
+        cfg = write_checkpoint(name, folder)
+        log(f"{tag}: checkpoint written in {time.perf_counter() - t0:.1f}s")
+        requests = offline_requests(n_requests, cfg["vocab_size"])
         t0 = time.perf_counter()
         try:
-            hf = _hf_baselines(folder, requests, cfg["vocab_size"])
+            hf = hf_baselines(folder, requests, cfg["vocab_size"])
         except Exception as e:
-            _log(f"{tag}: transformers baselines failed: {type(e).__name__}: {e}")
+            log(f"{tag}: transformers baselines failed: {type(e).__name__}: {e}")
             hf = {}
         gc.collect()
         torch.cuda.empty_cache()
-        _log(f"{tag}: transformers baselines {hf} in {time.perf_counter() - t0:.1f}s")
+        log(f"{tag}: transformers baselines {hf} in {time.perf_counter() - t0:.1f}s")
         t0 = time.perf_counter()
         llm = LLM(str(folder), dtype="bfloat16", max_model_len=MAX_MODEL_LEN, token_budget=TOKEN_BUDGET,
                   gpu_memory_utilization=0.85)
         runner = llm.runner
-        _log(f"{tag}: engine loaded in {time.perf_counter() - t0:.1f}s, {runner.num_gpu_blocks} KV blocks, "
+        log(f"{tag}: engine loaded in {time.perf_counter() - t0:.1f}s, {runner.num_gpu_blocks} KV blocks, "
              f"graphs={runner.graphs is not None}")
         _case(rows, f"{tag} decode b1", lambda: _decode_case(llm, tag, bw, hf, profile_kernels=tag == "1B"))
         _case(rows, f"{tag} offline", lambda: _offline_case(llm, tag, requests, hf))
         _case(rows, f"{tag} prefill 8x2048", lambda: _prefill_case(runner, tag, peak))
         if tag == "1B":
             for n in (64, 1024):
-                _case(rows, f"{tag} eager profile {n}", lambda n=n: _eager_prefill_profile(llm, cfg["vocab_size"], n)
+                _case(rows, f"{tag} eager profile {n}", lambda n=n: eager_prefill_profile(llm, cfg["vocab_size"], n)
                       or [])
         if tag == "1B" and not quick:
             bf16_blocks = runner.num_gpu_blocks
@@ -431,7 +258,7 @@ def run(quick: bool = False) -> list[dict]:
     rows: list[dict] = []
     bw = measure_copy_bandwidth()
     peak = measure_matmul_peak()
-    _log(f"copy bandwidth {bw / 1e9:.0f} GB/s, bf16 matmul peak {peak / 1e12:.0f} TFLOPS")
+    log(f"copy bandwidth {bw / 1e9:.0f} GB/s, bf16 matmul peak {peak / 1e12:.0f} TFLOPS")
     torch.cuda.empty_cache()
     for name in ("llama-3.2-1b",) if quick else ("llama-3.2-1b", "llama-3.2-3b"):
         t0 = time.perf_counter()
@@ -440,11 +267,11 @@ def run(quick: bool = False) -> list[dict]:
         except Exception as e:  # checkpoint or engine load failed
             tag = name.replace("llama-3.2-", "").upper()
             note = f"error: {type(e).__name__}: {str(e)[:300]}"
-            _log(f"{tag} FAILED: {note}")
+            log(f"{tag} FAILED: {note}")
             rows.append(row(BENCH, f"{tag} model setup", float("nan"), "", reference=note))
         gc.collect()  # the runner and its graphs form a reference cycle
         torch.cuda.empty_cache()
-        _log(f"{name} done in {time.perf_counter() - t0:.1f}s")
+        log(f"{name} done in {time.perf_counter() - t0:.1f}s")
     return rows
 
 
@@ -455,7 +282,7 @@ def int4_only() -> list[dict]:
     bw = measure_copy_bandwidth()
     with tempfile.TemporaryDirectory(prefix="bench_int4_") as tmp:
         folder = Path(tmp)
-        _write_checkpoint("llama-3.2-1b", folder)
+        write_checkpoint("llama-3.2-1b", folder)
         llm = LLM(str(folder), dtype="bfloat16", max_model_len=MAX_MODEL_LEN, token_budget=TOKEN_BUDGET,
                   gpu_memory_utilization=0.85)
         rows = _decode_case(llm, "1B", bw, {}, profile_kernels=False)

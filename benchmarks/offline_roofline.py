@@ -11,7 +11,7 @@ hardware allows for this schedule.
 
 from __future__ import annotations
 
-from benchmarks.bench_engine import TOKEN_BUDGET, _requests
+from benchmarks.engine_setup import TOKEN_BUDGET, offline_requests
 from policies.batching import make_policy
 from policies.scheduler import SchedulerConfig
 from sim.cost_model import RooflineCostModel
@@ -22,7 +22,7 @@ def main() -> None:
     print("| model | GPU | output tokens | roofline makespan s | roofline floor out tok/s |")
     print("|---|---|---|---|---|")
     for model in ("llama-3.2-1b", "llama-3.2-3b"):
-        requests = _requests(256, 128256)
+        requests = offline_requests(256, 128256)
         policy = make_policy("continuous", max_num_seqs=256, token_budget=TOKEN_BUDGET)
         res = simulate(requests, policy, SchedulerConfig(num_gpu_blocks=100_000), RooflineCostModel(model, "h100"))
         s = res.summary
