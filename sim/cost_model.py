@@ -31,8 +31,6 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
 
 from __future__ import annotations
 
-import datetime
-import sys
 from bisect import bisect_left
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,13 +38,13 @@ from typing import Any, Protocol
 from policies.types import StepPlan
 from sim.hardware import GPUSpec, get_gpu
 from sim.model_spec import ModelSpec
-from sim.profile import PROFILE_FORMAT, PiecewiseLinear, read_profile, validate_profile, write_profile
+from sim.profile import PiecewiseLinear, read_profile, validate_profile, write_profile
 from sim.roofline import OpCost, op_costs, op_times
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 MEASURED_DIR = PROFILES_DIR / "measured"  # profiles written by servegym calibrate on real GPUs
-__all__ = ["CostModel", "RooflineCostModel", "CalibratedCostModel", "make_roofline_profile",
-           "write_profile", "profile_name", "load_cost_model", "PROFILES_DIR"]
+__all__ = ["CostModel", "RooflineCostModel", "CalibratedCostModel", "write_profile", "profile_name",
+           "load_cost_model", "PROFILES_DIR", "MEASURED_DIR"]
 
 
 class CostModel(Protocol):
@@ -225,56 +223,6 @@ class CalibratedCostModel:
         if nd:
             total += self._dec(decode_ctx_tokens)
         return total + swap
-
-
-def _grid(hi: float) -> list[float]:
-    """1, 2, 3, 4, 6, 8, 12, ... up to and including ``hi``."""
-    out, p = [], 1
-    while p <= hi:
-        out += [p, p * 3 // 2] if p > 1 else [1]
-        p *= 2
-    return sorted({float(v) for v in out if v <= hi} | {float(hi)})
-
-
-def make_roofline_profile(model: ModelSpec | str, gpu: GPUSpec | str, weight_dtype: str = "bf16",
-                          kv_dtype: str = "bf16", *, max_tokens: int = 65536, max_samples: int = 4096,
-                          decode_ref_context: int = 1024, step_overhead_s: float = 0.0,
-                          command: str | None = None) -> dict[str, Any]:
-    """A profile whose tables come from ``RooflineCostModel`` (``meta.source = 'roofline'``).
-
-    dense and lm_head include the roofline's breakpoints, so they are exact.
-    decode_attention is priced for decodes of ``decode_ref_context`` tokens each
-    (at least one decode); prefill_attention for one chunk prefilled from scratch.
-
-    Returns:
-        The profile as a dict (pass it to ``write_profile``).
-    """
-    rcm = RooflineCostModel(model, gpu, weight_dtype, kv_dtype, step_overhead_s=step_overhead_s)
-    dense_knots, lm_knots = rcm.knots()
-    dense_x = sorted(set(_grid(max_tokens)) | {x for x in dense_knots if x <= max_tokens})
-    lm_x = sorted(set(_grid(max_samples)) | {x for x in lm_knots if x <= max_samples})
-    ctx_x = _grid(max_tokens * decode_ref_context)
-    qs = _grid(max_tokens)
-    quantized = weight_dtype not in ("bf16", "fp16")
-    return {
-        "format": PROFILE_FORMAT,
-        "meta": {"model": rcm.model.name, "gpu": rcm.gpu.name, "dtype": "bf16" if quantized else weight_dtype,
-                 "kv_cache_dtype": kv_dtype, "quantization": weight_dtype if quantized else None,
-                 "source": "roofline", "command": command or " ".join(sys.argv),
-                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "decode_ref_context": decode_ref_context, "prefill_reference": "one chunk from scratch"},
-        "step_overhead_s": step_overhead_s,
-        "kv_bytes_per_token": rcm.model.kv_bytes_per_token(kv_dtype),
-        "swap_bytes_per_s": rcm.gpu.host_bw,
-        "tables": {
-            "dense": {"x": dense_x, "time_s": [rcm.dense_time(x) for x in dense_x]},
-            "lm_head": {"x": lm_x, "time_s": [rcm.lm_head_time(x) for x in lm_x]},
-            "decode_attention": {"x": ctx_x, "time_s": [
-                rcm.decode_attention_time(max(1.0, x / decode_ref_context), x) for x in ctx_x]},
-            "prefill_attention": {"x": [q * (q + 1) / 2 for q in qs], "time_s": [
-                rcm.prefill_attention_time(q, 0, q * (q + 1) / 2) for q in qs]},
-        },
-    }
 
 
 def profile_name(model: str, gpu: str, weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> str:

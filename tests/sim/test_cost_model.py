@@ -17,11 +17,10 @@ from sim.cost_model import (
     CalibratedCostModel,
     RooflineCostModel,
     load_cost_model,
-    make_roofline_profile,
     profile_name,
     write_profile,
 )
-from sim.make_default_profiles import DEFAULTS
+from sim.make_default_profiles import DEFAULTS, make_roofline_profile
 from sim.make_default_profiles import main as make_defaults
 from sim.profile import PiecewiseLinear, ProfileError
 
