@@ -20,6 +20,17 @@ SKINNY_MAX_M = 16
 PROGRAMS_PER_SM = 2
 
 
+def prepare_out(x: torch.Tensor, n: int, out: torch.Tensor | None) -> torch.Tensor:
+    """The [M, n] output of an op on rows ``x`` [M, ...]: a new tensor of x's dtype and device, or
+    ``out`` checked to be exactly that shape and dtype with contiguous rows (ValueError otherwise)."""
+    if out is None:
+        return torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
+    if tuple(out.shape) != (x.shape[0], n) or out.dtype != x.dtype or out.stride(1) != 1:
+        raise ValueError(f"out must be a {x.dtype} [{x.shape[0]}, {n}] tensor with contiguous rows, got "
+                         f"{out.dtype} {tuple(out.shape)}")
+    return out
+
+
 def check_activation(x: torch.Tensor, k: int, name: str = "x") -> None:
     """Raise ValueError unless ``x`` is a 2-D float tensor [M, k] with contiguous rows."""
     if not isinstance(x, torch.Tensor):

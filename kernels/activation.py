@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._gemv_util import FLOAT_DTYPES
+from kernels._gemv_util import FLOAT_DTYPES, prepare_out
 
 _BLOCK = 1024
 
@@ -44,11 +44,7 @@ def silu_and_mul(gate_up: torch.Tensor, out: torch.Tensor | None = None) -> torc
         raise ValueError("gate_up must have contiguous rows")
     t, two_i = gate_up.shape
     inter = two_i // 2
-    if out is None:
-        out = torch.empty((t, inter), dtype=gate_up.dtype, device=gate_up.device)
-    elif tuple(out.shape) != (t, inter) or out.dtype != gate_up.dtype or out.stride(1) != 1:
-        raise ValueError(f"out must be a {gate_up.dtype} [{t}, {inter}] tensor with contiguous rows, got "
-                         f"{out.dtype} {tuple(out.shape)}")
+    out = prepare_out(gate_up, inter, out)
     if t == 0 or inter == 0:
         return out
     block = min(_BLOCK, triton.next_power_of_2(inter))

@@ -12,7 +12,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._gemv_util import SKINNY_MAX_M, check_activation, check_same_device, pick_block_n, pow2_at_most
+from kernels._gemv_util import (
+    SKINNY_MAX_M,
+    check_activation,
+    check_same_device,
+    pick_block_n,
+    pow2_at_most,
+    prepare_out,
+)
 
 _TILE_ELEMS = 4096  # weight elements one program loads per loop step (8 KiB of bf16)
 
@@ -72,11 +79,7 @@ def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None)
     if m > SKINNY_MAX_M:
         raise ValueError(f"x has M={m} rows; gemv_bf16 takes at most {SKINNY_MAX_M} (use F.linear)")
     check_same_device(("x", x), ("w", w))
-    if out is None:
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    elif tuple(out.shape) != (m, n) or out.dtype != x.dtype or out.stride(1) != 1:
-        raise ValueError(f"out must be a {x.dtype} [{m}, {n}] tensor with contiguous rows, got "
-                         f"{out.dtype} {tuple(out.shape)}")
+    out = prepare_out(x, n, out)
     block_n = pick_block_n(n, x.device)
     block_k = pow2_at_most(_TILE_ELEMS // block_n, triton.next_power_of_2(k))
     _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),

@@ -29,6 +29,7 @@ from kernels._gemv_util import (
     interpreting,
     pick_block_n,
     pow2_at_most,
+    prepare_out,
 )
 
 _GEMV_TILE_BYTES = 4096  # weight bytes one GEMV program loads per loop step
@@ -168,15 +169,6 @@ def dequantize_int4(w: Int4Weight) -> torch.Tensor:
     return ((q - z[..., None]) * w.scales.float()[..., None]).reshape(n, k)
 
 
-def _prepare_out(x: torch.Tensor, n: int, out: torch.Tensor | None) -> torch.Tensor:
-    if out is None:
-        return torch.empty((x.shape[0], n), dtype=x.dtype, device=x.device)
-    if tuple(out.shape) != (x.shape[0], n) or out.dtype != x.dtype or out.stride(1) != 1:
-        raise ValueError(f"out must be a {x.dtype} [{x.shape[0]}, {n}] tensor with contiguous rows, got "
-                         f"{out.dtype} {tuple(out.shape)}")
-    return out
-
-
 def _mm_config(m: int, n: int, device: torch.device) -> dict[str, int]:
     """Tile sizes of the tensor-core kernels: one 16-row tile with narrow N blocks when skinny."""
     if m <= SKINNY_MAX_M:
@@ -210,7 +202,7 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out: torch.Tensor | None = None)
     n, k = w.qweight.shape
     check_activation(x, k)
     check_same_device(("x", x), ("w.qweight", w.qweight), ("w.scale", w.scale))
-    out = _prepare_out(x, n, out)
+    out = prepare_out(x, n, out)
     m = x.shape[0]
     if m <= FMA_MAX_M:
         block_n = pick_block_n(n, x.device)
@@ -244,7 +236,7 @@ def int4_linear(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None)
     check_activation(x, k)
     named = [("x", x), ("w.packed", w.packed), ("w.scales", w.scales)]
     check_same_device(*named, *([("w.zeros", w.zeros)] if w.zeros is not None else []))
-    out = _prepare_out(x, n, out)
+    out = prepare_out(x, n, out)
     m = x.shape[0]
     kg = k // w.group_size
     wg = w.group_size // 8

@@ -13,7 +13,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._gemv_util import FLOAT_DTYPES, SKINNY_MAX_M, check_activation, check_same_device, pick_block_n
+from kernels._gemv_util import (
+    FLOAT_DTYPES,
+    SKINNY_MAX_M,
+    check_activation,
+    check_same_device,
+    pick_block_n,
+    prepare_out,
+)
 from kernels._quant_linear_kernels import _tile_ids
 
 _MAX_SINGLE_BLOCK = 16384
@@ -150,11 +157,7 @@ def w8a8_linear(x: torch.Tensor, w: W8A8Weight, out: torch.Tensor | None = None)
     check_activation(x, k)
     check_same_device(("x", x), ("w.qweight", w.qweight), ("w.scale", w.scale))
     m = x.shape[0]
-    if out is None:
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    elif tuple(out.shape) != (m, n) or out.dtype != x.dtype or out.stride(1) != 1:
-        raise ValueError(f"out must be a {x.dtype} [{m}, {n}] tensor with contiguous rows, got "
-                         f"{out.dtype} {tuple(out.shape)}")
+    out = prepare_out(x, n, out)
     xq, xs = quantize_act_per_token(x)
     if m <= SKINNY_MAX_M:
         cfg = {"BLOCK_M": 16, "BLOCK_N": pick_block_n(n, x.device, 64, 16), "BLOCK_K": 128,

@@ -33,3 +33,6 @@ def test_bad_inputs_name_the_argument() -> None:
         gemv_bf16(torch.randn(1, 32, device=DEVICE), w.float())
     with pytest.raises(ValueError, match="x has K=31"):
         gemv_bf16(torch.randn(1, 31, dtype=torch.bfloat16, device=DEVICE), w)
+    with pytest.raises(ValueError, match=r"out must be a torch.bfloat16 \[1, 8\] tensor with contiguous rows"):
+        gemv_bf16(torch.randn(1, 32, dtype=torch.bfloat16, device=DEVICE), w,
+                  out=torch.empty(1, 8, dtype=torch.float16, device=DEVICE))

@@ -71,3 +71,5 @@ def test_bad_inputs_name_the_argument() -> None:
         quantize_act_per_token(_rand((64,), 1))
     with pytest.raises(ValueError, match="w must be a 2-D float"):
         quantize_w8a8(torch.ones(4, 4, dtype=torch.int32, device=DEVICE))
+    with pytest.raises(ValueError, match=r"out must be a torch.bfloat16 \[2, 8\] tensor with contiguous rows"):
+        w8a8_linear(_rand((2, 64), 1), w, out=torch.empty(2, 7, dtype=torch.bfloat16, device=DEVICE))
