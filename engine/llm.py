@@ -139,18 +139,34 @@ class LLM:
         """
         sched = Scheduler(self.scheduler_config, self.policy)
         self.last_scheduler = sched
-        for r in requests:
-            sched.add_request(r)
-        now = 0.0
-        while sched.has_unfinished():
-            plan = sched.schedule(now)
-            if plan.is_empty:
-                wake = sched.next_wake(now)
-                if wake is not None and wake > now:  # a policy timer (e.g. dynamic batching) is pending
-                    now = wake
-                    continue
-                raise RuntimeError(f"scheduler produced an empty plan at t={now:.3f}s with requests left")
-            result = self.runner.execute(plan)
-            sched.postprocess(plan, result)
-            now += result.duration_s
+        run_offline(sched, self.runner, requests)
         return list(sched.finished)
+
+
+def run_offline(scheduler: Scheduler, runner: ModelRunner, requests: Seq[Request]) -> None:
+    """Run ``requests`` (all arrived at t=0) to completion on ``runner``, steps back to back.
+
+    The clock advances by each step's measured duration; a plan left empty by preemption is
+    simply planned again, and one left empty by a policy timer (dynamic batching) jumps the
+    clock to the timer.
+
+    Raises:
+        RuntimeError: the scheduler plans nothing, waits for nothing and still holds requests.
+    """
+    for r in requests:
+        scheduler.add_request(r)
+    now = 0.0
+    while scheduler.has_unfinished():
+        plan = scheduler.schedule(now)
+        if plan.is_empty:
+            if plan.preempted:
+                continue
+            wake = scheduler.next_wake(now)
+            if wake is not None and wake > now:
+                now = wake
+                continue
+            raise RuntimeError(f"scheduler produced an empty plan at t={now:.3f}s (step {plan.step_id}) "
+                               "with requests left")
+        result = runner.execute(plan)
+        scheduler.postprocess(plan, result)
+        now += result.duration_s

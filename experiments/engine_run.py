@@ -30,7 +30,7 @@ from policies.batching import BatchingPolicy, ContinuousBatching
 from policies.metrics import SLO, write_results
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.spec import parse_policy
-from policies.types import Request, StepResult
+from policies.types import Request
 from traces import load_trace, materialize_trace, parse_trace_spec
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -143,25 +143,11 @@ def precheck(requests: Sequence[Request], config: SchedulerConfig, policy: Batch
             raise ValueError(f"{where}: {err}") from None
 
 
-def run_offline(runner: ModelRunner, scheduler: Scheduler, requests: Sequence[Request]) -> None:
-    """Run ``requests`` (all arrived) to completion, back to back (warm-up, no timing kept)."""
-    for r in requests:
-        scheduler.add_request(r)
-    now = 0.0
-    while scheduler.has_unfinished():
-        plan = scheduler.schedule(now)
-        if plan.is_empty:
-            if plan.preempted:
-                continue
-            raise RuntimeError(f"warm-up stalled at step {plan.step_id} with requests left")
-        result = runner.execute(plan)
-        scheduler.postprocess(plan, StepResult(result.duration_s, result.token_ids))
-        now += result.duration_s
-
-
 def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
     """Compile kernels and fill allocator caches: prefills with and without cached prefixes, mixed steps
     and decodes, so the first steps of a timed run pay no one-time costs."""
+    from engine.llm import run_offline  # torch: loaded with the runner, not at CLI start
+
     bs, vocab = runner.block_size, min(runner.spec.vocab_size, 128000)
     longest = max(2, min(runner.max_model_len - 8, 8 * bs + 5, (runner.num_gpu_blocks // 8) * bs))
     prefix = tuple((7 * i + 3) % vocab for i in range(longest))
@@ -169,10 +155,10 @@ def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
     for k in range(rounds):
         cfg = SchedulerConfig(num_gpu_blocks=runner.num_gpu_blocks, block_size=bs)
         sched = Scheduler(cfg, ContinuousBatching(max_num_seqs=16, token_budget=max(64, 2 * longest)))
-        run_offline(runner, sched, [Request(f"w{k}-{i}", 0.0, n, 4, prompt_token_ids=prefix[:n])
+        run_offline(sched, runner, [Request(f"w{k}-{i}", 0.0, n, 4, prompt_token_ids=prefix[:n])
                                     for i, n in enumerate(lengths)])
         tail = tuple((11 * i + 5 + k) % vocab for i in range(3))  # reuses the cached prefix blocks
-        run_offline(runner, sched, [Request(f"w{k}-hit", 0.0, longest, 4,
+        run_offline(sched, runner, [Request(f"w{k}-hit", 0.0, longest, 4,
                                             prompt_token_ids=prefix[: longest - 3] + tail)])
 
 

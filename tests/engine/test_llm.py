@@ -123,3 +123,19 @@ def test_triton_kernels_leave_greedy_outputs_unchanged(tiny_llama):
         ulp = 2.0 ** (torch.floor(torch.log2(top2[0].abs().clamp(min=1e-3))) - 7)  # bf16 spacing at the top logit
         assert top2[0] - top2[1] <= 4 * ulp, (i, j, top2.tolist())
     assert identical >= len(PROMPTS) - 2
+
+
+def test_run_offline_reports_a_stalled_policy(tiny_llama):
+    from engine.llm import run_offline
+    from policies.batching import ContinuousBatching
+    from policies.scheduler import Scheduler, SchedulerConfig
+    from policies.types import Request
+
+    class Never(ContinuousBatching):
+        def may_admit(self, now, waiting, view):  # noqa: ANN001, ANN201
+            return False
+
+    engine = llm(tiny_llama)
+    sched = Scheduler(SchedulerConfig(num_gpu_blocks=128, block_size=4), Never())
+    with pytest.raises(RuntimeError, match=r"empty plan at t=0.000s \(step 1\) with requests left"):
+        run_offline(sched, engine.runner, [Request("a", 0.0, 5, 2, prompt_token_ids=(3, 4, 5, 6, 7))])
