@@ -61,6 +61,8 @@ def main() -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--model-config", default="sim/models/llama-3.2-1b.json")
     p.add_argument("--model-dir", default="/tmp/llama-3.2-1b-random", help="where the random checkpoint goes")
+    p.add_argument("--model-config-3b", default="sim/models/llama-3.2-3b.json")
+    p.add_argument("--model-dir-3b", default="/tmp/llama-3.2-3b-random", help="3B checkpoint (--extra-profiles)")
     p.add_argument("--trace-dir", default="../shared/traces")
     p.add_argument("--n", type=int, default=600, help="requests per synthetic trace")
     p.add_argument("--n-real", type=int, default=150, help="requests per real-trace slice")
@@ -82,7 +84,7 @@ def main() -> None:
     profile = out / "profile_1b.json"
     calibrate = sg + ["calibrate", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-batched-tokens", "65536",
                       "--quiet", *shlex.split(args.calibrate_args)]
-    run(calibrate + ["--model", str(model), "--out", str(profile), "--model-name", "llama-3.2-1b"], log)
+    run(calibrate + ["--model", str(model), "--out", str(profile), "--model-name", Path(args.model_config).stem], log)
     cap = capacity_req_s(profile, 2000)
     print(f"simulated continuous-batching capacity on the chat lengths: {cap:.1f} req/s", flush=True)
     with log.open("a") as f:
@@ -101,13 +103,13 @@ def main() -> None:
     if args.extra_profiles:
         for suffix, flags in (("int4", ["--quantization", "int4"]), ("fp8kv", ["--kv-cache-dtype", "fp8"])):
             run(calibrate + ["--model", str(model), "--out", str(out / f"profile_1b_{suffix}.json"),
-                             "--model-name", "llama-3.2-1b", *flags], log, check=False)
-        big = Path(str(model).replace("1b", "3b"))
+                             "--model-name", Path(args.model_config).stem, *flags], log, check=False)
+        big = Path(args.model_dir_3b)
         if (big / "config.json").is_file() or run(
-                sg + ["random-checkpoint", "--config", args.model_config.replace("1b", "3b"), "--out", str(big),
+                sg + ["random-checkpoint", "--config", args.model_config_3b, "--out", str(big),
                       "--dtype", "bf16", "--device", "cuda"], log, check=False):
             run(calibrate + ["--model", str(big), "--out", str(out / "profile_3b.json"), "--model-name",
-                             "llama-3.2-3b"], log, check=False)
+                             Path(args.model_config_3b).stem], log, check=False)
 
 
 if __name__ == "__main__":

@@ -143,7 +143,7 @@ class _Driver:
         times: list[float] = []
         want = [(context, t) for t in chunk_sizes(tokens, seqs)]
         for _ in range(warmup + repeats):
-            for t in chunk_sizes(tokens, seqs):
+            for _, t in want:
                 sched.add_request(self.request(context + t, 1, prefix))
             plan, dt = self.step(sched)
             chunks = [(c.start, c.num_tokens) for c in plan.prefills]
@@ -159,7 +159,7 @@ def plan_shapes(grid: CalibrationGrid, runner: ModelRunner
     """The (batch, context) decode shapes and (tokens, context, seqs) prefill shapes that fit this engine.
 
     Contexts are shrunk to fit ``max_model_len`` and the KV pool; prefill steps of more tokens than
-    ``max_num_batched_tokens`` are dropped, and those longer than one sequence may be are split into
+    ``max_num_batched_tokens`` are dropped, and those longer than one sequence may hold are split into
     ``seqs`` near-equal chunks.
     """
     bs, blocks, mml = runner.block_size, runner.num_gpu_blocks, runner.max_model_len

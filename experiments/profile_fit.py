@@ -135,7 +135,8 @@ def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSampl
     intercept = base[b1] - b1 * (base[b2] - base[b1]) / (b2 - b1)
     overhead = min(max(0.0, intercept), min(base.values()))
     dense_dec = [(float(b), base[b] - overhead) for b in batches]
-    dense_dec_fn = PiecewiseLinear(*monotone_table(dense_dec))
+    dense_table = monotone_table(dense_dec)
+    dense_dec_fn = PiecewiseLinear(*dense_table)
 
     by_tokens: dict[int, list[PrefillSample]] = defaultdict(list)
     for p in prefills:
@@ -163,7 +164,7 @@ def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSampl
         xs, ys = [1.0, *xs], [ys[0] / xs[0], *ys]
     return FittedProfile(
         step_overhead_s=overhead,
-        tables={"dense": monotone_table(dense_dec), "decode_attention": (xs, ys),
+        tables={"dense": dense_table, "decode_attention": (xs, ys),
                 "prefill_attention": pf_table, "eager_dense": eager_table},
         eager_extra_s=extra,
     )

@@ -97,8 +97,12 @@ def _unique_labels(labels: list[str]) -> list[str]:
     return out
 
 
-def validate(ns: argparse.Namespace) -> pd.DataFrame:
-    """Run the whole validation of the ``servegym validate`` flags; returns the errors table."""
+def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run the whole validation of the ``servegym validate`` flags.
+
+    Returns:
+        The errors table and the step-fit table (as written to ``errors.csv`` and ``step_fit.csv``).
+    """
     policies = [(spec, parse_policy(spec)) for spec in ns.policies]  # unknown policies fail before loading
     if not Path(ns.profile).is_file():
         raise FileNotFoundError(f"profile {ns.profile} does not exist (--profile); write one with servegym calibrate")
@@ -161,14 +165,14 @@ def validate(ns: argparse.Namespace) -> pd.DataFrame:
     errors = pd.DataFrame(rows, columns=list(ERROR_COLUMNS))
     errors.to_csv(out / "errors.csv", index=False)
     pd.DataFrame(summaries).to_csv(out / "summaries.csv", index=False)
-    pd.concat(fits, ignore_index=True).to_csv(out / "step_fit.csv", index=False)
+    fit = pd.concat(fits, ignore_index=True)
+    fit.to_csv(out / "step_fit.csv", index=False)
     plots.error_heatmap(errors, out / "errors.png")
-    return errors
+    return errors, fit
 
 
-def print_step_fit(out: Path) -> None:
-    """The cost model's error on the real steps, from ``out/step_fit.csv``, in percent."""
-    fit = pd.read_csv(out / "step_fit.csv")
+def print_step_fit(fit: pd.DataFrame) -> None:
+    """The cost model's error on the real steps (``step_fit`` rows), in percent."""
     table = fit.pivot_table(index=["trace", "policy"], columns="kind", values="rel_error", sort=False)
     with pd.option_context("display.width", 250, "display.max_columns", 40, "display.float_format", "{:+.1f}".format):
         print("cost model on the real runs' steps, (predicted - measured) / measured of summed step time, in %:")
@@ -196,9 +200,9 @@ def add_validate_args(p: argparse.ArgumentParser, default_policies: Sequence[str
 
 def cmd_validate(ns: argparse.Namespace) -> int:
     """``servegym validate``."""
-    errors = validate(ns)
+    errors, fit = validate(ns)
     print_errors(errors)
-    print_step_fit(Path(ns.out))
+    print_step_fit(fit)
     print(f"wrote {ns.out}/errors.csv, step_fit.csv, summaries.csv, errors.png and per trace: latency_cdf.png, "
           "e2e_scatter.png, kv_util.png, <policy>/{real,sim}/")
     return 0
