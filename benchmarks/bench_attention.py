@@ -128,6 +128,23 @@ def _decode_rows(model: str, batch: int, ctx: int, copy_bw: float, bf16_times: d
             row("decode_time", case, t * 1e6, "us", reference=ref_name, ref_value=ref_t * 1e6)]
 
 
+def _mixed_rows(model: str, copy_bw: float) -> list[dict]:
+    """Batch 64 in tables 8192 tokens wide (the engine's graphs): 1 x 8192 + 63 x 512 contexts against the
+    same total spread evenly; per-sequence splits should make both cost about the same."""
+    hq, _, d = _MODELS[model]
+    batch, long, short = 64, 8192, 512
+    paged = _Paged(model, batch, long, torch.bfloat16, 1)
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    mixed = torch.tensor([long] + [short] * (batch - 1), dtype=torch.int32, device="cuda")
+    even = torch.full_like(mixed, int(mixed.sum()) // batch)
+    times = [_graph_time([lambda lens=lens: paged_decode_attention(q, paged.k_cache, paged.v_cache, paged.tables[0],
+                                                                 lens, d**-0.5)]) for lens in (mixed, even)]
+    nbytes = _kv_bytes(model, int(mixed.sum()), torch.bfloat16)
+    return [row("decode_mixed", f"{model} B=64 1x{long}+63x{short}, table {long}", times[0] * 1e6, "us",
+                reference=f"64 x {int(even[0])} (same total)", ref_value=times[1] * 1e6,
+                ceiling="bytes / copy_bw", ceiling_value=nbytes / copy_bw * 1e6)]
+
+
 def _quant_rows(model: str, batch: int, ctx: int, name: str, copy_bw: float, bf16_times: dict) -> list[dict]:
     dtype = _DTYPES[name]
     t = _decode_time(model, batch, ctx, dtype)
@@ -271,6 +288,8 @@ def run(quick: bool = False) -> list[dict]:
         for batch, ctx in decode_cases:
             _safe(rows, "decode", f"{model} bf16 B={batch} ctx={ctx}", "us",
                   lambda m=model, b=batch, c=ctx: _decode_rows(m, b, c, copy_bw, bf16_times))
+    for model in models:
+        _safe(rows, "decode_mixed", f"{model} B=64 mixed contexts", "us", lambda m=model: _mixed_rows(m, copy_bw))
     quant_cases = [(1, 32768)] if quick else [(1, 32768), (16, 8192), (64, 4096)]
     for model in models:
         for batch, ctx in quant_cases:

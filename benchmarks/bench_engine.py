@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import measure_copy_bandwidth, measure_matmul_peak, row, time_cuda, time_wall
-from benchmarks.engine_profile import StepLog, eager_prefill_profile, kernel_table
+from benchmarks.engine_profile import StepLog, eager_only, eager_prefill_profile, kernel_table
 from benchmarks.engine_setup import (
     HF_OFFLINE,
     MAX_MODEL_LEN,
@@ -72,19 +72,18 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
     if runner.graphs is not None:
         replay_ms = time_cuda(lambda: runner.graphs.replay_static(1), iters=50) * 1e3
         readback_ms = time_wall(lambda: runner.graphs.replay_static(1).tolist(), iters=50) * 1e3
-    graphs, runner.graphs = runner.graphs, None
-    try:
-        with StepLog(runner) as eager_log:
-            llm.generate([prompt], max_tokens=17)
-    finally:
-        runner.graphs = graphs
+    with eager_only(runner), StepLog(runner) as eager_log:
+        llm.generate([prompt], max_tokens=17)
     eager_ms = statistics.median(s[3] for s in eager_log.steps if s[1] == 0) * 1e3
+    prefill_ms = statistics.median(s[3] for s in log.steps if s[1]) * 1e3
+    eager_prefill_ms = statistics.median(s[3] for s in eager_log.steps if s[1]) * 1e3
     nan = float("nan")
     log(f"{tag}: decode b1 {tps:.0f} tok/s ({1e3 / tps:.3f} ms/token), floor {floor_tps:.0f} tok/s "
          f"({1e3 / floor_tps:.3f} ms), transformers eager static cache {hf.get('decode', nan):.0f} tok/s")
     log(f"  per step: execute() {exec_ms:.3f} ms (host until graph launch {launch_ms:.3f} ms), "
          f"loop outside execute {loop_ms:.3f} ms; graph replay alone {replay_ms:.3f} ms GPU, "
-         f"replay + id readback {readback_ms:.3f} ms wall; eager step {eager_ms:.3f} ms; "
+         f"replay + id readback {readback_ms:.3f} ms wall; eager decode step {eager_ms:.3f} ms; "
+         f"prefill step (128 tokens) {prefill_ms:.3f} ms, eager {eager_prefill_ms:.3f} ms; "
          f"{len(graph_steps)}/{len(log.steps)} steps on graphs")
     for g in runner.gemv_timings:
         log(f"  gemv choice {g.kind:8s} {g.shape}: F.linear {g.linear_us:.1f} us, "
@@ -104,7 +103,9 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
             row(BENCH, f"{name} execute() per step", exec_ms, "ms"),
             row(BENCH, f"{name} host until graph launch", launch_ms, "ms"),
             row(BENCH, f"{name} loop outside execute() per step", loop_ms, "ms"),
-            row(BENCH, f"{name} eager step", eager_ms, "ms")]
+            row(BENCH, f"{name} eager decode step", eager_ms, "ms"),
+            row(BENCH, f"{name} prefill step (128 tokens)", prefill_ms, "ms", "the same step eager",
+                eager_prefill_ms)]
 
 
 def _offline_case(llm, tag: str, requests: list, hf: dict[str, float]) -> list[dict]:
@@ -115,13 +116,15 @@ def _offline_case(llm, tag: str, requests: list, hf: dict[str, float]) -> list[d
     out_tokens = sum(s.num_generated for s in seqs)
     assert out_tokens == sum(r.output_len for r in requests)
     tps = out_tokens / wall
-    graph = [s[3] for s in log.steps if s[0]]
+    graph = [s[3] for s in log.steps if s[0] and not s[1]]
+    mixed = [s[3] for s in log.steps if s[0] and s[1]]
     eager = [s[3] for s in log.steps if not s[0]]
     slow = sorted(log.steps, key=lambda s: -s[3])[:3]
     sched = llm.last_scheduler
     log(f"{tag}: offline {len(requests)} requests {tps:.0f} out tok/s in {wall:.1f}s, preemptions "
-         f"{sched.num_preemptions if sched else 'n/a'}; {len(graph)} graph steps {sum(graph):.2f}s, "
-         f"{len(eager)} eager steps {sum(eager):.2f}s, outside {wall - sum(graph) - sum(eager):.2f}s; "
+         f"{sched.num_preemptions if sched else 'n/a'}; {len(graph)} graph decode steps {sum(graph):.2f}s, "
+         f"{len(mixed)} graph prefill steps {sum(mixed):.2f}s, {len(eager)} eager steps {sum(eager):.2f}s, "
+         f"outside {wall - sum(graph) - sum(mixed) - sum(eager):.2f}s; "
          "slowest " + ", ".join(f"{d * 1e3:.0f} ms ({p} prefills, {n} decodes)" for _, p, n, d, _ in slow))
     n, new = HF_OFFLINE
     return [row(BENCH, f"{tag} offline {len(requests)} req, in/out U[100,1024]", tps, "out tok/s",
@@ -227,7 +230,8 @@ def _model_cases(rows: list[dict], name: str, bw: float, peak: float, quick: boo
                   gpu_memory_utilization=0.85)
         runner = llm.runner
         log(f"{tag}: engine loaded in {time.perf_counter() - t0:.1f}s, {runner.num_gpu_blocks} KV blocks, "
-             f"graphs={runner.graphs is not None}")
+             f"decode graphs {runner.graphs.sizes if runner.graphs else None}, "
+             f"prefill graphs {runner.mixed_graphs.sizes if runner.mixed_graphs else None}")
         _case(rows, f"{tag} decode b1", lambda: _decode_case(llm, tag, bw, hf, profile_kernels=tag == "1B"))
         _case(rows, f"{tag} offline", lambda: _offline_case(llm, tag, requests, hf))
         _case(rows, f"{tag} prefill 8x2048", lambda: _prefill_case(runner, tag, peak))

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -34,19 +36,26 @@ class StepLog:
         del self.runner.execute
 
 
+@contextmanager
+def eager_only(runner) -> Iterator[None]:
+    """Run every step eagerly inside the block (the captured graphs are set aside, then restored)."""
+    graphs, mixed = runner.graphs, runner.mixed_graphs
+    runner.graphs = runner.mixed_graphs = None
+    try:
+        yield
+    finally:
+        runner.graphs, runner.mixed_graphs = graphs, mixed
+
+
 def kernel_table(llm, prompt: list[int], steps: int = 8) -> None:
     """Print the GPU kernels of eager decode steps at batch 1 (per step), largest total first."""
     from torch.profiler import ProfilerActivity, profile
 
-    runner = llm.runner
-    graphs, runner.graphs = runner.graphs, None
-    try:
+    with eager_only(llm.runner):
         llm.generate([prompt], max_tokens=2)
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             llm.generate([prompt], max_tokens=steps + 1)
         torch.cuda.synchronize()
-    finally:
-        runner.graphs = graphs
     rows = []
     for e in prof.key_averages():
         us = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
@@ -60,23 +69,30 @@ def kernel_table(llm, prompt: list[int], steps: int = 8) -> None:
 
 
 def eager_prefill_profile(llm, vocab: int, tokens: int, reps: int = 5) -> None:
-    """Print where an eager prefill step's time goes: wall, GPU busy time, top host-side ops."""
+    """Print a prefill step's time as a captured graph and eagerly, and where the eager one's time goes:
+    wall, GPU busy time, top host-side ops."""
     from torch.profiler import ProfilerActivity, profile
 
     prompt = [(7 * i + 11) % vocab for i in range(tokens)]
-    llm.generate([prompt], max_tokens=1)
-    t0 = time.perf_counter()
-    for _ in range(reps):
+
+    def request_s() -> float:
         llm.generate([prompt], max_tokens=1)
-    wall = (time.perf_counter() - t0) / reps
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
         for _ in range(reps):
             llm.generate([prompt], max_tokens=1)
-        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / reps
+
+    graphed = request_s()
+    with eager_only(llm.runner):
+        wall = request_s()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                llm.generate([prompt], max_tokens=1)
+            torch.cuda.synchronize()
     events = prof.key_averages()
     gpu = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / reps
-    log(f"  eager prefill of {tokens} tokens: {wall * 1e3:.2f} ms a request (generate, 1 token), "
-         f"GPU kernels {gpu / 1e3:.2f} ms")
+    log(f"  prefill of {tokens} tokens (generate, 1 token): graphed {graphed * 1e3:.2f} ms a request, "
+         f"eager {wall * 1e3:.2f} ms, eager GPU kernels {gpu / 1e3:.2f} ms")
     rows = sorted(((e.self_cpu_time_total / reps, e.count / reps, e.key) for e in events), reverse=True)
     for us, count, key in rows[:14]:
         log(f"    host {us:8.1f} us  x{count:6.1f}  {key[:80]}")

@@ -137,7 +137,8 @@ class TritonAttention:
                  meta: StepMetadata) -> torch.Tensor:
         k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
         self._write_kv(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
-        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        # Padding rows of a captured mixed step belong to no sequence: zeros, not stale memory.
+        out = (torch.zeros if meta.padded else torch.empty)(q.shape, dtype=q.dtype, device=q.device)
         p = meta.num_prefill_tokens
         if p:
             self._prefill(q[:p], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,

@@ -9,6 +9,7 @@ KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
 QUANTIZATIONS = (None, "int8", "int4", "w8a8")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 DEFAULT_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
+DEFAULT_GRAPH_TOKEN_SIZES = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,11 @@ class EngineConfig:
         enforce_eager: never capture CUDA graphs.
         cuda_graph_batch_sizes: decode batch sizes captured as CUDA graphs (a
             decode-only step is padded up to the next size; larger ones run eagerly).
+        cuda_graph_token_sizes: token counts of steps holding a prefill chunk captured
+            as CUDA graphs (such a step is padded up to the next count; sizes past the
+            first one >= ``max_num_batched_tokens`` are not captured; larger steps,
+            and steps of more than ``max_num_seqs`` sequences, run eagerly). Empty:
+            those steps always run eagerly.
         kv_cache_dtype: 'auto' (the model dtype), 'bf16', 'fp8' (e4m3 with
             per-token scales) or 'int8' (with per-token scales).
         quantization: weight quantization of the linear layers: None, 'int8' or
@@ -57,6 +63,7 @@ class EngineConfig:
     max_num_seqs: int = 256
     enforce_eager: bool = False
     cuda_graph_batch_sizes: tuple[int, ...] = DEFAULT_GRAPH_BATCH_SIZES
+    cuda_graph_token_sizes: tuple[int, ...] = DEFAULT_GRAPH_TOKEN_SIZES
     kv_cache_dtype: str = "auto"
     quantization: str | None = None
     attention_backend: str = "auto"
@@ -91,9 +98,21 @@ class EngineConfig:
         sizes = self.cuda_graph_batch_sizes
         if any(s < 1 for s in sizes) or list(sizes) != sorted(set(sizes)):
             raise bad("cuda_graph_batch_sizes", "must be strictly increasing positive sizes")
+        tokens = self.cuda_graph_token_sizes
+        if any(s < 1 for s in tokens) or list(tokens) != sorted(set(tokens)):
+            raise bad("cuda_graph_token_sizes", "must be strictly increasing positive token counts")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise bad("kv_cache_dtype", f"must be one of {KV_CACHE_DTYPES}")
         if self.quantization not in QUANTIZATIONS:
             raise bad("quantization", f"must be one of {QUANTIZATIONS}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise bad("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
+
+    def graph_token_sizes(self) -> tuple[int, ...]:
+        """The token counts to capture: ``cuda_graph_token_sizes`` up to the first >= the token budget."""
+        out = []
+        for t in self.cuda_graph_token_sizes:
+            out.append(t)
+            if t >= self.max_num_batched_tokens:
+                break
+        return tuple(out)

@@ -2,10 +2,12 @@
 
 Per step: swaps (out, then in), metadata (one host-to-device copy), the forward
 pass, sampling, and one synchronisation when the sampled ids come back to the
-host; the step's duration is that wall time. A decode-only step of at most the
-largest captured batch takes the CUDA-graph path: its inputs are written into
-static pinned buffers (one copy), one graph runs the whole step including the
-greedy argmax, and all-greedy steps read those ids back directly.
+host; the step's duration is that wall time. Steps that fit a captured CUDA
+graph (decode-only steps of at most the largest captured batch; steps holding
+prefill chunks of at most the largest captured token count and ``max_num_seqs``
+sequences) take the graph path: their inputs are written into static pinned
+buffers (one copy), one graph runs the whole step including the greedy argmax,
+and all-greedy steps read those ids back directly.
 """
 
 from __future__ import annotations
@@ -17,12 +19,13 @@ import torch
 
 from engine.attention import TorchAttention, TritonAttention
 from engine.config import EngineConfig
-from engine.cuda_graphs import DecodeGraphs
+from engine.cuda_graphs import DecodeGraphs, MixedGraphs
 from engine.decode_inputs import DecodeInputs
 from engine.gemv_choice import GEMV_DTYPES, GemvTiming, choose_gemv
 from engine.kv_cache import KVCache, block_bytes, storage_dtype
 from engine.layers import torch_ops, triton_ops
 from engine.loader import load_llama
+from engine.mixed_inputs import MixedInputs
 from engine.model import LlamaModel
 from engine.sampler import Sampler
 from engine.step_metadata import MetadataBuilder, StepMetadata
@@ -52,7 +55,8 @@ class ModelRunner:
         spec: the model's shapes (``LlamaSpec``).
         num_gpu_blocks: KV blocks the scheduler may use (ids ``0..num_gpu_blocks-1``).
         max_model_len: longest sequence the engine accepts.
-        graphs: captured decode graphs, or None (eager).
+        graphs: captured decode-only graphs, or None (eager).
+        mixed_graphs: captured graphs of steps holding prefill chunks, or None (eager).
         gemv_timings: the start-up choice between ``F.linear`` and ``gemv_bf16`` per
             kind of linear layer (empty when not made).
         last_launch_s: host seconds from the start of the last graph-path ``execute``
@@ -89,6 +93,7 @@ class ModelRunner:
         self.builder = MetadataBuilder(self.block_size, self.kv.scratch_block, self.device)
         self.sampler = Sampler(self.device, config.seed)
         self.graphs: DecodeGraphs | None = None
+        self.mixed_graphs: MixedGraphs | None = None
         self.gemv_timings: list[GemvTiming] = []
         self.last_launch_s = 0.0
         if self.device.type == "cuda" and backend == "triton":
@@ -100,14 +105,30 @@ class ModelRunner:
                         for lin in lins:
                             lin.gemv = None
                     warnings.warn(f"GEMV choice failed, using F.linear everywhere: {exc!r}", stacklevel=2)
-            sizes = tuple(s for s in config.cuda_graph_batch_sizes if s <= config.max_num_seqs)
-            if sizes and not config.enforce_eager:
-                # The decode kernel picks its split count from the block-table width (host
-                # side), so captured graphs of a fixed width replay with fixed splits.
-                inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size,
-                                      self.kv.scratch_block, self.device)
-                self.graphs = DecodeGraphs(lambda m: self.model.forward(m, self.attention, fp32=False), sizes,
-                                           inputs, self.device)
+            if not config.enforce_eager:
+                self._capture_graphs()
+
+    def _capture_graphs(self) -> None:
+        """Mixed-step graphs (largest first), then decode graphs, all in one memory pool."""
+        cfg = self.config
+
+        def forward(meta: StepMetadata) -> torch.Tensor:
+            return self.model.forward(meta, self.attention, fp32=False)
+
+        pool = None
+        tokens = cfg.graph_token_sizes()
+        if tokens:
+            mixed = MixedInputs(tokens[-1], cfg.max_num_seqs, cfg.max_num_seqs, self.max_blocks_per_seq,
+                                self.block_size, self.kv.scratch_block, self.device)
+            self.mixed_graphs = MixedGraphs(forward, tokens, mixed, self.device)
+            pool = self.mixed_graphs.pool
+        sizes = tuple(s for s in cfg.cuda_graph_batch_sizes if s <= cfg.max_num_seqs)
+        if sizes:
+            # The decode kernel picks its split count from the block-table width (host
+            # side), so captured graphs of a fixed width replay with fixed splits.
+            inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size,
+                                  self.kv.scratch_block, self.device)
+            self.graphs = DecodeGraphs(forward, sizes, inputs, self.device, pool)
 
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
@@ -173,9 +194,26 @@ class ModelRunner:
             self.kv.swap_in(plan.swap_in)
 
     def uses_graph(self, plan: StepPlan) -> bool:
-        """Whether ``plan`` runs as a captured decode graph."""
-        return (self.graphs is not None and not plan.prefills
-                and 0 < len(plan.decodes) <= self.graphs.sizes[-1])
+        """Whether ``plan`` runs as a captured graph (decode-only or mixed)."""
+        if not plan.prefills:
+            return self.graphs is not None and 0 < len(plan.decodes) <= self.graphs.sizes[-1]
+        return self.mixed_graphs is not None and self.mixed_graphs.size_for(plan) is not None
+
+    def _replay(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, list[Sequence]]:
+        """Swaps of ``plan``, then the replay of its graph (``uses_graph(plan)`` must hold).
+
+        Returns:
+            Logits [n, V] in the model dtype, greedy ids [n], the n sampling sequences.
+        """
+        self._swap(plan)
+        if not plan.prefills:
+            assert self.graphs is not None
+            logits, ids = self.graphs.run(plan.decodes)
+            return logits, ids, list(plan.decodes)
+        assert self.mixed_graphs is not None
+        size = self.mixed_graphs.size_for(plan)
+        assert size is not None
+        return self.mixed_graphs.run(plan, size)
 
     def prepare(self, plan: StepPlan) -> StepMetadata:
         """Swaps of ``plan``, then its metadata for an eager forward pass."""
@@ -194,10 +232,8 @@ class ModelRunner:
             fp32 logits [N, V] of the sampling sequences, and those sequences in row order.
         """
         if not all_rows and self.uses_graph(plan):
-            assert self.graphs is not None
-            self._swap(plan)
-            logits, _ = self.graphs.run(plan.decodes)
-            return logits.float(), list(plan.decodes)
+            logits, _, seqs = self._replay(plan)
+            return logits.float(), seqs
         meta = self.prepare(plan)
         if all_rows:
             meta.logits_indices = None
@@ -213,16 +249,15 @@ class ModelRunner:
         """
         start = time.perf_counter()
         if self.uses_graph(plan):
-            assert self.graphs is not None
-            self._swap(plan)
-            seqs = plan.decodes
-            logits, ids = self.graphs.run(seqs)
+            logits, ids, seqs = self._replay(plan)
             self.last_launch_s = time.perf_counter() - start
             params = [s.request.sampling for s in seqs]
             if all(p.temperature == 0.0 for p in params):
                 tokens = ids.tolist()  # the step's one synchronisation
             else:
                 tokens = self.sampler.sample(logits.float(), params, [s.num_generated for s in seqs]).tolist()
+            if not seqs:  # a chunk in the middle of a prompt: nothing to read back, wait for the step
+                torch.cuda.synchronize(self.device)
             new = {s.seq_id: [t] for s, t in zip(seqs, tokens, strict=True)}
             return StepResult(time.perf_counter() - start, new)
         logits, seqs = self.logits(plan)

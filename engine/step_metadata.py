@@ -37,6 +37,8 @@ class StepMetadata:
     context after the step), ``prefill_block_tables`` (int32 [Sp, Wp]); decode
     ``decode_seq_lens`` (int32 [Sd]) and ``decode_block_tables`` (int32 [Sd, Wd]).
     Host lists describe the prefill chunks for the per-sequence torch path.
+    ``padded``: tokens past ``prefill_cu_seqlens[-1]`` are padding (a captured mixed
+    step); attention must still give their rows finite values.
     """
 
     input_ids: torch.Tensor
@@ -53,6 +55,7 @@ class StepMetadata:
     prefill_q_lens: list[int]
     prefill_ctx_lens: list[int]
     sampling_seqs: list[Sequence]
+    padded: bool = False
 
     @property
     def num_tokens(self) -> int:

@@ -227,7 +227,7 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
                  "quantization": cfg.quantization, "source": "measured", "command": command,
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "method": "whole-step loop periods, tables fitted by differences (experiments/profile_fit.py)",
-                 "eager_extra_s": fitted.eager_extra_s, "engine": dataclasses.asdict(cfg),
+                 "mixed_extra_s": fitted.mixed_extra_s, "engine": dataclasses.asdict(cfg),
                  "grid": dataclasses.asdict(grid), "calibration_wall_s": time.perf_counter() - t_start,
                  "decode_samples": [dataclasses.asdict(d) for d in decodes],
                  "prefill_samples": [dataclasses.asdict(p) for p in prefills]},
@@ -239,6 +239,8 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
     }
     if runner.graphs is not None:  # decode-only steps up to the largest size replay padded graphs
         profile["graph_batch_sizes"] = [int(b) for b in runner.graphs.sizes]
+    if runner.mixed_graphs is not None:  # steps holding a prefill replay graphs padded by token count
+        profile["graph_token_sizes"] = [int(t) for t in runner.mixed_graphs.sizes]
     return profile
 
 
@@ -275,8 +277,8 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     name = ns.model_name or cfg.model.rstrip("/").split("/")[-1]
     profile = calibrate(runner, grid, command, name, progress=not ns.quiet)
     path = write_profile(profile, ns.out)
-    print(f"step_overhead_s {profile['step_overhead_s'] * 1e3:.3f} ms, eager extra "
-          f"{profile['meta']['eager_extra_s'] * 1e3:.3f} ms; {len(profile['meta']['decode_samples'])} decode and "
+    print(f"step_overhead_s {profile['step_overhead_s'] * 1e3:.3f} ms, mixed extra "
+          f"{profile['meta']['mixed_extra_s'] * 1e3:.3f} ms; {len(profile['meta']['decode_samples'])} decode and "
           f"{len(profile['meta']['prefill_samples'])} prefill shapes in {profile['meta']['calibration_wall_s']:.1f}s")
     print(f"wrote {path}")
     return 0

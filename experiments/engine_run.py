@@ -36,7 +36,7 @@ from traces import load_trace, materialize_trace, parse_trace_spec
 if TYPE_CHECKING:  # pragma: no cover
     from engine.model_runner import ModelRunner
 
-ENGINE_SKIP = ("model", "cuda_graph_batch_sizes")
+ENGINE_SKIP = ("model", "cuda_graph_batch_sizes", "cuda_graph_token_sizes")
 SCHEDULER_SKIP = ("num_gpu_blocks", "block_size", "num_cpu_blocks")  # the engine's config decides these
 
 
@@ -46,6 +46,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_dataclass_args(p, EngineConfig, skip=ENGINE_SKIP, title="engine")
     p.add_argument("--cuda-graph-batch-sizes", type=int, nargs="+", default=None, metavar="B",
                    help="EngineConfig.cuda_graph_batch_sizes (decode batch sizes captured as CUDA graphs)")
+    p.add_argument("--cuda-graph-token-sizes", type=int, nargs="*", default=None, metavar="T",
+                   help="EngineConfig.cuda_graph_token_sizes (token counts of steps with a prefill captured as "
+                        "CUDA graphs; give the flag alone for none)")
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -67,6 +70,8 @@ def engine_config(ns: argparse.Namespace, **defaults: Any) -> EngineConfig:
     fixed: dict[str, Any] = {"model": str(folder)}
     if ns.cuda_graph_batch_sizes:
         fixed["cuda_graph_batch_sizes"] = tuple(ns.cuda_graph_batch_sizes)
+    if ns.cuda_graph_token_sizes is not None:
+        fixed["cuda_graph_token_sizes"] = tuple(ns.cuda_graph_token_sizes)
     for name, value in defaults.items():
         if getattr(ns, name, None) is None:
             fixed[name] = value

@@ -7,11 +7,12 @@ Inputs are medians of whole-step wall times of two kinds of steps:
   steady state of every decoding batch;
 * prefill-only steps of one ``T``-token chunk, from scratch (``C = 0``) and on top of
   ``C`` cached prefix tokens: ``P = T * C + T * (T + 1) / 2`` causal (query, key) pairs;
-  eager steps, like every step that holds a prefill chunk.
+  run like every step that holds a prefill chunk (eagerly, or as a graph captured for
+  the step's token count).
 
 The cost model (``sim/cost_model.py``) adds ``step_overhead + dense'(tokens) +
 prefill_attention(pairs) + decode_attention(decode ctx)``, where ``dense'`` is ``dense`` at the
-padded graph size for graphed decode steps and ``eager_dense`` for eager steps (no ``lm_head``
+padded graph size for graphed decode steps and ``mixed_dense`` for steps with a prefill (no ``lm_head``
 table: the dense tables include it). The fit:
 
 1. decode attention: per ``B``, the slope ``k_B = dt / dx`` between its small and
@@ -23,7 +24,7 @@ table: the dense tables include it). The fit:
 3. prefill attention: per ``T``, the slope ``k_T = dt / dP`` between ``C = 0`` and the largest
    ``C``; points ``(P, k_T * P)`` of the chunk sizes ``T >= 256`` only (below that the
    attention of even a long context is lost in the step's noise), plus ``(1, 0)``;
-4. ``eager_dense(T) = t(T, 0) - overhead - prefill_attention(P(T, 0))`` for every ``T``.
+4. ``mixed_dense(T) = t(T, 0) - overhead - prefill_attention(P(T, 0))`` for every ``T``.
    Steps of more tokens than one sequence may hold are timed as several equal chunks.
 
 Every table is then made non-decreasing by isotonic regression (pool adjacent
@@ -77,7 +78,7 @@ class FittedProfile:
 
     step_overhead_s: float
     tables: dict[str, tuple[list[float], list[float]]]
-    eager_extra_s: float  # diagnostic: median eager_dense(T) - dense(T) over the decode range
+    mixed_extra_s: float  # diagnostic: median mixed_dense(T) - dense(T) over the decode range
 
 
 def isotonic(ys: Sequence[float]) -> list[float]:
@@ -153,18 +154,18 @@ def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSampl
     pf_table = monotone_table(pf_points)
     pf_fn = PiecewiseLinear(*pf_table)
     scratch = {t: min(by_tokens[t], key=lambda p: p.context) for t in sizes}
-    eager_points = [(float(t), p.time_s - overhead - pf_fn(p.pairs)) for t, p in scratch.items()]
-    eager_table = monotone_table(eager_points)
-    eager_fn = PiecewiseLinear(*eager_table)
+    mixed_points = [(float(t), p.time_s - overhead - pf_fn(p.pairs)) for t, p in scratch.items()]
+    mixed_table = monotone_table(mixed_points)
+    mixed_fn = PiecewiseLinear(*mixed_table)
     max_batch = batches[-1]
     overlap = [t for t in sizes if t <= max_batch] or sizes[:1]
-    extra = statistics.median(eager_fn(t) - dense_dec_fn(t) for t in overlap)
+    extra = statistics.median(mixed_fn(t) - dense_dec_fn(t) for t in overlap)
     xs, ys = monotone_table(dec_points)
     if xs[0] > 1:  # below the first point attention shrinks with the context
         xs, ys = [1.0, *xs], [ys[0] / xs[0], *ys]
     return FittedProfile(
         step_overhead_s=overhead,
         tables={"dense": dense_table, "decode_attention": (xs, ys),
-                "prefill_attention": pf_table, "eager_dense": eager_table},
-        eager_extra_s=extra,
+                "prefill_attention": pf_table, "mixed_dense": mixed_table},
+        mixed_extra_s=extra,
     )

@@ -51,7 +51,7 @@ METRICS = ("throughput_output_tok_s", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s",
 ERROR_COLUMNS = ("trace", "policy", "metric", "sim", "real", "rel_error")
 # Engine settings that change step times: a profile measured with other values is a poor fit.
 TIMING_FIELDS = ("dtype", "block_size", "max_model_len", "max_num_seqs", "enforce_eager", "cuda_graph_batch_sizes",
-                 "kv_cache_dtype", "quantization", "attention_backend")
+                 "cuda_graph_token_sizes", "kv_cache_dtype", "quantization", "attention_backend")
 
 
 def _number(value: Any) -> float:

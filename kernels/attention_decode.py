@@ -2,11 +2,21 @@
 
 Kernel 1 (partition): program (sequence, kv head, split) loads the query rows of all Hq/Hkv heads of the
 kv head's group (padded to >= 16 rows for tl.dot) and streams its slice of the context once, so K/V bytes
-are read once per group. Each sequence's context is cut into num_splits slices of equal length (rounded
-up to BLOCK_N; computed on the device from seq_lens, so no host sync). With one split the partition
-kernel writes the normalised output directly; otherwise it writes the unnormalised partial output with
-its running max (log2 domain) and denominator, and kernel 2 (reduce) merges the splits.
-A sequence of length 0 (e.g. CUDA-graph padding) yields zeros, not NaN.
+are read once per group.
+
+How contexts are cut: the grid has ``num_splits`` programs per (sequence, kv head), the most splits any
+sequence may use. The host fixes one slice length for the whole batch,
+``keys_per_split = max(_MIN_KEYS_PER_SPLIT, ceil(max_context / num_splits))`` rounded up to BLOCK_N, from
+max_context = block_tables.shape[1] * block_size (host-known: no device sync, and stable under CUDA-graph
+replay). On the device, sequence s with context ctx uses ``n_s = clamp(ceil(ctx / keys_per_split), 1,
+num_splits)`` consecutive slices of keys_per_split keys (the last one ragged; it takes every key up to
+ctx); programs with split >= n_s return at once. So short and long sequences of one batch cost in
+proportion to their own lengths instead of the longest one's, and a short sequence is not split at all.
+
+With n_s == 1 the partition program writes the normalised output directly (a runtime branch); otherwise
+it writes its unnormalised partial output, running max (log2 domain) and denominator, and kernel 2
+(reduce; it returns at once where n_s == 1) merges the n_s partials. Partial buffers exist only when
+num_splits > 1. A sequence of length 0 (CUDA-graph padding) has n_s == 1 and yields zeros, not NaN.
 """
 
 from __future__ import annotations
@@ -33,26 +43,46 @@ from kernels._util import (
 
 #: Keys per split at least this many (splitting finer only adds reduction traffic).
 _MIN_KEYS_PER_SPLIT = 256
+#: The default split count keeps every split at most this many keys long (see default_num_splits).
+_MAX_KEYS_PER_SPLIT = 2048
 #: Largest default number of splits.
 _MAX_SPLITS = 64
 
 
-@triton.jit(do_not_specialize=["num_splits"])
+@triton.jit
+def _active_splits(ctx, keys_per_split, num_splits):
+    """Splits a sequence of ``ctx`` keys uses: clamp(cdiv(ctx, keys_per_split), 1, num_splits)."""
+    return tl.minimum(tl.maximum(tl.cdiv(ctx, keys_per_split), 1), num_splits)
+
+
+@triton.jit
+def _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask):
+    """out[s, head, :] = acc / l_i (rows with no key, l_i == 0, get acc == 0 and so zeros)."""
+    out = acc / tl.maximum(l_i, 1e-30)[:, None]
+    tl.store(out_ptr + s.to(tl.int64) * stride_os + head[:, None] * stride_oh + offs_d[None, :],
+             out.to(out_ptr.dtype.element_ty), mask=io_mask)
+
+
+@triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
 def _decode_partition_kernel(
     q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, seq_lens_ptr, out_ptr, po_ptr, pm_ptr, pl_ptr,
     qk_scale, stride_qs, stride_qh, stride_os, stride_oh, stride_bt,
-    block_size, num_kv_heads, num_q_heads, num_splits,
+    block_size, num_kv_heads, num_q_heads, num_splits, keys_per_split,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, QUANT: tl.constexpr, DOT_DT: tl.constexpr,
 ):
-    # num_splits is a runtime value (no recompile per split count); SPLIT = num_splits > 1.
+    # num_splits (grid size, the most splits per sequence) and keys_per_split (a multiple of BLOCK_N) are
+    # runtime values, so no value recompiles; SPLIT = num_splits > 1.
     s = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     ctx = tl.load(seq_lens_ptr + s)
-    part = tl.cdiv(tl.cdiv(ctx, num_splits), BLOCK_N) * BLOCK_N
-    lo = split * part
-    hi = tl.minimum(lo + part, ctx)
+    n_s = _active_splits(ctx, keys_per_split, num_splits)
+    if split >= n_s:
+        return  # this sequence needs fewer splits
+    lo = split * keys_per_split
+    # The last active split takes every remaining key: ragged, and robust to ctx > num_splits * keys_per_split.
+    hi = tl.where(split == n_s - 1, ctx, lo + keys_per_split)
 
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
@@ -79,34 +109,39 @@ def _decode_partition_kernel(
             kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, block_size, num_kv_heads, kvh,
             HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, True, DOT_DT)
 
-    if not SPLIT:
-        out = acc / tl.maximum(l_i, 1e-30)[:, None]
-        tl.store(out_ptr + s.to(tl.int64) * stride_os + head[:, None] * stride_oh + offs_d[None, :],
-                 out.to(out_ptr.dtype.element_ty), mask=io_mask)
+    if SPLIT:
+        if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
+            _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
+        else:
+            # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits]; only the first
+            # n_s splits of a sequence are written (each holds >= 1 key, so its max is finite).
+            row = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
+            tl.store(po_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
+            tl.store(pm_ptr + row, m_i, mask=g_ok)
+            tl.store(pl_ptr + row, l_i, mask=g_ok)
     else:
-        # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits].
-        row = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
-        tl.store(po_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
-        tl.store(pm_ptr + row, m_i, mask=g_ok)
-        tl.store(pl_ptr + row, l_i, mask=g_ok)
+        _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
 
 
-@triton.jit(do_not_specialize=["num_splits"])
+@triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
 def _decode_reduce_kernel(
-    po_ptr, pm_ptr, pl_ptr, out_ptr, stride_os, stride_oh, num_q_heads, num_splits,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+    po_ptr, pm_ptr, pl_ptr, seq_lens_ptr, out_ptr, stride_os, stride_oh, num_q_heads, num_splits,
+    keys_per_split, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
 ):
     s = tl.program_id(0)
     h = tl.program_id(1)
+    n_s = _active_splits(tl.load(seq_lens_ptr + s), keys_per_split, num_splits)
+    if n_s == 1:
+        return  # the partition kernel wrote this sequence's output directly
     offs_p = tl.arange(0, BLOCK_SPLITS)
     offs_d = tl.arange(0, BLOCK_D)
-    p_ok = offs_p < num_splits
+    p_ok = offs_p < n_s  # splits >= n_s wrote nothing: their buffer rows hold stale data
     row = (s.to(tl.int64) * num_q_heads + h) * num_splits + offs_p
     m = tl.load(pm_ptr + row, mask=p_ok, other=float("-inf"))
     l_part = tl.load(pl_ptr + row, mask=p_ok, other=0.0)
     m_max = tl.max(m, axis=0)
     m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max)  # empty splits: exp2(-inf) = 0
+    w = tl.exp2(m - m_max)  # masked splits: exp2(-inf) = 0
     acc = tl.load(po_ptr + row[:, None] * BLOCK_D + offs_d[None, :], mask=p_ok[:, None], other=0.0)
     num = tl.sum(acc * w[:, None], axis=0)
     den = tl.sum(l_part * w, axis=0)
@@ -116,15 +151,40 @@ def _decode_reduce_kernel(
 
 
 def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, device: torch.device) -> int:
-    """Splits so that about two waves of programs fill the GPU, each split keeping >= 256 keys.
+    """Default ``num_splits``: the most splits any one sequence may use (each uses only what it needs).
 
-    ``max_context`` is an upper bound known on the host (block_tables width * block_size), so the choice
-    needs no device sync and is stable across CUDA-graph replays of one shape.
+    The larger of two rules, capped at ``_MAX_SPLITS`` (64):
+
+    * occupancy: about two waves of (sequence, kv head, split) programs fill the GPU, i.e.
+      ceil(2 * SMs / (num_seqs * num_kv_heads)), but no more than keeps >= ``_MIN_KEYS_PER_SPLIT`` (256)
+      keys per split of a max_context sequence;
+    * length: ceil(max_context / ``_MAX_KEYS_PER_SPLIT``) (2048), so that a split holds at most 2048 keys
+      (for max_context <= 64 * 2048). At large batches the occupancy rule alone gives 1, and one long
+      context would then be walked serially by one program while the short ones finish early; with
+      per-sequence splits only the long contexts use the extra splits, in parallel.
+
+    Args:
+        num_seqs: decode sequences in the batch.
+        num_kv_heads: KV heads of the cache.
+        max_context: host-known upper bound of the context (block_tables width * block_size), so the
+            choice needs no device sync and is stable across CUDA-graph replays of one shape.
+        device: where the kernel runs (its SM count; a nominal 8 off CUDA).
+
+    Returns:
+        num_splits in [1, _MAX_SPLITS].
     """
     target = 2 * sm_count(device)
     want = math.ceil(target / max(num_seqs * num_kv_heads, 1))
     cap = max(1, math.ceil(max_context / _MIN_KEYS_PER_SPLIT))
-    return int(max(1, min(want, cap, _MAX_SPLITS)))
+    occupancy = max(1, min(want, cap))
+    length = math.ceil(max_context / _MAX_KEYS_PER_SPLIT)
+    return int(max(1, min(max(occupancy, length), _MAX_SPLITS)))
+
+
+def _keys_per_split(max_context: int, num_splits: int, block_n: int) -> int:
+    """Slice length shared by a batch: max(_MIN_KEYS_PER_SPLIT, ceil(max_context / num_splits)) -> BLOCK_N."""
+    keys = max(_MIN_KEYS_PER_SPLIT, -(-max_context // num_splits))
+    return -(-keys // block_n) * block_n
 
 
 def _launch_config(head_dim: int, quantized: bool, device: torch.device) -> dict[str, int]:
@@ -175,7 +235,8 @@ def paged_decode_attention(
         seq_lens: int32 [S], context length including the current token (its K/V already written).
         softmax_scale: multiplier of q.k.
         k_scale, v_scale: fp32 [num_blocks, block_size, Hkv] for fp8/int8 caches, else None.
-        num_splits: KV splits per sequence; None picks :func:`default_num_splits`.
+        num_splits: the most KV splits any sequence uses (each uses about ceil(seq_len / keys_per_split),
+            see the module docstring); None picks :func:`default_num_splits`.
         out: optional [S, Hq, D] output buffer of q's dtype.
 
     Returns:
@@ -189,10 +250,15 @@ def paged_decode_attention(
         return out
     d = q.shape[2]
     block_d = max(16, next_pow2(d))  # tl.dot needs K >= 16 on GPUs
+    max_context = block_tables.shape[1] * k_cache.shape[1]  # host-known bound: no sync, graph-stable
     if num_splits is None:
-        num_splits = default_num_splits(num_seqs, hkv, block_tables.shape[1] * k_cache.shape[1], q.device)
+        num_splits = default_num_splits(num_seqs, hkv, max_context, q.device)
     group = hq // hkv
     cfg = _launch_config(d, quantized, q.device)
+    keys_per_split = _keys_per_split(max_context, num_splits, cfg["BLOCK_N"])
+    # Splits past cdiv(max_context, keys_per_split) could never be active (seq_len <= max_context): drop
+    # them from the grid. Every sequence's split count is unchanged.
+    num_splits = min(num_splits, max(1, -(-max_context // keys_per_split)))
     if num_splits > 1:
         po = torch.empty(num_seqs, hq, num_splits, block_d, dtype=torch.float32, device=q.device)
         pm = torch.empty(num_seqs, hq, num_splits, dtype=torch.float32, device=q.device)
@@ -204,14 +270,14 @@ def paged_decode_attention(
         block_tables, seq_lens, out, po, pm, pl,
         float(softmax_scale) * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        k_cache.shape[1], hkv, hq, num_splits,
+        k_cache.shape[1], hkv, hq, num_splits, keys_per_split,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=cfg["BLOCK_N"], SPLIT=num_splits > 1, QUANT=quantized, DOT_DT=dot_dtype(q.dtype, q.device),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, hq)](
-            po, pm, pl, out, out.stride(0), out.stride(1), hq, num_splits,
+            po, pm, pl, seq_lens, out, out.stride(0), out.stride(1), hq, num_splits, keys_per_split,
             HEAD_DIM=d, BLOCK_D=block_d, BLOCK_SPLITS=max(16, next_pow2(num_splits)),
             num_warps=4 if block_d >= 128 else 2,
         )

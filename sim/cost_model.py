@@ -18,12 +18,15 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
       step_time = step_overhead_s + dense'(T) + lm_head(S) + prefill_attention(pairs)
                   + decode_attention(decode_ctx) + swapped_blocks * block_bytes / swap_bytes_per_s
 
-  where ``dense'`` follows the engine's two kinds of steps when the profile says
+  where ``dense'`` follows the engine's kinds of steps when the profile says
   how they run: a decode-only step of ``B <= max(graph_batch_sizes)`` sequences
   replays the graph captured for the smallest size ``>= B``, so it costs
-  ``dense(that size)``; any other step is eager and costs ``eager_dense(T)``.
+  ``dense(that size)``; a step holding prefill chunks costs ``mixed_dense`` of its
+  ``T`` tokens, or of the smallest ``graph_token_sizes`` entry ``>= T`` when the
+  engine captured mixed steps by token count (a padded graph); other steps
+  (larger decode batches) cost ``mixed_dense(T)`` as they run eagerly.
   Without ``graph_batch_sizes`` decode-only steps cost ``dense(B)``; without
-  ``eager_dense`` the other steps cost ``dense(T)``. Each table interpolated
+  ``mixed_dense`` the other steps cost ``dense(T)``. Each table interpolated
   piecewise-linearly (flat below its first point, linearly extrapolated beyond
   its last); a term is 0 when its work is 0 (no prefill chunk, no decode) and an
   empty step costs 0.
@@ -171,7 +174,7 @@ class CalibratedCostModel:
         self.step_overhead_s = float(profile["step_overhead_s"])
         self.swap_block_s = profile["kv_bytes_per_token"] * block_size / profile["swap_bytes_per_s"]
         self._dense, self._lm = tables["dense"], tables.get("lm_head")
-        self._eager = tables.get("eager_dense", self._dense)
+        self._mixed = tables.get("mixed_dense", self._dense)
         self._pf, self._dec = tables["prefill_attention"], tables["decode_attention"]
         self.graph_batch_sizes: list[int] = list(profile.get("graph_batch_sizes") or [])
         # Dense time of a graphed decode step of B sequences, by B (the graph's padded size).
@@ -179,6 +182,8 @@ class CalibratedCostModel:
         for b in range(1, (self.graph_batch_sizes or [0])[-1] + 1):
             padded = self.graph_batch_sizes[bisect_left(self.graph_batch_sizes, b)]
             self._graph_dense.append(self._dense(padded))
+        # Token counts of captured mixed steps (a step holding a prefill is padded to the next one).
+        self.graph_token_sizes: list[int] = list(profile.get("graph_token_sizes") or [])
 
     @classmethod
     def from_file(cls, path: str | Path, block_size: int = 16) -> CalibratedCostModel:
@@ -215,7 +220,10 @@ class CalibratedCostModel:
         elif tp == 0 and not self.graph_batch_sizes:  # an engine without graphs: decodes as calibrated
             total = self.step_overhead_s + self._dense(nd)
         else:
-            total = self.step_overhead_s + self._eager(tp + nd)
+            tokens = tp + nd
+            if tp and self.graph_token_sizes and tokens <= self.graph_token_sizes[-1]:
+                tokens = self.graph_token_sizes[bisect_left(self.graph_token_sizes, tokens)]
+            total = self.step_overhead_s + self._mixed(tokens)
         if self._lm is not None:
             total += self._lm(nd + prefills)
         if tp:

@@ -15,20 +15,23 @@ Format (JSON, ``"format": "servegym-profile/1"``)::
         "decode_attention":  {"x": [...], "time_s": [...]},  # x: total context tokens the decodes read
         "prefill_attention": {"x": [...], "time_s": [...]},  # x: causal (query, key) pairs of the chunks
         "lm_head":           {"x": [...], "time_s": [...]},  # optional; x: sampling positions
-        "eager_dense":       {"x": [...], "time_s": [...]}   # optional; x: tokens of an eager step
+        "mixed_dense":       {"x": [...], "time_s": [...]}   # optional; x: tokens of a step with a prefill
       },
-      "graph_batch_sizes": [1, 2, 4, ...]  # optional: decode batch sizes that run as CUDA graphs
+      "graph_batch_sizes": [1, 2, 4, ...],  # optional: decode batch sizes that run as CUDA graphs
+      "graph_token_sizes": [16, 32, ...]    # optional: token counts of mixed steps run as CUDA graphs
     }
 
 ``dense`` is the time of everything but attention, summed over all layers: the
 embedding, norms, projections, MLP, KV writes, and the lm_head too when the
 profile has no ``lm_head`` table. Extra ``meta`` keys are allowed (e.g. how the
-tables were measured). An engine runs two kinds of steps: decode-only steps of at most
+tables were measured). An engine runs three kinds of steps: decode-only steps of at most
 ``max(graph_batch_sizes)`` sequences replay a CUDA graph captured for the next size up
-(padded rows cost like real ones), every other step runs eagerly, with its own launch
-costs. ``eager_dense`` prices the non-attention work of eager steps; without it (or
-without ``graph_batch_sizes``) ``dense`` prices every step. ``PiecewiseLinear`` evaluates a table; its last segment
-must not decrease (so extrapolation never predicts less time for more work).
+(padded rows cost like real ones); steps holding a prefill chunk of at most
+``max(graph_token_sizes)`` tokens replay a graph captured for the next token count up;
+every other step runs eagerly, with its own launch costs. ``mixed_dense`` prices the
+non-attention work of steps holding a prefill (and of eager decode steps); without it
+(or without ``graph_batch_sizes``) ``dense`` prices every step. ``PiecewiseLinear``
+evaluates a table; its last segment must not decrease (so extrapolation never predicts less time for more work).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from typing import Any
 
 PROFILE_FORMAT = "servegym-profile/1"
 REQUIRED_TABLES = ("dense", "decode_attention", "prefill_attention")
-OPTIONAL_TABLES = ("lm_head", "eager_dense")
+OPTIONAL_TABLES = ("lm_head", "mixed_dense")
 REQUIRED_META = ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "source", "command", "created")
 SOURCES = ("roofline", "measured")
 
@@ -132,12 +135,13 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
     if unknown:
         known = [*REQUIRED_TABLES, *OPTIONAL_TABLES]
         raise ProfileError(f"{source}: unknown tables {unknown}; known: {known}")
-    sizes = data.get("graph_batch_sizes")
-    if sizes is not None and (not isinstance(sizes, list) or not sizes
-                              or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in sizes)
-                              or sizes != sorted(set(sizes))):
-        raise ProfileError(f"{source}: field 'graph_batch_sizes' must be a non-empty strictly increasing list of "
-                           f"positive integers, got {sizes!r}")
+    for field in ("graph_batch_sizes", "graph_token_sizes"):
+        sizes = data.get(field)
+        if sizes is not None and (not isinstance(sizes, list) or not sizes
+                                  or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in sizes)
+                                  or sizes != sorted(set(sizes))):
+            raise ProfileError(f"{source}: field '{field}' must be a non-empty strictly increasing list of "
+                               f"positive integers, got {sizes!r}")
     out: dict[str, PiecewiseLinear] = {}
     for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
         if name not in tables:

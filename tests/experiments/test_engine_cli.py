@@ -53,7 +53,7 @@ def test_calibrate_writes_a_valid_measured_profile(profile: Path) -> None:
     assert "--prefill-context 64" in meta["command"]
     assert len(meta["decode_samples"]) == 6 and len(meta["prefill_samples"]) == 4
     assert data["step_overhead_s"] >= 0 and data["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # K+V, layers, heads
-    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention", "eager_dense"}
+    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention", "mixed_dense"}
 
 
 def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_path: Path,

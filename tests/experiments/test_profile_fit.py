@@ -26,7 +26,7 @@ def fitted_model() -> CalibratedCostModel:
     decodes = [DecodeSample(b, b * c, decode_time(b, b * c)) for b in (1, 2, 8, 64, 256) for c in (32, 2048)]
     prefills = [PrefillSample(t, c, prefill_time(t, c)) for t in (16, 128, 1024, 8192) for c in (0, 4096)]
     fit = fit_profile(decodes, prefills)
-    assert fit.eager_extra_s == pytest.approx(EAGER, rel=1e-6)
+    assert fit.mixed_extra_s == pytest.approx(EAGER, rel=1e-6)
     profile = {"format": PROFILE_FORMAT, "step_overhead_s": fit.step_overhead_s, "kv_bytes_per_token": 1.0,
                "swap_bytes_per_s": 1.0, "tables": {k: {"x": x, "time_s": y} for k, (x, y) in fit.tables.items()},
                "meta": {k: "t" for k in ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "command",
@@ -52,7 +52,7 @@ def test_fit_reproduces_a_linear_engine() -> None:
 
 def test_fit_separates_graphed_and_eager_costs() -> None:
     """An engine whose eager steps cost a nonlinear launch overhead on top of the graphed decode cost:
-    the eager_dense table recovers it, and multi-sequence prefill steps count their pairs per chunk."""
+    the mixed_dense table recovers it, and multi-sequence prefill steps count their pairs per chunk."""
     def eager_cost(t: int) -> float:
         return 4e-3 + 1e-3 * math.log2(t) + DENSE * t
 
@@ -63,7 +63,7 @@ def test_fit_separates_graphed_and_eager_costs() -> None:
     shapes = [(16, 1), (256, 1), (1024, 1), (8192, 3), (65536, 16)]
     prefills = [PrefillSample(t, c, pf_time(t, c, n), n) for t, n in shapes for c in (0, 4096)]
     fit = fit_profile(decodes, prefills)
-    xs, ys = fit.tables["eager_dense"]
+    xs, ys = fit.tables["mixed_dense"]
     for x, y in zip(xs, ys, strict=True):
         assert y == pytest.approx(eager_cost(int(x)), rel=1e-6)
     assert PrefillSample(10, 4, 0.0, 3).pairs == (4 * 4 + 10) + 2 * (3 * 4 + 6)  # chunks 4, 3, 3

@@ -13,14 +13,15 @@ import torch
 from kernels.attention_decode import default_num_splits, paged_decode_attention, paged_decode_attention_ref
 from tests.kernels.paged_kv_fixtures import BF16_ATOL_REL, DEVICE, assert_fp32_close, make_paged_kv
 
-# (context per sequence, Hq, Hkv, head_dim, block_size, kv dtype, num_splits)
+# (context per sequence, Hq, Hkv, head_dim, block_size, kv dtype, num_splits). A sequence is split only
+# into slices of >= 256 keys (_MIN_KEYS_PER_SPLIT), so split cases need a context above 256.
 CASES = [
     ([1], 4, 4, 64, 16, torch.bfloat16, None),  # one-token context, GQA 1
-    ([5, 1, 100, 33], 8, 2, 64, 16, torch.bfloat16, 3),  # mixed lengths, 3 splits (some empty)
-    ([70, 1, 23], 8, 1, 128, 8, torch.int8, None),  # GQA 8, head_dim 128
-    ([70, 3, 23], 32, 8, 64, 16, torch.float8_e4m3fn, 4),  # Llama-3.2-1B head layout
+    ([5, 1, 700, 33], 8, 2, 64, 16, torch.bfloat16, 3),  # mixed lengths: 700 in 3 splits, the rest in 1
+    ([570, 1, 23], 8, 1, 128, 8, torch.int8, None),  # GQA 8, head_dim 128, default splits (570 in 3)
+    ([570, 3, 23], 32, 8, 64, 16, torch.float8_e4m3fn, 4),  # Llama-3.2-1B head layout, 570 in 3 splits
     ([150, 17], 24, 8, 128, 32, torch.int8, 1),  # Llama-3.2-3B head layout, no split
-    ([41], 12, 4, 64, 8, torch.bfloat16, 8),  # non-power-of-two group, more splits than key tiles
+    ([541], 12, 4, 64, 8, torch.bfloat16, 8),  # non-power-of-two group, more splits asked than usable
 ]
 
 
@@ -43,7 +44,7 @@ def test_decode_fp32_matches_reference(ctx_lens: list[int], hq: int, hkv: int, d
 
 @pytest.mark.parametrize("splits", [1, 2])
 def test_decode_bf16_io(splits: int) -> None:
-    args = _inputs([37, 5, 64], 8, 2, 64, 16, torch.bfloat16, torch.bfloat16, seed=7)
+    args = _inputs([37, 5, 640], 8, 2, 64, 16, torch.bfloat16, torch.bfloat16, seed=7)  # 640: 2 splits
     out = torch.full_like(args[0], float("nan"))
     paged_decode_attention(*args, num_splits=splits, out=out)
     ref = paged_decode_attention_ref(*args).float()
@@ -60,10 +61,59 @@ def test_decode_empty_sequence_gives_zeros() -> None:
 
 
 def test_default_num_splits() -> None:
-    cpu = torch.device("cpu")
-    assert default_num_splits(256, 8, 32768, cpu) == 1  # many programs already
-    assert default_num_splits(1, 8, 32768, cpu) == 2  # 2 x nominal 8 SMs / 8 programs
+    cpu = torch.device("cpu")  # a nominal 8 SMs: the occupancy rule targets 16 programs
+    # The length rule, ceil(max_context / 2048), now dominates at large batches (occupancy alone gives 1
+    # there, and one long context would then be walked serially by one program); since each sequence
+    # uses only ceil(seq_len / keys_per_split) of the splits, short contexts still run unsplit.
+    assert default_num_splits(256, 8, 32768, cpu) == 16
+    assert default_num_splits(256, 8, 2048, cpu) == 1  # short bound: no split
+    assert default_num_splits(1, 8, 32768, cpu) == 16  # length 16 > occupancy 2 x 8 SMs / 8 programs
+    assert default_num_splits(1, 1, 4096, cpu) == 16  # occupancy 16 (and 4096 / 256 keys) > length 2
     assert default_num_splits(1, 1, 100, cpu) == 1  # short contexts are not split
+    assert default_num_splits(1, 8, 10**6, cpu) == 64  # capped at _MAX_SPLITS
+
+
+# One batch: a 1-token and a 0-length (graph padding) sequence, short ones and long ones, no length a
+# multiple of the block size. With num_splits=4 (max_context 1024 or 1008 -> 256 keys per split) the
+# sequences use 1, 1, 1, 2, 4 (last one ragged) and 3 splits; the default splits 1000 and 613 in two when
+# Hkv = 2 and nothing when Hkv = 4 (CPU's nominal 8 SMs).
+MIXED_LENS = [1, 0, 37, 300, 1000, 613]
+
+
+@pytest.mark.parametrize("splits", [4, None])
+@pytest.mark.parametrize(("hq", "hkv", "bs", "dtype"), [
+    (4, 4, 16, torch.bfloat16),  # GQA 1
+    (8, 2, 8, torch.int8),  # GQA 4, quantized
+    (8, 2, 16, torch.float8_e4m3fn),  # GQA 4, quantized
+])
+def test_decode_mixed_lengths_dynamic_splits(hq: int, hkv: int, bs: int, dtype: torch.dtype,
+                                             splits: int | None) -> None:
+    args = _inputs(MIXED_LENS, hq, hkv, 64, bs, dtype, torch.float32, seed=hq * 10 + bs)
+    out = torch.full_like(args[0], float("nan"))  # poison: an unwritten head or a skipped merge fails
+    paged_decode_attention(*args, num_splits=splits, out=out)
+    assert torch.equal(out[1], torch.zeros_like(out[1]))  # the padding sequence gives exact zeros
+    assert_fp32_close(out, paged_decode_attention_ref(*args))
+
+
+def test_decode_wide_block_table_matches_one_split() -> None:
+    """CUDA-graph layout: 512-block table rows (8192 keys) far wider than the sequences; num_splits=64.
+
+    The slice length comes from the table width (256 keys here): 700, 512 and 260 keys use 3, 2 (both
+    full) and 2 (ragged) splits, the short and padding sequences one. The spare table columns point at
+    random blocks of other sequences, so reading past a sequence's end would change its output.
+    """
+    ctx_lens = [700, 0, 512, 9, 260]
+    args = list(_inputs(ctx_lens, 8, 2, 64, 16, torch.int8, torch.float32, seed=11))
+    tables = args[3]
+    gen = torch.Generator().manual_seed(12)
+    num_blocks = args[1].shape[0]
+    wide = torch.randint(0, num_blocks, (len(ctx_lens), 512), generator=gen, dtype=torch.int32).to(DEVICE)
+    wide[:, :tables.shape[1]] = tables
+    args[3] = wide
+    out_wide = paged_decode_attention(*args, num_splits=64, out=torch.full_like(args[0], float("nan")))
+    out_one = paged_decode_attention(*args, num_splits=1, out=torch.full_like(args[0], float("nan")))
+    assert_fp32_close(out_wide, out_one)
+    assert_fp32_close(out_wide, paged_decode_attention_ref(*args))
 
 
 def test_decode_bad_arguments_raise() -> None:

@@ -114,9 +114,9 @@ def test_calibrated_formula_by_hand() -> None:
 
 def test_graph_padding_and_eager_steps() -> None:
     """Graphed decode steps cost dense at the padded graph size; steps with a prefill, or of more
-    decodes than the largest graph, cost eager_dense."""
+    decodes than the largest graph, cost mixed_dense."""
     eager = {"x": [1, 101], "time_s": [5e-3, 6e-3]}
-    cm = CalibratedCostModel(tiny_profile(eager_dense=eager) | {"graph_batch_sizes": [1, 2, 4, 8]})
+    cm = CalibratedCostModel(tiny_profile(mixed_dense=eager) | {"graph_batch_sizes": [1, 2, 4, 8]})
     lm = {n: 1e-4 + (n - 1) * 1e-5 for n in range(1, 20)}
     ovh = 5e-5
     for n, padded in ((1, 1), (3, 4), (4, 4), (5, 8), (8, 8)):
@@ -128,10 +128,27 @@ def test_graph_padding_and_eager_steps() -> None:
     mixed = make_plan([(5, 0)], [100, 100])  # a prefill makes the step eager: 7 tokens
     pf = 1e-5 + 14 * 2e-5
     assert cm.step_time(mixed) == pytest.approx(ovh + 5e-3 + 6e-5 + lm[3] + pf + 200 * 1e-7, rel=1e-12)
-    no_graphs = CalibratedCostModel(tiny_profile(eager_dense=eager))  # decodes priced by dense
+    no_graphs = CalibratedCostModel(tiny_profile(mixed_dense=eager))  # decodes priced by dense
     assert no_graphs.step_time(make_plan([], [100] * 3)) == pytest.approx(
         ovh + 1e-3 + 2e-4 + lm[3] + 300 * 1e-7, rel=1e-12)
     assert cm.shape_time(5, 1, 2, 200, 15) == pytest.approx(cm.step_time(mixed), rel=1e-12)
+
+
+def test_mixed_steps_priced_at_the_padded_graph_token_count() -> None:
+    """With graph_token_sizes, a step holding a prefill costs mixed_dense of the next captured count;
+    beyond the largest count it runs eagerly and costs mixed_dense of its own tokens."""
+    mixed = {"x": [1, 101], "time_s": [5e-3, 6e-3]}
+    sizes = {"graph_batch_sizes": [1, 2, 4, 8], "graph_token_sizes": [4, 16, 32]}
+    cm = CalibratedCostModel(tiny_profile(mixed_dense=mixed) | sizes)
+    plain = CalibratedCostModel(tiny_profile(mixed_dense=mixed) | {"graph_batch_sizes": [1, 2, 4, 8]})
+    for prefill, decodes, padded in (([(3, 0)], 0, 4), ([(5, 0)], 2, 16), ([(16, 0)], 0, 16), ([(9, 2)], 8, 32)):
+        plan = make_plan(prefill, [100] * decodes)
+        tokens = prefill[0][0] + decodes
+        assert cm.step_time(plan) - plain.step_time(plan) == pytest.approx((padded - tokens) * 1e-5, rel=1e-9)
+    big = make_plan([(40, 0)], [100])  # 41 tokens > 32: eager, unpadded
+    assert cm.step_time(big) == pytest.approx(plain.step_time(big), rel=1e-12)
+    decode_only = make_plan([], [100] * 3)  # decode-only steps keep their batch-size graphs
+    assert cm.step_time(decode_only) == pytest.approx(plain.step_time(decode_only), rel=1e-12)
 
 
 def _bad(tmp_path: Path, profile: Any) -> str:
@@ -165,6 +182,8 @@ def test_bad_profiles_name_file_and_field(tmp_path: Path) -> None:
     for sizes in ([], [2, 1], [0, 4], "8", [1.5]):
         assert "'graph_batch_sizes' must be a non-empty strictly increasing" in _bad(
             tmp_path, tiny_profile() | {"graph_batch_sizes": sizes})
+        assert "'graph_token_sizes' must be a non-empty strictly increasing" in _bad(
+            tmp_path, tiny_profile() | {"graph_token_sizes": sizes})
 
 
 def test_shipped_profiles_load_and_are_current() -> None:
