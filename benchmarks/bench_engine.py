@@ -57,17 +57,17 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
     prompt = list(range(1000, 1128))
     llm.generate([prompt], max_tokens=8)  # warm-up
     torch.cuda.synchronize()
-    with StepLog(runner) as log:
+    with StepLog(runner) as steps_log:
         t = time.perf_counter()
         out = llm.generate([prompt], max_tokens=256)
         wall = time.perf_counter() - t
     assert len(out[0]["token_ids"]) == 256
     tps = 256 / wall
     floor_tps = bw / runner.model.weight_bytes()
-    graph_steps = [s for s in log.steps if s[0]]
+    graph_steps = [s for s in steps_log.steps if s[0]]
     exec_ms = statistics.median(s[3] for s in graph_steps) * 1e3 if graph_steps else float("nan")
     launch_ms = statistics.median(s[4] for s in graph_steps) * 1e3 if graph_steps else float("nan")
-    loop_ms = (wall - sum(s[3] for s in log.steps)) / len(log.steps) * 1e3
+    loop_ms = (wall - sum(s[3] for s in steps_log.steps)) / len(steps_log.steps) * 1e3
     replay_ms = readback_ms = float("nan")
     if runner.graphs is not None:
         replay_ms = time_cuda(lambda: runner.graphs.replay_static(1), iters=50) * 1e3
@@ -75,7 +75,7 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
     with eager_only(runner), StepLog(runner) as eager_log:
         llm.generate([prompt], max_tokens=17)
     eager_ms = statistics.median(s[3] for s in eager_log.steps if s[1] == 0) * 1e3
-    prefill_ms = statistics.median(s[3] for s in log.steps if s[1]) * 1e3
+    prefill_ms = statistics.median(s[3] for s in steps_log.steps if s[1]) * 1e3
     eager_prefill_ms = statistics.median(s[3] for s in eager_log.steps if s[1]) * 1e3
     nan = float("nan")
     log(f"{tag}: decode b1 {tps:.0f} tok/s ({1e3 / tps:.3f} ms/token), floor {floor_tps:.0f} tok/s "
@@ -84,7 +84,7 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
          f"loop outside execute {loop_ms:.3f} ms; graph replay alone {replay_ms:.3f} ms GPU, "
          f"replay + id readback {readback_ms:.3f} ms wall; eager decode step {eager_ms:.3f} ms; "
          f"prefill step (128 tokens) {prefill_ms:.3f} ms, eager {eager_prefill_ms:.3f} ms; "
-         f"{len(graph_steps)}/{len(log.steps)} steps on graphs")
+         f"{len(graph_steps)}/{len(steps_log.steps)} steps on graphs")
     for g in runner.gemv_timings:
         log(f"  gemv choice {g.kind:8s} {g.shape}: F.linear {g.linear_us:.1f} us, "
              f"gemv_bf16 {g.gemv_us:.1f} us -> {'gemv' if g.chosen else 'F.linear'} {g.note}")
@@ -109,17 +109,17 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
 
 
 def _offline_case(llm, tag: str, requests: list, hf: dict[str, float]) -> list[dict]:
-    with StepLog(llm.runner) as log:
+    with StepLog(llm.runner) as steps_log:
         t = time.perf_counter()
         seqs = llm.run(requests)
         wall = time.perf_counter() - t
     out_tokens = sum(s.num_generated for s in seqs)
     assert out_tokens == sum(r.output_len for r in requests)
     tps = out_tokens / wall
-    graph = [s[3] for s in log.steps if s[0] and not s[1]]
-    mixed = [s[3] for s in log.steps if s[0] and s[1]]
-    eager = [s[3] for s in log.steps if not s[0]]
-    slow = sorted(log.steps, key=lambda s: -s[3])[:3]
+    graph = [s[3] for s in steps_log.steps if s[0] and not s[1]]
+    mixed = [s[3] for s in steps_log.steps if s[0] and s[1]]
+    eager = [s[3] for s in steps_log.steps if not s[0]]
+    slow = sorted(steps_log.steps, key=lambda s: -s[3])[:3]
     sched = llm.last_scheduler
     log(f"{tag}: offline {len(requests)} requests {tps:.0f} out tok/s in {wall:.1f}s, preemptions "
          f"{sched.num_preemptions if sched else 'n/a'}; {len(graph)} graph decode steps {sum(graph):.2f}s, "

@@ -43,8 +43,10 @@ from kernels._util import (
 
 #: Keys per split at least this many (splitting finer only adds reduction traffic).
 _MIN_KEYS_PER_SPLIT = 256
-#: The default split count keeps every split at most this many keys long (see default_num_splits).
-_MAX_KEYS_PER_SPLIT = 2048
+#: The default split count keeps every split at most this many keys long (see default_num_splits): on an
+#: H100 one program streams keys latency-bound, so 2048-key splits left a long context 40% slower than
+#: the same bytes spread evenly (benchmarks/bench_attention.py 'decode_mixed').
+_MAX_KEYS_PER_SPLIT = 512
 #: Largest default number of splits.
 _MAX_SPLITS = 64
 
@@ -158,8 +160,8 @@ def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, devic
     * occupancy: about two waves of (sequence, kv head, split) programs fill the GPU, i.e.
       ceil(2 * SMs / (num_seqs * num_kv_heads)), but no more than keeps >= ``_MIN_KEYS_PER_SPLIT`` (256)
       keys per split of a max_context sequence;
-    * length: ceil(max_context / ``_MAX_KEYS_PER_SPLIT``) (2048), so that a split holds at most 2048 keys
-      (for max_context <= 64 * 2048). At large batches the occupancy rule alone gives 1, and one long
+    * length: ceil(max_context / ``_MAX_KEYS_PER_SPLIT``) (512), so that a split holds at most 512 keys
+      (for max_context <= 64 * 512). At large batches the occupancy rule alone gives 1, and one long
       context would then be walked serially by one program while the short ones finish early; with
       per-sequence splits only the long contexts use the extra splits, in parallel.
 

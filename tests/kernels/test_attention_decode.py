@@ -62,21 +62,22 @@ def test_decode_empty_sequence_gives_zeros() -> None:
 
 def test_default_num_splits() -> None:
     cpu = torch.device("cpu")  # a nominal 8 SMs: the occupancy rule targets 16 programs
-    # The length rule, ceil(max_context / 2048), now dominates at large batches (occupancy alone gives 1
+    # The length rule, ceil(max_context / 512), now dominates at large batches (occupancy alone gives 1
     # there, and one long context would then be walked serially by one program); since each sequence
     # uses only ceil(seq_len / keys_per_split) of the splits, short contexts still run unsplit.
-    assert default_num_splits(256, 8, 32768, cpu) == 16
-    assert default_num_splits(256, 8, 2048, cpu) == 1  # short bound: no split
-    assert default_num_splits(1, 8, 32768, cpu) == 16  # length 16 > occupancy 2 x 8 SMs / 8 programs
-    assert default_num_splits(1, 1, 4096, cpu) == 16  # occupancy 16 (and 4096 / 256 keys) > length 2
+    assert default_num_splits(256, 8, 32768, cpu) == 64  # length 64 (the cap)
+    assert default_num_splits(256, 8, 8192, cpu) == 16
+    assert default_num_splits(256, 8, 512, cpu) == 1  # short bound: no split
+    assert default_num_splits(1, 8, 4096, cpu) == 8  # length 8 > occupancy 2 x 8 SMs / 8 programs
+    assert default_num_splits(1, 1, 4096, cpu) == 16  # occupancy 16 (and 4096 / 256 keys) > length 8
     assert default_num_splits(1, 1, 100, cpu) == 1  # short contexts are not split
     assert default_num_splits(1, 8, 10**6, cpu) == 64  # capped at _MAX_SPLITS
 
 
 # One batch: a 1-token and a 0-length (graph padding) sequence, short ones and long ones, no length a
 # multiple of the block size. With num_splits=4 (max_context 1024 or 1008 -> 256 keys per split) the
-# sequences use 1, 1, 1, 2, 4 (last one ragged) and 3 splits; the default splits 1000 and 613 in two when
-# Hkv = 2 and nothing when Hkv = 4 (CPU's nominal 8 SMs).
+# sequences use 1, 1, 1, 2, 4 (last one ragged) and 3 splits; the default (2 splits of 512 keys by the
+# length rule) splits 1000 and 613 in two.
 MIXED_LENS = [1, 0, 37, 300, 1000, 613]
 
 
