@@ -139,6 +139,13 @@ class TritonAttention:
         self._write_kv(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
         # Padding rows of a captured mixed step belong to no sequence: zeros, not stale memory.
         out = (torch.zeros if meta.padded else torch.empty)(q.shape, dtype=q.dtype, device=q.device)
+        if meta.padded:  # a captured mixed step: decode slots lead, then the chunks (see StepMetadata)
+            nd = meta.num_decodes
+            self._decode(q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
+                         k_scale, v_scale, num_splits=self.decode_splits, out=out[:nd])
+            self._prefill(q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
+                          meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out)
+            return out
         p = meta.num_prefill_tokens
         if p:
             self._prefill(q[:p], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,

@@ -1,24 +1,27 @@
 """Static inputs of captured mixed steps (prefill chunks with or without decodes).
 
-A mixed step runs as one varlen batch in which every sequence is a chunk: a
-prefill chunk of ``n`` tokens starting at ``start``, or a decode as a chunk of
-one token at ``num_computed``. All of them go through the paged prefill
-attention kernel, whose launch grid depends only on the padded token count and
-the number of sequence slots, so one graph per padded token count serves every
-mix of prefills and decodes.
+A mixed step runs as one varlen batch: its ``D`` decodes first (rows ``0..D-1``,
+attended by the paged decode kernel), then its prefill chunks (attended by the
+paged prefill kernel, whose ``cu_seqlens`` start at ``D``), then padding up to the
+graph's token count. Both kernels' launch grids depend only on the padded token
+count and the slot counts, so one graph per padded token count serves every mix
+of prefills and decodes.
 
 The buffer holds, field after field (each on a ``SEGMENT_ALIGN``-byte boundary),
 ``input_ids``, ``positions``, ``slot_mapping`` (int64 [T]), ``logits_indices``
-(int64 [R]), ``cu_seqlens`` (int32 [S + 1]), ``seq_lens`` (int32 [S]) and
-``block_tables`` (int32 [S, W]). Block tables come last, so a step of ``s``
-sequences copies one prefix of the buffer. Invariants after ``stage``:
+(int64 [R]), ``cu_seqlens`` (int32 [S + 1]), ``seq_lens`` (int32 [S]),
+``decode_seq_lens`` (int32 [S]), ``block_tables`` (int32 [S, W], the chunks') and
+``decode_block_tables`` (int32 [S, W]). A step copies the fields up to its chunks'
+table rows, then its decodes' table rows. Invariants after ``stage``:
 
 * tokens past the step's own (up to the graph's padded count) are token 0 at
-  position 0 writing the scratch block's first slot; no sequence owns them, so
+  position 0 writing the scratch block's first slot; no kernel owns them, so
   attention gives them zero rows (``StepMetadata.padded``), and what they write
   to the scratch block stays finite;
-* sequence slots past the step's own are empty (``cu_seqlens`` repeats the
-  total), so their table rows, stale or not, are never read;
+* decode slots past the step's ``D`` have context 0 (the decode kernel writes
+  zero rows there, which the prefill kernel then overwrites where its chunks lie);
+* chunk slots past the step's own are empty (``cu_seqlens`` repeats the end), so
+  their table rows, stale or not, are never read;
 * sampling rows past the step's own point at row 0; their results are dropped.
 """
 
@@ -58,13 +61,14 @@ class MixedInputs:
         fields = (("input_ids", np.int64, (max_tokens,)), ("positions", np.int64, (max_tokens,)),
                   ("slot_mapping", np.int64, (max_tokens,)), ("logits_indices", np.int64, (max_rows,)),
                   ("cu_seqlens", np.int32, (max_seqs + 1,)), ("seq_lens", np.int32, (max_seqs,)),
-                  ("block_tables", np.int32, (max_seqs, self.width)))
+                  ("decode_seq_lens", np.int32, (max_seqs,)), ("block_tables", np.int32, (max_seqs, self.width)),
+                  ("decode_block_tables", np.int32, (max_seqs, self.width)))
         layout, total = [], 0
         for name, dtype, shape in fields:
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
             layout.append((name, total, np.dtype(dtype), shape, nbytes))
             total += -(-nbytes // SEGMENT_ALIGN) * SEGMENT_ALIGN
-        self._table_offset = layout[-1][1]
+        self._table_offset, self._decode_table_offset = layout[-2][1], layout[-1][1]
         pin = device.type == "cuda"
         self._host = torch.zeros(total, dtype=torch.uint8, pin_memory=pin)
         self._dev = torch.zeros(total, dtype=torch.uint8, device=device)
@@ -76,6 +80,7 @@ class MixedInputs:
             tdtype = torch.int64 if dtype == np.int64 else torch.int32
             self.dev[name] = self._dev[off : off + nbytes].view(tdtype).view(shape)
         self.host["block_tables"][:] = scratch_block
+        self.host["decode_block_tables"][:] = scratch_block
         self.host["slot_mapping"][:] = scratch_block * block_size
         self._dev.copy_(self._host)
         # Recorded after each copy out of the pinned mirror (CUDA only); waited on before rewriting it.
@@ -89,14 +94,15 @@ class MixedInputs:
             and rows <= self.max_rows
 
     def stage(self, plan: StepPlan, tokens: int) -> list[Sequence]:
-        """Write ``plan`` (prefill chunks, then decodes as one-token chunks) padded to ``tokens`` and copy it.
+        """Write ``plan`` (decodes, then prefill chunks) padded to ``tokens`` and copy it.
 
         Args:
             plan: the step (it must ``fit``).
             tokens: the captured token count the step runs at (>= its own tokens).
 
         Returns:
-            The sampling sequences in row order (row ``i`` of the graph's logits is sequence ``i``).
+            The sampling sequences in row order (row ``i`` of the graph's logits is sequence ``i``):
+            the decodes, then the chunks that sample.
 
         Raises:
             ValueError: the plan does not fit, or ``tokens`` is below its tokens or above ``max_tokens``.
@@ -109,60 +115,62 @@ class MixedInputs:
         if self._copied is not None:  # the previous copy must have left the pinned buffer
             self._copied.synchronize()  # (returns at once when never recorded)
         h, bs = self.host, self.block_size
-        ids, pos, table = h["input_ids"], h["positions"], h["block_tables"]
-        cu, lens, rows = h["cu_seqlens"], h["seq_lens"], h["logits_indices"]
-        sampling: list[Sequence] = []
-        slot_rows: list[np.ndarray] = []
-        offset = 0
+        ids, pos, rows = h["input_ids"], h["positions"], h["logits_indices"]
+        d_table, p_table = h["decode_block_tables"], h["block_tables"]
+        cu, lens = h["cu_seqlens"], h["seq_lens"]
+        sampling: list[Sequence] = list(plan.decodes)
+        nd = len(sampling)
+        slot_blocks: list[np.ndarray] = []
+        for i, seq in enumerate(plan.decodes):
+            p = seq.num_computed
+            ids[i], pos[i] = last_token(seq), p
+            bt = seq.block_table
+            d_table[i, : len(bt)] = bt
+            slot_blocks.append(np.asarray([bt[p // bs]], dtype=np.int64))
+        h["decode_seq_lens"][:nd] = pos[:nd] + 1
+        h["decode_seq_lens"][nd:] = 0
+        rows[:nd] = np.arange(nd)
+        offset = cu[0] = nd
         for i, chunk in enumerate(plan.prefills):
             seq, start, n = chunk.seq, chunk.start, chunk.num_tokens
             ids[offset : offset + n] = seq.token_ids[start : start + n]
-            pos[offset : offset + n] = np.arange(start, start + n)
+            p = np.arange(start, start + n)
+            pos[offset : offset + n] = p
             bt = seq.block_table
-            table[i, : len(bt)] = bt
-            slot_rows.append(np.full(n, i, dtype=np.int64))
+            p_table[i, : len(bt)] = bt
+            slot_blocks.append(np.asarray(bt, dtype=np.int64)[p // bs])
             lens[i] = start + n
             offset += n
             cu[i + 1] = offset
             if chunk.samples:
                 rows[len(sampling)] = offset - 1
                 sampling.append(seq)
-        first = len(plan.prefills)
-        for j, seq in enumerate(plan.decodes):
-            i = first + j
-            ids[offset], pos[offset] = last_token(seq), seq.num_computed
-            bt = seq.block_table
-            table[i, : len(bt)] = bt
-            lens[i] = seq.num_computed + 1
-            rows[len(sampling)] = offset
-            sampling.append(seq)
-            offset += 1
-            cu[i + 1] = offset
-        nseq = first + len(plan.decodes)
-        # Slots of the step's tokens from their sequences' table rows (one vectorised gather).
-        seq_of = np.concatenate([*slot_rows, np.arange(first, nseq, dtype=np.int64)])
-        p = pos[:offset]
-        h["slot_mapping"][:offset] = table[seq_of, p // bs].astype(np.int64) * bs + p % bs
-        cu[nseq + 1 :] = offset
+        npf = len(plan.prefills)
+        cu[npf + 1 :] = offset
+        h["slot_mapping"][:offset] = np.concatenate(slot_blocks) * bs + pos[:offset] % bs if offset else 0
         ids[offset:tokens], pos[offset:tokens] = 0, 0  # rows past ``tokens`` are not read by this graph
         h["slot_mapping"][offset:tokens] = self.scratch_block * bs
         rows[len(sampling) :] = 0
-        nbytes = self._table_offset + nseq * self.width * 4
+        head = self._table_offset + npf * self.width * 4
+        d_lo, d_hi = self._decode_table_offset, self._decode_table_offset + nd * self.width * 4
         if self._copied is not None:
-            self._dev[:nbytes].copy_(self._host[:nbytes], non_blocking=True)
+            self._dev[:head].copy_(self._host[:head], non_blocking=True)
+            self._dev[d_lo:d_hi].copy_(self._host[d_lo:d_hi], non_blocking=True)
             self._copied.record()
         else:
-            self._dev[:nbytes].copy_(self._host[:nbytes])
+            self._dev[:head].copy_(self._host[:head])
+            self._dev[d_lo:d_hi].copy_(self._host[d_lo:d_hi])
         return sampling
 
     def meta(self, tokens: int, rows: int) -> StepMetadata:
-        """Views of a step of ``tokens`` tokens with ``rows`` sampling rows, every sequence slot a chunk."""
+        """Views of a step of ``tokens`` tokens with ``rows`` sampling rows: ``min(tokens, max_seqs)``
+        leading decode slots, then every chunk slot (``padded``: see ``StepMetadata``)."""
         d = self.dev
-        i32 = {"dtype": torch.int32, "device": self.device}
+        nd = min(tokens, self.max_seqs)
         return StepMetadata(
             input_ids=d["input_ids"][:tokens], positions=d["positions"][:tokens],
             slot_mapping=d["slot_mapping"][:tokens], logits_indices=d["logits_indices"][:rows],
             prefill_cu_seqlens=d["cu_seqlens"], prefill_seq_lens=d["seq_lens"],
-            prefill_block_tables=d["block_tables"], decode_seq_lens=torch.zeros(0, **i32),
-            decode_block_tables=torch.zeros((0, self.width), **i32), num_prefill_tokens=tokens, num_decodes=0,
+            prefill_block_tables=d["block_tables"], decode_seq_lens=d["decode_seq_lens"][:nd],
+            decode_block_tables=d["decode_block_tables"][:nd], num_prefill_tokens=tokens, num_decodes=nd,
             prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[], padded=True)

@@ -37,8 +37,11 @@ class StepMetadata:
     context after the step), ``prefill_block_tables`` (int32 [Sp, Wp]); decode
     ``decode_seq_lens`` (int32 [Sd]) and ``decode_block_tables`` (int32 [Sd, Wd]).
     Host lists describe the prefill chunks for the per-sequence torch path.
-    ``padded``: tokens past ``prefill_cu_seqlens[-1]`` are padding (a captured mixed
-    step); attention must still give their rows finite values.
+    ``padded`` marks a captured mixed step (``engine.mixed_inputs``): its first
+    ``num_decodes`` rows are decode slots (context 0 where unused), the prefill
+    chunks' rows follow (``prefill_cu_seqlens`` starts at the decodes' end), the rest
+    is padding that attention must still give finite (zero) rows;
+    ``num_prefill_tokens`` then counts every row of the batch.
     """
 
     input_ids: torch.Tensor

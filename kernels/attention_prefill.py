@@ -57,7 +57,7 @@ def _prefill_kernel(
     q_start = tl.load(cu_q_ptr + lo)
     q_len = tl.load(cu_q_ptr + lo + 1) - q_start
     tile = pid - (q_start // BLOCK_Q + lo)
-    if tile * BLOCK_Q >= q_len:
+    if (tile < 0) | (tile * BLOCK_Q >= q_len):  # before the first sequence (cu_seqlens_q[0] > 0), or past its end
         return
     prefix = tl.load(seq_lens_ptr + lo) - q_len
 
@@ -139,11 +139,13 @@ def paged_prefill_attention(
     """Causal varlen attention of packed new tokens over their paged KV (prefix + themselves).
 
     Args:
-        q: [T, Hq, D] bf16/fp16 (fp32 too; token/head strides free). T >= cu_seqlens_q[-1]; rows past
-            it (padding) are not written.
+        q: [T, Hq, D] bf16/fp16 (fp32 too; token/head strides free). T >= cu_seqlens_q[-1]; rows before
+            cu_seqlens_q[0] (e.g. decodes attended by another kernel) and past cu_seqlens_q[-1] (padding)
+            are not written.
         k_cache, v_cache: [num_blocks, block_size, Hkv, D]; bf16/fp16, fp8 e4m3 or int8.
         block_tables: int32 [S, max_blocks_per_seq].
-        cu_seqlens_q: int32 [S + 1], prefix sums of the per-sequence new-token counts (0 allowed).
+        cu_seqlens_q: int32 [S + 1], row offsets of the sequences' new tokens in q: non-decreasing,
+            usually starting at 0 (per-sequence counts of 0 allowed).
         seq_lens: int32 [S], total context per sequence after this step (cached + new).
         softmax_scale: multiplier of q.k (usually head_dim ** -0.5).
         k_scale, v_scale: fp32 [num_blocks, block_size, Hkv] for fp8/int8 caches, else None.

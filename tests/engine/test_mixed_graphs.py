@@ -33,26 +33,37 @@ def triton_runner(tiny_llama):
     return runner(tiny_llama, dtype="bfloat16", attention_backend="triton", device=DEV, enforce_eager=True)
 
 
+def by_seq(logits: torch.Tensor, seqs: list) -> dict[str, torch.Tensor]:
+    return {s.seq_id: row for s, row in zip(seqs, logits, strict=True)}
+
+
 def test_staging_layout_and_logits_match_the_eager_step(triton_runner):
     r = triton_runner
     plan, sampling = mixed_plan(r, seed=5)
+    cached, a, b = sampling
     eager, eager_seqs = r.logits(plan)
+    assert eager_seqs == [cached, a, b]  # the eager order: sampling chunks, then decodes
     inputs = MixedInputs(64, 8, 8, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device)
     assert inputs.fits(plan)
     seqs = inputs.stage(plan, 32)
-    assert seqs == eager_seqs == sampling
+    assert seqs == [a, b, cached]  # decodes lead in a captured step
     meta = inputs.meta(32, 8)
-    assert meta.prefill_cu_seqlens.tolist() == [0, 7, 18, 19, 20, 20, 20, 20, 20]
-    assert meta.prefill_seq_lens[:4].tolist() == [7, 17, 9, 14]
-    assert meta.logits_indices.tolist() == [17, 18, 19, 0, 0, 0, 0, 0]
-    assert meta.positions[:20].tolist() == [*range(7), *range(6, 17), 8, 13]
+    assert meta.padded and meta.num_decodes == 8 and meta.num_prefill_tokens == 32
+    assert meta.decode_seq_lens.tolist() == [9, 14, 0, 0, 0, 0, 0, 0]
+    assert meta.prefill_cu_seqlens.tolist() == [2, 9, 20, 20, 20, 20, 20, 20, 20]
+    assert meta.prefill_seq_lens[:2].tolist() == [7, 17]
+    assert meta.logits_indices.tolist() == [0, 1, 19, 0, 0, 0, 0, 0]
+    assert meta.positions[:20].tolist() == [8, 13, *range(7), *range(6, 17)]
     assert (meta.slot_mapping[20:] == r.kv.scratch_block * BS).all()
-    built = r.builder.build(plan)
-    assert torch.equal(meta.slot_mapping[:20], built.slot_mapping)
-    assert torch.equal(meta.input_ids[:20], built.input_ids)
-    staged = r.model.forward(meta, r.attention)
-    assert staged.shape == (8, 300)
-    torch.testing.assert_close(staged[:3], eager, atol=3e-2, rtol=0)
+    built = r.builder.build(plan)  # eager order: chunks' tokens, then decodes
+    for name in ("slot_mapping", "input_ids"):
+        staged, eager_rows = getattr(meta, name), getattr(built, name)
+        assert torch.equal(staged[2:20], eager_rows[:18]) and torch.equal(staged[:2], eager_rows[18:]), name
+    staged_logits = r.model.forward(meta, r.attention)
+    assert staged_logits.shape == (8, 300)
+    got, want = by_seq(staged_logits[:3], seqs), by_seq(eager, eager_seqs)
+    for sid in want:
+        torch.testing.assert_close(got[sid], want[sid], atol=3e-2, rtol=0)
 
 
 def test_restaging_a_smaller_step_resets_its_padding(triton_runner):
@@ -65,6 +76,7 @@ def test_restaging_a_smaller_step_resets_its_padding(triton_runner):
     assert inputs.stage(small, 16) == [plan.prefills[1].seq]
     meta = inputs.meta(16, 8)
     assert meta.prefill_cu_seqlens.tolist() == [0, 11, *[11] * 7]
+    assert meta.decode_seq_lens.tolist() == [0] * 8  # the earlier step's decodes are gone
     assert meta.input_ids[11:16].tolist() == [0] * 5 and meta.positions[11:16].tolist() == [0] * 5
     assert meta.logits_indices.tolist() == [10, *[0] * 7]
     torch.testing.assert_close(r.model.forward(meta, r.attention)[:1], eager, atol=3e-2, rtol=0)
@@ -90,15 +102,17 @@ def test_mixed_graph_step_equals_eager_step(tiny_llama):
                     cuda_graph_batch_sizes=(1, 2), cuda_graph_token_sizes=(16, 32, 64, 128))
     eager = runner(tiny_llama, dtype="bfloat16", device="cuda", enforce_eager=True)
     assert graphs.mixed_graphs is not None and graphs.mixed_graphs.sizes == (16, 32, 64)  # capped past 40
-    plan_g, sampling = mixed_plan(graphs, seed=5)
+    plan_g, _ = mixed_plan(graphs, seed=5)
     plan_e, _ = mixed_plan(eager, seed=5)
     assert graphs.uses_graph(plan_g) and graphs.mixed_graphs.size_for(plan_g) == 32
     got, seqs = graphs.logits(plan_g)
-    want = eager.logits(plan_e)[0]
-    assert seqs == sampling
-    torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
+    want, eager_seqs = eager.logits(plan_e)
+    assert [s.seq_id for s in seqs] == ["s0", "s1", "cached"]
+    got_by, want_by = by_seq(got, seqs), by_seq(want, eager_seqs)
+    for sid in want_by:
+        torch.testing.assert_close(got_by[sid], want_by[sid], atol=3e-2, rtol=0)
     res = graphs.execute(plan_g)
-    assert [res.token_ids[s.seq_id][0] for s in sampling] == got.argmax(-1).tolist()  # the in-graph argmax
+    assert [res.token_ids[s.seq_id][0] for s in seqs] == got.argmax(-1).tolist()  # the in-graph argmax
     too_many = StepPlan(6, 0.0, prefills=[PrefillChunk(plan_g.prefills[0].seq, 0, 19)], decodes=plan_g.decodes,
                         num_prefill_tokens=19)
     assert graphs.mixed_graphs.size_for(too_many) == 32

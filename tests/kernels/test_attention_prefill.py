@@ -53,6 +53,24 @@ def test_prefill_bf16_io(dtype: torch.dtype) -> None:
     assert (out.float() - ref).abs().max() <= BF16_ATOL_REL * ref.abs().max()
 
 
+def test_rows_before_the_first_sequence_are_left_alone() -> None:
+    """cu_seqlens_q starting past 0 (rows another kernel owns, e.g. decodes) and a padded tail: those rows
+    keep what they held, the sequences' rows match the reference."""
+    q_lens, ctx_lens = [5, 37, 1], [5, 50, 20]
+    args = list(_inputs(q_lens, ctx_lens, 8, 2, 64, 16, torch.bfloat16, torch.float32, seed=21))
+    lead, tail = 70, 9  # 70 rows: more than two 32-row query tiles before the first sequence
+    q = args[0]
+    gen = torch.Generator().manual_seed(5)
+    shifted = torch.randn(lead + q.shape[0] + tail, *q.shape[1:], generator=gen).to(DEVICE)
+    shifted[lead : lead + q.shape[0]] = q
+    args[0], args[4] = shifted, args[4] + lead
+    out = torch.full_like(shifted, float("nan"))
+    paged_prefill_attention(*args, out=out)
+    assert out[:lead].isnan().all() and out[lead + q.shape[0] :].isnan().all()
+    ref = paged_prefill_attention_ref(*args)
+    assert_fp32_close(out[lead : lead + q.shape[0]], ref[lead : lead + q.shape[0]])
+
+
 def test_prefill_is_causal_and_reads_only_its_context() -> None:
     """Changing keys after a query's position or past seq_len must not change that query's output."""
     args = list(_inputs([6], [10], 4, 2, 64, 4, torch.bfloat16, torch.float32, seed=11))
