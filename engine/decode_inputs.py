@@ -21,7 +21,8 @@ from collections.abc import Sequence as Seq
 import numpy as np
 import torch
 
-from engine.step_metadata import SEGMENT_ALIGN, StepMetadata, last_token, padded_width
+from engine.static_buffers import StaticBuffers
+from engine.step_metadata import StepMetadata, last_token, padded_width
 from policies.sequence import Sequence
 
 _FIELDS = (("input_ids", np.int64, 1), ("positions", np.int64, 1), ("slot_mapping", np.int64, 1),
@@ -48,30 +49,13 @@ class DecodeInputs:
         self.block_size = block_size
         self.scratch_block = scratch_block
         self.device = device
-        offsets: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
-        total = 0
-        for name, dtype, cols in _FIELDS:
-            shape = (max_rows,) if cols else (max_rows, self.width)
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            offsets[name] = (total, np.dtype(dtype), shape)
-            total += -(-nbytes // SEGMENT_ALIGN) * SEGMENT_ALIGN
-        self._table_offset = offsets["block_tables"][0]
-        pin = device.type == "cuda"
-        self._host = torch.zeros(total, dtype=torch.uint8, pin_memory=pin)
-        self._dev = torch.zeros(total, dtype=torch.uint8, device=device)
-        host_np = self._host.numpy()
-        self.host: dict[str, np.ndarray] = {}
-        self.dev: dict[str, torch.Tensor] = {}
-        for name, (off, dtype, shape) in offsets.items():
-            nbytes = int(np.prod(shape)) * dtype.itemsize
-            self.host[name] = host_np[off : off + nbytes].view(dtype).reshape(shape)
-            tdtype = torch.int64 if dtype == np.int64 else torch.int32
-            self.dev[name] = self._dev[off : off + nbytes].view(tdtype).view(shape)
+        self.buffers = StaticBuffers(tuple((name, dtype, (max_rows,) if cols else (max_rows, self.width))
+                                           for name, dtype, cols in _FIELDS), device)
+        self.host, self.dev = self.buffers.host, self.buffers.dev
+        self._table_offset = self.buffers.offsets["block_tables"]
         self._pad(0, max_rows)
         self.host["block_tables"][:] = scratch_block
-        self._dev.copy_(self._host)
-        # Recorded after each copy out of the pinned mirror (CUDA only); waited on before rewriting it.
-        self._copied = torch.cuda.Event() if pin else None
+        self.buffers.upload_all()
 
     def _pad(self, start: int, stop: int) -> None:
         h = self.host
@@ -94,8 +78,7 @@ class DecodeInputs:
         n = len(decodes)
         if not n <= rows <= self.max_rows:
             raise ValueError(f"cannot stage {n} decodes in {rows} rows (at most {self.max_rows})")
-        if self._copied is not None:  # the previous copy must have left the pinned buffer
-            self._copied.synchronize()  # (returns at once when never recorded)
+        self.buffers.wait_for_copy()  # the previous copy must have left the pinned buffer
         h, bs = self.host, self.block_size
         tables = h["block_tables"]
         ids, pos, slots = [0] * n, [0] * n, [0] * n
@@ -110,12 +93,7 @@ class DecodeInputs:
         h["seq_lens"][:n] = h["positions"][:n] + 1
         if rows > n:
             self._pad(n, rows)
-        nbytes = self._table_offset + rows * self.width * 4
-        if self._copied is not None:
-            self._dev[:nbytes].copy_(self._host[:nbytes], non_blocking=True)
-            self._copied.record()
-        else:
-            self._dev[:nbytes].copy_(self._host[:nbytes])
+        self.buffers.upload((0, self._table_offset + rows * self.width * 4))
 
     def meta(self, rows: int) -> StepMetadata:
         """Views of the first ``rows`` rows as a decode-only step (every row samples)."""

@@ -30,7 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from engine.step_metadata import SEGMENT_ALIGN, StepMetadata, last_token, padded_width
+from engine.static_buffers import StaticBuffers
+from engine.step_metadata import StepMetadata, last_token, padded_width
 from policies.sequence import Sequence
 from policies.types import StepPlan
 
@@ -63,28 +64,14 @@ class MixedInputs:
                   ("cu_seqlens", np.int32, (max_seqs + 1,)), ("seq_lens", np.int32, (max_seqs,)),
                   ("decode_seq_lens", np.int32, (max_seqs,)), ("block_tables", np.int32, (max_seqs, self.width)),
                   ("decode_block_tables", np.int32, (max_seqs, self.width)))
-        layout, total = [], 0
-        for name, dtype, shape in fields:
-            nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            layout.append((name, total, np.dtype(dtype), shape, nbytes))
-            total += -(-nbytes // SEGMENT_ALIGN) * SEGMENT_ALIGN
-        self._table_offset, self._decode_table_offset = layout[-2][1], layout[-1][1]
-        pin = device.type == "cuda"
-        self._host = torch.zeros(total, dtype=torch.uint8, pin_memory=pin)
-        self._dev = torch.zeros(total, dtype=torch.uint8, device=device)
-        host_np = self._host.numpy()
-        self.host: dict[str, np.ndarray] = {}
-        self.dev: dict[str, torch.Tensor] = {}
-        for name, off, dtype, shape, nbytes in layout:
-            self.host[name] = host_np[off : off + nbytes].view(dtype).reshape(shape)
-            tdtype = torch.int64 if dtype == np.int64 else torch.int32
-            self.dev[name] = self._dev[off : off + nbytes].view(tdtype).view(shape)
+        self.buffers = StaticBuffers(fields, device)
+        self.host, self.dev = self.buffers.host, self.buffers.dev
+        self._table_offset = self.buffers.offsets["block_tables"]
+        self._decode_table_offset = self.buffers.offsets["decode_block_tables"]
         self.host["block_tables"][:] = scratch_block
         self.host["decode_block_tables"][:] = scratch_block
         self.host["slot_mapping"][:] = scratch_block * block_size
-        self._dev.copy_(self._host)
-        # Recorded after each copy out of the pinned mirror (CUDA only); waited on before rewriting it.
-        self._copied = torch.cuda.Event() if pin else None
+        self.buffers.upload_all()
 
     def fits(self, plan: StepPlan) -> bool:
         """Whether ``plan`` has room here: tokens, sequences and sampling rows."""
@@ -112,21 +99,21 @@ class MixedInputs:
             raise ValueError(f"cannot stage a step of {own} tokens, {len(plan.prefills) + len(plan.decodes)} "
                              f"sequences in {tokens} tokens (at most {self.max_tokens} tokens, "
                              f"{self.max_seqs} sequences, {self.max_rows} sampling rows)")
-        if self._copied is not None:  # the previous copy must have left the pinned buffer
-            self._copied.synchronize()  # (returns at once when never recorded)
+        self.buffers.wait_for_copy()  # the previous copy must have left the pinned buffer
         h, bs = self.host, self.block_size
         ids, pos, rows = h["input_ids"], h["positions"], h["logits_indices"]
         d_table, p_table = h["decode_block_tables"], h["block_tables"]
         cu, lens = h["cu_seqlens"], h["seq_lens"]
         sampling: list[Sequence] = list(plan.decodes)
         nd = len(sampling)
-        slot_blocks: list[np.ndarray] = []
+        d_ids, d_pos, d_blocks = [0] * nd, [0] * nd, [0] * nd  # filled in Python, written to numpy at once
         for i, seq in enumerate(plan.decodes):
-            p = seq.num_computed
-            ids[i], pos[i] = last_token(seq), p
+            p = d_pos[i] = seq.num_computed
             bt = seq.block_table
+            d_ids[i], d_blocks[i] = last_token(seq), bt[p // bs]
             d_table[i, : len(bt)] = bt
-            slot_blocks.append(np.asarray([bt[p // bs]], dtype=np.int64))
+        ids[:nd], pos[:nd] = d_ids, d_pos
+        slot_blocks = [np.asarray(d_blocks, dtype=np.int64)]
         h["decode_seq_lens"][:nd] = pos[:nd] + 1
         h["decode_seq_lens"][nd:] = 0
         rows[:nd] = np.arange(nd)
@@ -147,19 +134,12 @@ class MixedInputs:
                 sampling.append(seq)
         npf = len(plan.prefills)
         cu[npf + 1 :] = offset
-        h["slot_mapping"][:offset] = np.concatenate(slot_blocks) * bs + pos[:offset] % bs if offset else 0
+        h["slot_mapping"][:offset] = np.concatenate(slot_blocks) * bs + pos[:offset] % bs
         ids[offset:tokens], pos[offset:tokens] = 0, 0  # rows past ``tokens`` are not read by this graph
         h["slot_mapping"][offset:tokens] = self.scratch_block * bs
         rows[len(sampling) :] = 0
-        head = self._table_offset + npf * self.width * 4
-        d_lo, d_hi = self._decode_table_offset, self._decode_table_offset + nd * self.width * 4
-        if self._copied is not None:
-            self._dev[:head].copy_(self._host[:head], non_blocking=True)
-            self._dev[d_lo:d_hi].copy_(self._host[d_lo:d_hi], non_blocking=True)
-            self._copied.record()
-        else:
-            self._dev[:head].copy_(self._host[:head])
-            self._dev[d_lo:d_hi].copy_(self._host[d_lo:d_hi])
+        d_lo = self._decode_table_offset
+        self.buffers.upload((0, self._table_offset + npf * self.width * 4), (d_lo, d_lo + nd * self.width * 4))
         return sampling
 
     def meta(self, tokens: int, rows: int) -> StepMetadata:

@@ -193,14 +193,18 @@ class ModelRunner:
         if plan.swap_in:
             self.kv.swap_in(plan.swap_in)
 
+    def _graph_size(self, plan: StepPlan) -> int | None:
+        """The captured size ``plan`` replays at (decode batch or token count), or None (eager)."""
+        if not plan.prefills:
+            return self.graphs.size_for(len(plan.decodes)) if self.graphs is not None and plan.decodes else None
+        return self.mixed_graphs.size_for(plan) if self.mixed_graphs is not None else None
+
     def uses_graph(self, plan: StepPlan) -> bool:
         """Whether ``plan`` runs as a captured graph (decode-only or mixed)."""
-        if not plan.prefills:
-            return self.graphs is not None and 0 < len(plan.decodes) <= self.graphs.sizes[-1]
-        return self.mixed_graphs is not None and self.mixed_graphs.size_for(plan) is not None
+        return self._graph_size(plan) is not None
 
-    def _replay(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, list[Sequence]]:
-        """Swaps of ``plan``, then the replay of its graph (``uses_graph(plan)`` must hold).
+    def _replay(self, plan: StepPlan, size: int) -> tuple[torch.Tensor, torch.Tensor, list[Sequence]]:
+        """Swaps of ``plan``, then the replay of its graph of ``size`` (``_graph_size(plan)``).
 
         Returns:
             Logits [n, V] in the model dtype, greedy ids [n], the n sampling sequences.
@@ -211,8 +215,6 @@ class ModelRunner:
             logits, ids = self.graphs.run(plan.decodes)
             return logits, ids, list(plan.decodes)
         assert self.mixed_graphs is not None
-        size = self.mixed_graphs.size_for(plan)
-        assert size is not None
         return self.mixed_graphs.run(plan, size)
 
     def prepare(self, plan: StepPlan) -> StepMetadata:
@@ -231,8 +233,9 @@ class ModelRunner:
         Returns:
             fp32 logits [N, V] of the sampling sequences, and those sequences in row order.
         """
-        if not all_rows and self.uses_graph(plan):
-            logits, _, seqs = self._replay(plan)
+        size = None if all_rows else self._graph_size(plan)
+        if size is not None:
+            logits, _, seqs = self._replay(plan, size)
             return logits.float(), seqs
         meta = self.prepare(plan)
         if all_rows:
@@ -248,8 +251,9 @@ class ModelRunner:
             The sampled token per sampling sequence, and the step's measured wall time.
         """
         start = time.perf_counter()
-        if self.uses_graph(plan):
-            logits, ids, seqs = self._replay(plan)
+        size = self._graph_size(plan)
+        if size is not None:
+            logits, ids, seqs = self._replay(plan, size)
             self.last_launch_s = time.perf_counter() - start
             params = [s.request.sampling for s in seqs]
             if all(p.temperature == 0.0 for p in params):
