@@ -145,6 +145,27 @@ def _mixed_rows(model: str, copy_bw: float) -> list[dict]:
                 ceiling="bytes / copy_bw", ceiling_value=nbytes / copy_bw * 1e6)]
 
 
+def _split_rows(model: str, ctx: int, table: int, copy_bw: float) -> list[dict]:
+    """Batch 1, ``ctx`` keys in a ``table``-token block table (an engine decode graph), per split count:
+    the default's time against each explicit ``num_splits`` (the sweep shows where the default stands)."""
+    hq, _, d = _MODELS[model]
+    paged = _Paged(model, 1, table, torch.bfloat16, _copies(_kv_bytes(model, table, torch.bfloat16)))
+    q = torch.randn(1, hq, d, device="cuda", dtype=torch.bfloat16)
+    lens = torch.full((1,), ctx, dtype=torch.int32, device="cuda")
+    out = torch.empty_like(q)
+
+    def timed(splits: int | None) -> float:
+        return _graph_time([lambda bt=bt: paged_decode_attention(q, paged.k_cache, paged.v_cache, bt, lens,
+                                                                 d**-0.5, num_splits=splits, out=out)
+                            for bt in paged.tables])
+
+    default = timed(None)
+    floor = _kv_bytes(model, ctx, torch.bfloat16) / copy_bw * 1e6
+    return [row("decode_splits", f"{model} B=1 ctx={ctx} table={table} splits={n}", timed(n) * 1e6, "us",
+                reference="default splits", ref_value=default * 1e6, ceiling="bytes / copy_bw",
+                ceiling_value=floor) for n in (1, 2, 4, 8, 16, 32, 64, 128)]
+
+
 def _quant_rows(model: str, batch: int, ctx: int, name: str, copy_bw: float, bf16_times: dict) -> list[dict]:
     dtype = _DTYPES[name]
     t = _decode_time(model, batch, ctx, dtype)
@@ -290,6 +311,8 @@ def run(quick: bool = False) -> list[dict]:
                   lambda m=model, b=batch, c=ctx: _decode_rows(m, b, c, copy_bw, bf16_times))
     for model in models:
         _safe(rows, "decode_mixed", f"{model} B=64 mixed contexts", "us", lambda m=model: _mixed_rows(m, copy_bw))
+    for ctx, table in ((256, 8192), (32768, 32768)):
+        _safe(rows, "decode_splits", f"1B B=1 ctx={ctx}", "us", lambda c=ctx, t=table: _split_rows("1B", c, t, copy_bw))
     quant_cases = [(1, 32768)] if quick else [(1, 32768), (16, 8192), (64, 4096)]
     for model in models:
         for batch, ctx in quant_cases:

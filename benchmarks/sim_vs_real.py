@@ -13,6 +13,12 @@ Steps, each a ``servegym`` command printed and appended to ``DIR/commands.txt``:
 4. ``validate``: static, dynamic, continuous and prefix-aware on the two synthetic traces and on
    time-scaled slices of the Azure conversation and Mooncake traces (Mooncake prompts scaled by
    ``len_scale`` so a replay takes seconds; both real traces' arrivals sped up by ``rate_scale``).
+
+``--suite preemption`` replaces step 4 with three validations in ``DIR/validate_*``: ``repeat`` (the
+Poisson trace with continuous batching twice and prefix-aware: the engine's own run-to-run spread
+beside the simulator's error), ``kv1500`` (the two real-trace slices, all four policies, a KV pool of
+1500 blocks of 16 tokens: preemptions and prefix-cache evictions) and ``kv8000`` (the Poisson trace,
+continuous and prefix-aware, 8000 blocks).
 """
 
 from __future__ import annotations
@@ -70,6 +76,8 @@ def main() -> None:
     p.add_argument("--gamma-load", type=float, default=0.7)
     p.add_argument("--policies", nargs="+", default=list(POLICIES))
     p.add_argument("--calibrate-args", default="", help="extra calibrate flags, e.g. '--quick'")
+    p.add_argument("--suite", choices=("main", "preemption"), default="main",
+                   help="main: 4 traces x the policies; preemption: repeat runs and small KV pools")
     p.add_argument("--extra-profiles", action="store_true",
                    help="after the validation, also calibrate 1B with INT4 weights, 1B with FP8 KV and 3B (bf16)")
     args = p.parse_args()
@@ -91,15 +99,23 @@ def main() -> None:
         f.write(f"# simulated capacity {cap:.2f} req/s -> poisson x{args.poisson_load}, gamma x{args.gamma_load}\n")
     lengths = f"in={CHAT_IN},out={CHAT_OUT}"
     td = Path(args.trace_dir)
-    traces = [
-        f"synthetic:poisson,rate={args.poisson_load * cap:.1f},n={args.n},seed=1,{lengths}",
-        f"synthetic:gamma,rate={args.gamma_load * cap:.1f},cv=3,n={args.n},seed=2,{lengths}",
-        f"{td / 'azure_llm_inference_2023_conv.csv'}:n={args.n_real},rate_scale=6,max_in=6144,max_out=1024",
-        f"{td / 'mooncake_conversation_trace.jsonl'}:n={args.n_real},len_scale=0.25,rate_scale=6,max_in=6144,"
-        "max_out=1024",
-    ]
-    run(sg + ["validate", "--model", str(model), "--profile", str(profile), "--max-model-len", str(MAX_MODEL_LEN),
-              "--out", str(out / "validate"), "--quiet", "--traces", *traces, "--policies", *args.policies], log)
+    poisson = f"synthetic:poisson,rate={args.poisson_load * cap:.1f},n={args.n},seed=1,{lengths}"
+    gamma = f"synthetic:gamma,rate={args.gamma_load * cap:.1f},cv=3,n={args.n},seed=2,{lengths}"
+    azure = f"{td / 'azure_llm_inference_2023_conv.csv'}:n={args.n_real},rate_scale=6,max_in=6144,max_out=1024"
+    mooncake = (f"{td / 'mooncake_conversation_trace.jsonl'}:n={args.n_real},len_scale=0.25,rate_scale=6,"
+                "max_in=6144,max_out=1024")
+    validate = sg + ["validate", "--model", str(model), "--profile", str(profile), "--max-model-len",
+                     str(MAX_MODEL_LEN), "--quiet"]
+    if args.suite == "main":
+        run(validate + ["--out", str(out / "validate"), "--traces", poisson, gamma, azure, mooncake,
+                        "--policies", *args.policies], log)
+    else:
+        run(validate + ["--out", str(out / "validate_repeat"), "--traces", poisson,
+                        "--policies", "continuous", "prefix-aware", "continuous"], log)
+        run(validate + ["--out", str(out / "validate_kv1500"), "--num-gpu-blocks", "1500",
+                        "--traces", azure, mooncake, "--policies", *args.policies], log)
+        run(validate + ["--out", str(out / "validate_kv8000"), "--num-gpu-blocks", "8000",
+                        "--traces", poisson, "--policies", "continuous", "prefix-aware"], log)
     if args.extra_profiles:
         for suffix, flags in (("int4", ["--quantization", "int4"]), ("fp8kv", ["--kv-cache-dtype", "fp8"])):
             run(calibrate + ["--model", str(model), "--out", str(out / f"profile_1b_{suffix}.json"),

@@ -1,7 +1,7 @@
 """CUDA graphs of whole steps: decode-only steps by batch size, mixed steps by token count.
 
 Each graph runs the full step: embedding, every layer, the final norm, the LM
-head (logits in the model dtype) and the greedy choice (``argmax``), reading its
+head (logits in the model dtype) and the greedy choice (``sampler.greedy_ids``), reading its
 inputs from one set of static buffers sized for the largest graph. Decode-only
 steps (``DecodeGraphs``, inputs ``DecodeInputs``): a graph of batch ``B`` reads
 the first ``B`` rows, and a step of ``n <= max(sizes)`` sequences is padded to
@@ -22,6 +22,7 @@ import torch
 
 from engine.decode_inputs import DecodeInputs
 from engine.mixed_inputs import MixedInputs
+from engine.sampler import greedy_ids
 from engine.step_metadata import StepMetadata
 from policies.sequence import Sequence
 from policies.types import StepPlan
@@ -47,12 +48,12 @@ def capture(forward: ForwardFn, meta: StepMetadata, device: torch.device, pool: 
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
         for _ in range(2):
-            forward(meta).argmax(dim=-1)
+            greedy_ids(forward(meta))
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         logits = forward(meta)
-        ids = logits.argmax(dim=-1)
+        ids = greedy_ids(logits)
     return graph, logits, ids
 
 

@@ -15,6 +15,41 @@ import torch
 from policies.types import SamplingParams
 
 _SEED_STRIDE = 1_000_003  # mixes the token index into the seed
+_CHUNKED_ARGMAX_MIN_VOCAB = 8192  # below this one reduction kernel is already short
+_MAX_ARGMAX_CHUNKS = 256
+
+
+def _argmax_chunks(vocab: int) -> int:
+    """Largest divisor of ``vocab`` <= 256 whose chunks are no shorter than the chunk count (1: none)."""
+    if vocab < _CHUNKED_ARGMAX_MIN_VOCAB:
+        return 1
+    for c in range(_MAX_ARGMAX_CHUNKS, 1, -1):
+        if vocab % c == 0 and vocab // c >= c:
+            return c
+    return 1
+
+
+def greedy_ids(logits: torch.Tensor) -> torch.Tensor:
+    """``logits.argmax(dim=-1)`` for [N, V] logits, in two short reductions instead of one long one.
+
+    A single row of a 128k vocabulary is one ~30 µs reduction on an H100 (few blocks work on it);
+    here each row is cut into ``c`` equal chunks (``c`` a divisor of V): the max and its first index
+    per chunk, then the first chunk holding the row's max. Ties resolve to the first index, as argmax.
+
+    Args:
+        logits: [N, V] float logits (rows contiguous).
+
+    Returns:
+        int64 [N] ids of each row's (first) largest logit.
+    """
+    n, vocab = logits.shape
+    chunks = _argmax_chunks(vocab)
+    if chunks == 1 or not logits.is_contiguous():
+        return logits.argmax(dim=-1)
+    width = vocab // chunks
+    best, where = logits.view(n, chunks, width).max(dim=-1)
+    chunk = best.argmax(dim=-1, keepdim=True)  # first chunk reaching the row max
+    return (chunk * width + where.gather(1, chunk))[:, 0]
 
 
 class Sampler:
@@ -46,7 +81,7 @@ class Sampler:
         """
         greedy = [p.temperature == 0.0 for p in params]
         if all(greedy):
-            return logits.argmax(dim=-1)
+            return greedy_ids(logits)
         n, vocab = logits.shape
         dev = logits.device
         temp = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=dev)
@@ -64,7 +99,7 @@ class Sampler:
         sampled = (probs / noise).argmax(dim=-1)
         if any(greedy):
             is_greedy = torch.tensor(greedy, device=dev)
-            sampled = torch.where(is_greedy, logits.argmax(dim=-1), sampled)
+            sampled = torch.where(is_greedy, greedy_ids(logits), sampled)
         return sampled
 
     @staticmethod

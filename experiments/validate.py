@@ -103,7 +103,10 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     Returns:
         The errors table and the step-fit table (as written to ``errors.csv`` and ``step_fit.csv``).
     """
-    policies = [(spec, parse_policy(spec)) for spec in ns.policies]  # unknown policies fail before loading
+    # unknown policies fail before loading; a policy named twice runs twice ('continuous', 'continuous-2'):
+    # the engine's run-to-run spread, beside the simulator's error
+    policies = [(label, parse_policy(spec)) for label, spec in zip(_unique_labels(list(ns.policies)), ns.policies,
+                                                                   strict=True)]
     if not Path(ns.profile).is_file():
         raise FileNotFoundError(f"profile {ns.profile} does not exist (--profile); write one with servegym calibrate")
     slo = from_args(SLO, ns, prefix="slo_")

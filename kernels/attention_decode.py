@@ -42,7 +42,7 @@ from kernels._util import (
 )
 
 #: Keys per split at least this many (splitting finer only adds reduction traffic).
-_MIN_KEYS_PER_SPLIT = 256
+_MIN_KEYS_PER_SPLIT = 128
 #: The default split count keeps every split at most this many keys long (see default_num_splits): on an
 #: H100 one program streams keys latency-bound, so 2048-key splits left a long context 40% slower than
 #: the same bytes spread evenly (benchmarks/bench_attention.py 'decode_mixed').
@@ -155,15 +155,17 @@ def _decode_reduce_kernel(
 def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, device: torch.device) -> int:
     """Default ``num_splits``: the most splits any one sequence may use (each uses only what it needs).
 
-    The larger of two rules, capped at ``_MAX_SPLITS`` (64):
+    * small batches (``num_seqs * num_kv_heads * finest <= 8 * SMs``, where ``finest`` =
+      ceil(max_context / ``_MIN_KEYS_PER_SPLIT``) is the split count at the finest granularity of 128
+      keys): ``finest``. A program then walks at most 128 keys of any context, so a batch-1 decode is one
+      short dependent chain (block table, K/V, dot) instead of several in a row, and a sequence of
+      ``ctx`` keys still runs only ceil(ctx / 128) programs per head (the others return at once);
+    * otherwise the larger of an occupancy rule, about two waves of (sequence, kv head, split) programs,
+      ceil(2 * SMs / (num_seqs * num_kv_heads)) capped at ``finest``, and a length rule,
+      ceil(max_context / ``_MAX_KEYS_PER_SPLIT``), so that one long context in a batch of short ones is
+      not walked serially by one program while the short ones finish early.
 
-    * occupancy: about two waves of (sequence, kv head, split) programs fill the GPU, i.e.
-      ceil(2 * SMs / (num_seqs * num_kv_heads)), but no more than keeps >= ``_MIN_KEYS_PER_SPLIT`` (256)
-      keys per split of a max_context sequence;
-    * length: ceil(max_context / ``_MAX_KEYS_PER_SPLIT``) (512), so that a split holds at most 512 keys
-      (for max_context <= 64 * 512). At large batches the occupancy rule alone gives 1, and one long
-      context would then be walked serially by one program while the short ones finish early; with
-      per-sequence splits only the long contexts use the extra splits, in parallel.
+    Both capped at ``_MAX_SPLITS`` (64).
 
     Args:
         num_seqs: decode sequences in the batch.
@@ -176,9 +178,11 @@ def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, devic
         num_splits in [1, _MAX_SPLITS].
     """
     target = 2 * sm_count(device)
-    want = math.ceil(target / max(num_seqs * num_kv_heads, 1))
-    cap = max(1, math.ceil(max_context / _MIN_KEYS_PER_SPLIT))
-    occupancy = max(1, min(want, cap))
+    programs = max(num_seqs * num_kv_heads, 1)
+    finest = max(1, math.ceil(max_context / _MIN_KEYS_PER_SPLIT))
+    if programs * finest <= 4 * target:  # at most ~8 programs per SM, most returning at once
+        return int(min(finest, _MAX_SPLITS))
+    occupancy = max(1, min(math.ceil(target / programs), finest))
     length = math.ceil(max_context / _MAX_KEYS_PER_SPLIT)
     return int(max(1, min(max(occupancy, length), _MAX_SPLITS)))
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from engine.sampler import Sampler
+from engine.sampler import Sampler, greedy_ids
 from policies.types import SamplingParams
 
 CPU = torch.device("cpu")
@@ -76,3 +77,15 @@ def test_temperature_sharpens():
     cold = (s.sample(x, [SamplingParams(temperature=0.25)] * 3000, [0] * 3000) == 0).float().mean()
     assert abs(hot - torch.sigmoid(torch.tensor(0.5))) < 0.04
     assert abs(cold - torch.sigmoid(torch.tensor(4.0))) < 0.02
+
+
+@pytest.mark.parametrize("vocab", [128256, 32000, 8209, 300])  # 8209 is prime: one plain argmax
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_ids_equals_argmax_with_ties(vocab: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(vocab)
+    # few distinct values: most rows hold their max many times, so first-index tie-breaking is tested
+    logits = torch.randint(-20, 6, (3, vocab), generator=gen).to(dtype)
+    logits[1, -1] = 100.0  # a max in the last chunk
+    logits[2, 0] = 100.0  # a max at index 0
+    assert torch.equal(greedy_ids(logits), logits.argmax(dim=-1))
+    assert torch.equal(greedy_ids(logits[:1]), logits[:1].argmax(dim=-1))

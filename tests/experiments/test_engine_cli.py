@@ -58,13 +58,18 @@ def test_calibrate_writes_a_valid_measured_profile(profile: Path) -> None:
 
 def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
-    policies = ["static", "dynamic:max_wait_s=0.05", "continuous", "prefix-aware"]
-    assert main(["validate", "--traces", TRACE, "--policies", *policies, "--model", str(tiny_model),
+    # a policy named twice runs twice, the second labelled 'continuous-2' (the engine's own spread)
+    specs = ["static", "dynamic:max_wait_s=0.05", "continuous", "prefix-aware", "continuous"]
+    policies = [*specs[:-1], "continuous-2"]
+    assert main(["validate", "--traces", TRACE, "--policies", *specs, "--model", str(tiny_model),
                  "--profile", str(profile), "--out", str(tmp_path), "--quiet", *ENGINE]) == 0
     errors = pd.read_csv(tmp_path / "errors.csv")
     assert tuple(errors.columns) == ERROR_COLUMNS
     assert len(errors) == len(policies) * len(METRICS)
-    assert set(errors["policy"]) == set(policies) and list(errors["metric"][: len(METRICS)]) == list(METRICS)
+    assert list(dict.fromkeys(errors["policy"])) == policies
+    assert list(errors["metric"][: len(METRICS)]) == list(METRICS)
+    second = json.loads((tmp_path / "poisson-r50" / "continuous-2" / "real" / "summary.json").read_text())
+    assert second["policy"] == "continuous-2" and second["num_finished"] == 12
     row = errors[(errors["policy"] == "continuous") & (errors["metric"] == "e2e_mean_s")].iloc[0]
     assert row["rel_error"] == pytest.approx((row["sim"] - row["real"]) / row["real"])
     trace_dir = tmp_path / "poisson-r50"

@@ -14,12 +14,12 @@ from kernels.attention_decode import default_num_splits, paged_decode_attention,
 from tests.kernels.paged_kv_fixtures import BF16_ATOL_REL, DEVICE, assert_fp32_close, make_paged_kv
 
 # (context per sequence, Hq, Hkv, head_dim, block_size, kv dtype, num_splits). A sequence is split only
-# into slices of >= 256 keys (_MIN_KEYS_PER_SPLIT), so split cases need a context above 256.
+# into slices of >= 128 keys (_MIN_KEYS_PER_SPLIT), so split cases need a context above 128.
 CASES = [
     ([1], 4, 4, 64, 16, torch.bfloat16, None),  # one-token context, GQA 1
     ([5, 1, 700, 33], 8, 2, 64, 16, torch.bfloat16, 3),  # mixed lengths: 700 in 3 splits, the rest in 1
-    ([570, 1, 23], 8, 1, 128, 8, torch.int8, None),  # GQA 8, head_dim 128, default splits (570 in 3)
-    ([570, 3, 23], 32, 8, 64, 16, torch.float8_e4m3fn, 4),  # Llama-3.2-1B head layout, 570 in 3 splits
+    ([570, 1, 23], 8, 1, 128, 8, torch.int8, None),  # GQA 8, head_dim 128, default splits (570 in 5)
+    ([570, 3, 23], 32, 8, 64, 16, torch.float8_e4m3fn, 4),  # Llama-3.2-1B head layout, 570 in 4 splits
     ([150, 17], 24, 8, 128, 32, torch.int8, 1),  # Llama-3.2-3B head layout, no split
     ([541], 12, 4, 64, 8, torch.bfloat16, 8),  # non-power-of-two group, more splits asked than usable
 ]
@@ -69,7 +69,10 @@ def test_default_num_splits() -> None:
     assert default_num_splits(256, 8, 8192, cpu) == 16
     assert default_num_splits(256, 8, 512, cpu) == 1  # short bound: no split
     assert default_num_splits(1, 8, 4096, cpu) == 8  # length 8 > occupancy 2 x 8 SMs / 8 programs
-    assert default_num_splits(1, 1, 4096, cpu) == 16  # occupancy 16 (and 4096 / 256 keys) > length 8
+    # small batch (programs x finest splits <= 4 x 16): the finest split, 128 keys, up to the cap of 64
+    assert default_num_splits(1, 1, 4096, cpu) == 32
+    assert default_num_splits(2, 2, 1024, cpu) == 8
+    assert default_num_splits(1, 1, 10**5, cpu) == 64
     assert default_num_splits(1, 1, 100, cpu) == 1  # short contexts are not split
     assert default_num_splits(1, 8, 10**6, cpu) == 64  # capped at _MAX_SPLITS
 
@@ -99,8 +102,8 @@ def test_decode_mixed_lengths_dynamic_splits(hq: int, hkv: int, bs: int, dtype: 
 def test_decode_wide_block_table_matches_one_split() -> None:
     """CUDA-graph layout: 512-block table rows (8192 keys) far wider than the sequences; num_splits=64.
 
-    The slice length comes from the table width (256 keys here): 700, 512 and 260 keys use 3, 2 (both
-    full) and 2 (ragged) splits, the short and padding sequences one. The spare table columns point at
+    The slice length comes from the table width (128 keys here): 700, 512 and 260 keys use 6 (ragged), 4
+    (all full) and 3 (ragged) splits, the short and padding sequences one. The spare table columns point at
     random blocks of other sequences, so reading past a sequence's end would change its output.
     """
     ctx_lens = [700, 0, 512, 9, 260]
