@@ -13,10 +13,17 @@ requests of random (unique) token ids:
   at a small and a large per-sequence context ``c``;
 * prefill-only steps of one ``T``-token chunk: a prompt of ``T`` fresh tokens, and one of
   ``C`` tokens already in the prefix cache (a seed request computed them) followed by ``T``
-  fresh tokens, so the chunk starts at ``C``.
+  fresh tokens, so the chunk starts at ``C``;
+* mixed steps: one fresh ``T``-token chunk beside ``D`` decodes (``StepDriver.mixed``), which
+  price what decodes add to a step holding a prefill (the ``mixed_decode`` table).
 
 The first ``warmup`` steps of each shape are dropped and the median of the next ``repeats``
-is kept. The fit of the tables from these medians is documented in ``experiments.profile_fit``.
+is kept. The decode grid is timed ``passes`` times, every other pass in reverse order, and each
+shape keeps its lowest median: interference on a busy host or GPU only ever slows a step, and
+one disturbed stretch of the calibration then spoils one pass of a few shapes instead of the
+table (a single pass once measured batch 96 60% slow, which the table fit turned into a 1.3 ms
+step-time error at batches 96-192). The fit of the tables from these medians is documented in
+``experiments.profile_fit``.
 """
 
 from __future__ import annotations
@@ -25,20 +32,17 @@ import argparse
 import dataclasses
 import datetime
 import shlex
-import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from tqdm import tqdm
 
+from experiments.calibration_driver import StepDriver
 from experiments.engine_run import add_model_args, build_runner, device_label, engine_config, warm_up
-from experiments.profile_fit import DecodeSample, PrefillSample, chunk_sizes, fit_profile
-from policies.batching import ContinuousBatching
-from policies.scheduler import Scheduler, SchedulerConfig
-from policies.types import Request, StepPlan, StepResult
-from sim.profile import PROFILE_FORMAT, write_profile
+from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample, fit_mixed_decode, fit_profile
+from sim.cost_model import CalibratedCostModel
+from sim.profile import PROFILE_FORMAT, validate_profile, write_profile
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.model_runner import ModelRunner
@@ -57,6 +61,11 @@ class CalibrationGrid:
         prefill_context: cached context under the second prefill series.
         warmup: steps of each shape run before the timed ones.
         repeats: timed steps of each shape (the median is kept).
+        passes: times the decode grid is timed (alternating order; per shape the lowest median is kept).
+        mixed_tokens: chunk sizes of the steps of one chunk beside decodes (empty: no such steps, no
+            ``mixed_decode`` table).
+        mixed_batches: decodes beside that chunk.
+        mixed_context: context per decoding sequence in those steps.
     """
 
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
@@ -65,6 +74,10 @@ class CalibrationGrid:
     prefill_context: int = 4096
     warmup: int = 3
     repeats: int = 7
+    passes: int = 2
+    mixed_tokens: tuple[int, ...] = (128, 1024)
+    mixed_batches: tuple[int, ...] = (16, 64, 128, 224)
+    mixed_context: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("batch_sizes", "prefill_tokens"):
@@ -74,93 +87,31 @@ class CalibrationGrid:
         lo, hi = self.decode_contexts
         if not 2 <= lo < hi:
             raise ValueError(f"CalibrationGrid.decode_contexts: need 2 <= small < large, got {self.decode_contexts}")
-        if self.prefill_context < 1 or self.warmup < 0 or self.repeats < 1:
-            raise ValueError(f"CalibrationGrid: need prefill_context >= 1, warmup >= 0 and repeats >= 1, got "
-                             f"{self.prefill_context}, {self.warmup}, {self.repeats}")
+        for name in ("mixed_tokens", "mixed_batches"):
+            values = getattr(self, name)
+            if any(v < 1 for v in values) or list(values) != sorted(set(values)):
+                raise ValueError(f"CalibrationGrid.{name}: need strictly increasing sizes >= 1, got {values}")
+        if self.mixed_context < 2:
+            raise ValueError(f"CalibrationGrid.mixed_context: need >= 2, got {self.mixed_context}")
+        if self.prefill_context < 1 or self.warmup < 0 or self.repeats < 1 or self.passes < 1:
+            raise ValueError(f"CalibrationGrid: need prefill_context >= 1, warmup >= 0, repeats >= 1 and passes "
+                             f">= 1, got {self.prefill_context}, {self.warmup}, {self.repeats}, {self.passes}")
 
 
 QUICK_GRID = CalibrationGrid(batch_sizes=(1, 4, 16, 64, 256), decode_contexts=(32, 1024),
-                             prefill_tokens=(16, 128, 1024, 8192), prefill_context=2048, warmup=2, repeats=3)
-
-
-class _Driver:
-    """Runs synthetic requests through fresh schedulers on one runner and times whole steps."""
-
-    def __init__(self, runner: ModelRunner, seed: int = 0) -> None:
-        self.runner = runner
-        self.bs = runner.block_size
-        self.rng = np.random.default_rng(seed)
-        self.vocab = min(runner.spec.vocab_size, 128000)
-        self.count = 0
-
-    def request(self, length: int, output_len: int, prefix: tuple[int, ...] = ()) -> Request:
-        self.count += 1
-        ids = prefix + tuple(self.rng.integers(0, self.vocab, size=length - len(prefix)).tolist())
-        return Request(f"cal{self.count}", 0.0, length, output_len, prompt_token_ids=ids)
-
-    def scheduler(self, max_num_seqs: int, budget: int, caching: bool) -> Scheduler:
-        cfg = SchedulerConfig(num_gpu_blocks=self.runner.num_gpu_blocks, block_size=self.bs,
-                              enable_prefix_caching=caching)
-        return Scheduler(cfg, ContinuousBatching(max_num_seqs=max_num_seqs, token_budget=budget))
-
-    def step(self, sched: Scheduler) -> tuple[StepPlan, float]:
-        """One loop turn; returns its plan and its wall time."""
-        t0 = time.perf_counter()
-        plan = sched.schedule(0.0)
-        if plan.is_empty:
-            raise RuntimeError(f"calibration: the scheduler planned nothing at step {plan.step_id}")
-        result = self.runner.execute(plan)
-        sched.postprocess(plan, StepResult(result.duration_s, result.token_ids))
-        return plan, time.perf_counter() - t0
-
-    def decode(self, batch: int, context: int, warmup: int, repeats: int) -> DecodeSample:
-        budget = max(2 * batch, self.runner.config.max_num_batched_tokens)
-        setup = -(-batch * context // (budget - batch)) + 3  # prefill steps (decodes share their budget)
-        sched = self.scheduler(batch, budget, caching=False)
-        for _ in range(batch):
-            sched.add_request(self.request(context - 1, warmup + repeats + setup + 2))
-        times: list[float] = []
-        ctx: list[float] = []
-        for _ in range(setup + warmup + repeats + 2):
-            plan, dt = self.step(sched)
-            if not plan.prefills and len(plan.decodes) == batch:
-                times.append(dt)
-                ctx.append(plan.decode_ctx_tokens)
-                if len(times) == warmup + repeats:
-                    return DecodeSample(batch, statistics.median(ctx[warmup:]), statistics.median(times[warmup:]))
-        raise RuntimeError(f"calibration: no steady decode batch of {batch} at context {context}")
-
-    def prefill(self, tokens: int, context: int, seqs: int, warmup: int, repeats: int) -> PrefillSample:
-        budget = max(tokens, self.runner.config.max_num_batched_tokens)
-        sched = self.scheduler(seqs, budget, caching=True)
-        prefix: tuple[int, ...] = ()
-        if context:
-            seed = self.request(context, 1)
-            prefix = seed.prompt_token_ids or ()
-            sched.add_request(seed)
-            while sched.has_unfinished():
-                self.step(sched)
-        times: list[float] = []
-        want = [(context, t) for t in chunk_sizes(tokens, seqs)]
-        for _ in range(warmup + repeats):
-            for _, t in want:
-                sched.add_request(self.request(context + t, 1, prefix))
-            plan, dt = self.step(sched)
-            chunks = [(c.start, c.num_tokens) for c in plan.prefills]
-            if sorted(chunks) != sorted(want) or plan.decodes:
-                raise RuntimeError(f"calibration: expected chunks {want} (start, tokens), got chunks {chunks} "
-                                   f"and {len(plan.decodes)} decodes")
-            times.append(dt)
-        return PrefillSample(tokens, context, statistics.median(times[warmup:]), seqs)
+                             prefill_tokens=(16, 128, 1024, 8192), prefill_context=2048, warmup=2, repeats=3,
+                             passes=1, mixed_tokens=(128,), mixed_batches=(16, 128))
 
 
 def plan_shapes(grid: CalibrationGrid, runner: ModelRunner
-                ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]]]:
-    """The (batch, context) decode shapes and (tokens, context, seqs) prefill shapes that fit this engine.
+                ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """The shapes of the grid that fit this engine: (batch, context) decode shapes, (tokens, context, seqs)
+    prefill shapes and (tokens, batch, context) mixed shapes.
 
     Contexts are shrunk to fit ``max_model_len`` and the KV pool; prefill steps of more tokens than
     ``max_num_batched_tokens`` are dropped, and those longer than one sequence may hold are split into
-    ``seqs`` near-equal chunks.
+    ``seqs`` near-equal chunks. Mixed shapes that do not fit (``batch + 1`` sequences, the pool, the
+    token budget, a graph's largest token count when the engine has mixed graphs) are dropped.
     """
     bs, blocks, mml = runner.block_size, runner.num_gpu_blocks, runner.max_model_len
     steps = grid.warmup + grid.repeats + 8
@@ -171,15 +122,25 @@ def plan_shapes(grid: CalibrationGrid, runner: ModelRunner
         if len(shapes) == 2:
             decodes += [(b, c) for c in shapes]
     prefills: list[tuple[int, int, int]] = []
+    cfg = runner.config
     ctx = min(grid.prefill_context, mml // 2) // bs * bs
     for t in grid.prefill_tokens:
-        if t > runner.config.max_num_batched_tokens:
+        if t > cfg.max_num_batched_tokens:
             continue
         seqs = -(-t // (mml - ctx - 1))
-        if seqs > runner.config.max_num_seqs or ctx < bs or (ctx + t) // bs + 2 * seqs > blocks // 2:
+        if seqs > cfg.max_num_seqs or ctx < bs or (ctx + t) // bs + 2 * seqs > blocks // 2:
             continue
         prefills += [(t, 0, seqs), (t, ctx, seqs)]
-    return decodes, prefills
+    mixed: list[tuple[int, int, int]] = []
+    largest = max(runner.mixed_graphs.sizes) if runner.mixed_graphs is not None else cfg.max_num_batched_tokens
+    for t in grid.mixed_tokens:
+        for b in grid.mixed_batches:
+            c = min(grid.mixed_context, mml - steps - 2 * bs)
+            need = b * (-(-(c + steps) // bs) + 1) + -(-t // bs) + 2
+            if b + 1 <= cfg.max_num_seqs and t + b <= min(largest, cfg.max_num_batched_tokens) and need <= blocks \
+                    and t < mml and c >= 2:
+                mixed.append((t, b, c))
+    return decodes, prefills, mixed
 
 
 def swap_rate(runner: ModelRunner, nbytes: int = 1 << 26) -> float:
@@ -206,17 +167,24 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
 
     t_start = time.perf_counter()
     warm_up(runner)
-    driver = _Driver(runner)
-    dec_shapes, pf_shapes = plan_shapes(grid, runner)
-    decodes: list[DecodeSample] = []
+    driver = StepDriver(runner)
+    dec_shapes, pf_shapes, mixed_shapes = plan_shapes(grid, runner)
+    passes: dict[tuple[int, int], list[DecodeSample]] = {shape: [] for shape in dec_shapes}
     prefills: list[PrefillSample] = []
-    with tqdm(total=len(dec_shapes) + len(pf_shapes), desc="calibrating", unit="shape", disable=not progress) as bar:
-        for size, ctx in dec_shapes:
-            decodes.append(driver.decode(size, ctx, grid.warmup, grid.repeats))
-            bar.update()
+    mixed: list[MixedSample] = []
+    total = grid.passes * len(dec_shapes) + len(pf_shapes) + len(mixed_shapes)
+    with tqdm(total=total, desc="calibrating", unit="shape", disable=not progress) as bar:
+        for i in range(grid.passes):
+            for size, ctx in dec_shapes if i % 2 == 0 else dec_shapes[::-1]:
+                passes[(size, ctx)].append(driver.decode(size, ctx, grid.warmup, grid.repeats))
+                bar.update()
         for size, ctx, seqs in pf_shapes:
             prefills.append(driver.prefill(size, ctx, seqs, grid.warmup, grid.repeats))
             bar.update()
+        for tokens, size, ctx in mixed_shapes:
+            mixed.append(driver.mixed(tokens, size, ctx, grid.warmup, grid.repeats))
+            bar.update()
+    decodes = [min(runs, key=lambda d: d.time_s) for runs in passes.values()]
     fitted = fit_profile(decodes, prefills)
     cfg, s = runner.config, runner.spec
     dtype = SHORT_DTYPES[cfg.dtype]
@@ -230,7 +198,9 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
                  "mixed_extra_s": fitted.mixed_extra_s, "engine": dataclasses.asdict(cfg),
                  "grid": dataclasses.asdict(grid), "calibration_wall_s": time.perf_counter() - t_start,
                  "decode_samples": [dataclasses.asdict(d) for d in decodes],
-                 "prefill_samples": [dataclasses.asdict(p) for p in prefills]},
+                 "decode_pass_times_s": [[d.time_s for d in runs] for runs in passes.values()],
+                 "prefill_samples": [dataclasses.asdict(p) for p in prefills],
+                 "mixed_samples": [dataclasses.asdict(m) for m in mixed]},
         "step_overhead_s": fitted.step_overhead_s,
         "kv_bytes_per_token": block_bytes(s.num_layers, runner.block_size, s.num_kv_heads, s.head_dim,
                                           runner.kv_dtype) / runner.block_size,
@@ -241,6 +211,11 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
         profile["graph_batch_sizes"] = [int(b) for b in runner.graphs.sizes]
     if runner.mixed_graphs is not None:  # steps holding a prefill replay graphs padded by token count
         profile["graph_token_sizes"] = [int(t) for t in runner.mixed_graphs.sizes]
+    if mixed:  # decodes beside a chunk: their cost beyond the tables above, by the model that uses them
+        base = CalibratedCostModel(profile, runner.block_size, "<calibration>")
+        xs, ys = fit_mixed_decode(mixed, lambda m: base.shape_time(m.tokens, 1, m.batch, m.ctx_tokens, m.pairs))
+        profile["tables"]["mixed_decode"] = {"x": xs, "time_s": ys}
+    validate_profile(profile, "<calibration>")
     return profile
 
 
@@ -254,6 +229,11 @@ def add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-context", type=int, default=None, help="cached context of the second prefill series")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per shape")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per shape (median kept)")
+    p.add_argument("--passes", type=int, default=None, help="timings of the decode grid (lowest median kept)")
+    p.add_argument("--mixed-tokens", type=int, nargs="*", default=None,
+                   help="chunk sizes of the steps of one chunk beside decodes (none: no mixed_decode table)")
+    p.add_argument("--mixed-batches", type=int, nargs="+", default=None, help="decodes beside that chunk")
+    p.add_argument("--mixed-context", type=int, default=None, help="context per decoding sequence there")
     p.add_argument("--model-name", default=None, help="meta.model (default: the model folder's name)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
@@ -263,7 +243,8 @@ def grid_from_args(ns: argparse.Namespace) -> CalibrationGrid:
     base = QUICK_GRID if ns.quick else CalibrationGrid()
     given = {"batch_sizes": ns.batch_sizes, "decode_contexts": ns.decode_contexts,
              "prefill_tokens": ns.prefill_tokens, "prefill_context": ns.prefill_context,
-             "warmup": ns.warmup, "repeats": ns.repeats}
+             "warmup": ns.warmup, "repeats": ns.repeats, "passes": ns.passes, "mixed_tokens": ns.mixed_tokens,
+             "mixed_batches": ns.mixed_batches, "mixed_context": ns.mixed_context}
     return dataclasses.replace(base, **{k: (tuple(v) if isinstance(v, list) else v)
                                         for k, v in given.items() if v is not None})
 

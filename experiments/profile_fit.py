@@ -26,6 +26,10 @@ table: the dense tables include it). The fit:
    attention of even a long context is lost in the step's noise), plus ``(1, 0)``;
 4. ``mixed_dense(T) = t(T, 0) - overhead - prefill_attention(P(T, 0))`` for every ``T``.
    Steps of more tokens than one sequence may hold are timed as several equal chunks.
+5. (``fit_mixed_decode``, optional) steps of one fresh ``T``-token chunk beside ``D`` decodes:
+   ``mixed_decode(D)`` is what such a step takes beyond the cost model with tables 1-4 (its decodes'
+   host-side staging and bookkeeping and LM-head rows, which prefill-only steps do not have); the
+   residuals of all ``T`` at each ``D``, with ``(0, 0)``.
 
 Every table is then made non-decreasing by isotonic regression (pool adjacent
 violators), duplicates in ``x`` averaged, negative times clipped to 0. Nothing here
@@ -36,7 +40,7 @@ from __future__ import annotations
 
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sim.profile import PiecewiseLinear
@@ -64,6 +68,21 @@ class PrefillSample:
     @property
     def pairs(self) -> float:
         return sum(t * self.context + t * (t + 1) / 2 for t in chunk_sizes(self.tokens, self.seqs))
+
+
+@dataclass(frozen=True)
+class MixedSample:
+    """Median time of a step of one fresh ``tokens``-token chunk beside ``batch`` decodes reading
+    ``ctx_tokens`` in all."""
+
+    tokens: int
+    batch: int
+    ctx_tokens: float
+    time_s: float
+
+    @property
+    def pairs(self) -> float:
+        return self.tokens * (self.tokens + 1) / 2
 
 
 def chunk_sizes(tokens: int, seqs: int) -> list[int]:
@@ -169,3 +188,19 @@ def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSampl
                 "prefill_attention": pf_table, "mixed_dense": mixed_table},
         mixed_extra_s=extra,
     )
+
+
+def fit_mixed_decode(samples: Sequence[MixedSample], predict: Callable[[MixedSample], float]
+                     ) -> tuple[list[float], list[float]]:
+    """The ``mixed_decode`` table (module docstring, step 5).
+
+    Args:
+        samples: timed steps of one chunk beside decodes (>= 1 decode count).
+        predict: the cost model without ``mixed_decode``, pricing a sample's step shape.
+
+    Returns:
+        ``(x, time_s)``: decodes, and their extra seconds (non-decreasing, from ``(0, 0)``).
+    """
+    if not samples:
+        raise ValueError("fit_mixed_decode needs at least one mixed sample")
+    return monotone_table([(0.0, 0.0), *((float(m.batch), m.time_s - predict(m)) for m in samples)])

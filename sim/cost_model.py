@@ -24,7 +24,9 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
   ``dense(that size)``; a step holding prefill chunks costs ``mixed_dense`` of its
   ``T`` tokens, or of the smallest ``graph_token_sizes`` entry ``>= T`` when the
   engine captured mixed steps by token count (a padded graph); other steps
-  (larger decode batches) cost ``mixed_dense(T)`` as they run eagerly.
+  (larger decode batches) cost ``mixed_dense(T)`` as they run eagerly. The ``D`` decodes of a
+  step holding a prefill add ``mixed_decode(D)`` when the profile has that table (measured on
+  steps of one chunk plus ``D`` decodes, beyond the terms above).
   Without ``graph_batch_sizes`` decode-only steps cost ``dense(B)``; without
   ``mixed_dense`` the other steps cost ``dense(T)``. Each table interpolated
   piecewise-linearly (flat below its first point, linearly extrapolated beyond
@@ -176,6 +178,7 @@ class CalibratedCostModel:
         self._dense, self._lm = tables["dense"], tables.get("lm_head")
         self._mixed = tables.get("mixed_dense", self._dense)
         self._pf, self._dec = tables["prefill_attention"], tables["decode_attention"]
+        self._mixed_dec = tables.get("mixed_decode")
         self.graph_batch_sizes: list[int] = list(profile.get("graph_batch_sizes") or [])
         # Dense time of a graphed decode step of B sequences, by B (the graph's padded size).
         self._graph_dense = [0.0]
@@ -230,6 +233,8 @@ class CalibratedCostModel:
             total += self._pf(prefill_attn_pairs)
         if nd:
             total += self._dec(decode_ctx_tokens)
+            if tp and self._mixed_dec is not None:
+                total += self._mixed_dec(nd)
         return total + swap
 
 

@@ -15,7 +15,8 @@ Format (JSON, ``"format": "servegym-profile/1"``)::
         "decode_attention":  {"x": [...], "time_s": [...]},  # x: total context tokens the decodes read
         "prefill_attention": {"x": [...], "time_s": [...]},  # x: causal (query, key) pairs of the chunks
         "lm_head":           {"x": [...], "time_s": [...]},  # optional; x: sampling positions
-        "mixed_dense":       {"x": [...], "time_s": [...]}   # optional; x: tokens of a step with a prefill
+        "mixed_dense":       {"x": [...], "time_s": [...]},  # optional; x: tokens of a step with a prefill
+        "mixed_decode":      {"x": [...], "time_s": [...]}   # optional; x: decodes in a step with a prefill
       },
       "graph_batch_sizes": [1, 2, 4, ...],  # optional: decode batch sizes that run as CUDA graphs
       "graph_token_sizes": [16, 32, ...]    # optional: token counts of mixed steps run as CUDA graphs
@@ -30,7 +31,9 @@ tables were measured). An engine runs three kinds of steps: decode-only steps of
 ``max(graph_token_sizes)`` tokens replay a graph captured for the next token count up;
 every other step runs eagerly, with its own launch costs. ``mixed_dense`` prices the
 non-attention work of steps holding a prefill (and of eager decode steps); without it
-(or without ``graph_batch_sizes``) ``dense`` prices every step. ``PiecewiseLinear``
+(or without ``graph_batch_sizes``) ``dense`` prices every step. ``mixed_decode`` is what decodes
+cost in a step holding a prefill beyond their attention and the step's padded token count (their
+host-side staging and bookkeeping, their LM-head rows). ``PiecewiseLinear``
 evaluates a table; its last segment must not decrease (so extrapolation never predicts less time for more work).
 """
 
@@ -45,7 +48,7 @@ from typing import Any
 
 PROFILE_FORMAT = "servegym-profile/1"
 REQUIRED_TABLES = ("dense", "decode_attention", "prefill_attention")
-OPTIONAL_TABLES = ("lm_head", "mixed_dense")
+OPTIONAL_TABLES = ("lm_head", "mixed_dense", "mixed_decode")
 REQUIRED_META = ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "source", "command", "created")
 SOURCES = ("roofline", "measured")
 

@@ -17,7 +17,8 @@ from sim.profile import read_profile
 TRACE = "synthetic:poisson,rate=50,n=12,seed=0,in=uniform:4:60,out=uniform:1:12"
 ENGINE = ["--dtype", "float32", "--device", "cpu", "--num-gpu-blocks", "128"]
 GRID = ["--batch-sizes", "1", "2", "4", "--decode-contexts", "8", "96", "--prefill-tokens", "8", "32",
-        "--prefill-context", "64", "--warmup", "1", "--repeats", "2"]
+        "--prefill-context", "64", "--warmup", "1", "--repeats", "2", "--passes", "2", "--mixed-tokens", "8",
+        "--mixed-batches", "2", "3", "--mixed-context", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +53,15 @@ def test_calibrate_writes_a_valid_measured_profile(profile: Path) -> None:
     assert meta["source"] == "measured" and meta["command"].startswith("servegym calibrate --model")
     assert "--prefill-context 64" in meta["command"]
     assert len(meta["decode_samples"]) == 6 and len(meta["prefill_samples"]) == 4
+    # every decode shape timed in both passes; the lowest median is the one kept
+    assert [len(t) for t in meta["decode_pass_times_s"]] == [2] * 6
+    assert [d["time_s"] for d in meta["decode_samples"]] == [min(t) for t in meta["decode_pass_times_s"]]
     assert data["step_overhead_s"] >= 0 and data["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # K+V, layers, heads
-    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention", "mixed_dense"}
+    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention", "mixed_dense", "mixed_decode"}
+    # one 8-token chunk beside 2 and beside 3 decodes of ~16-token contexts
+    assert [(m["tokens"], m["batch"]) for m in meta["mixed_samples"]] == [(8, 2), (8, 3)]
+    assert all(16 * m["batch"] <= m["ctx_tokens"] <= 32 * m["batch"] for m in meta["mixed_samples"])
+    assert data["tables"]["mixed_decode"]["x"][0] == 0.0
 
 
 def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_path: Path,

@@ -6,7 +6,15 @@ import math
 
 import pytest
 
-from experiments.profile_fit import DecodeSample, PrefillSample, fit_profile, isotonic, monotone_table
+from experiments.profile_fit import (
+    DecodeSample,
+    MixedSample,
+    PrefillSample,
+    fit_mixed_decode,
+    fit_profile,
+    isotonic,
+    monotone_table,
+)
 from experiments.validate import rel_error
 from sim.cost_model import CalibratedCostModel
 from sim.profile import PROFILE_FORMAT, validate_profile
@@ -89,3 +97,17 @@ def test_rel_error_is_nan_safe() -> None:
     assert rel_error(1.1, 1.0) == pytest.approx(0.1)
     assert rel_error(0, 0) == 0.0
     assert math.isnan(rel_error(1.0, 0.0)) and math.isnan(rel_error(None, 2.0)) and math.isnan(rel_error(1, math.nan))
+
+
+def test_fit_mixed_decode_takes_residuals_over_the_model() -> None:
+    """mixed_decode(D) is the measured step minus the model's price, non-decreasing in D, 0 at D = 0."""
+    samples = [MixedSample(128, 16, 16e3, 5.0e-3), MixedSample(1024, 16, 16e3, 8.2e-3),
+               MixedSample(128, 64, 64e3, 5.5e-3), MixedSample(128, 128, 128e3, 5.4e-3)]
+    base = {128: 4.8e-3, 1024: 8.0e-3}  # the model's price of each chunk size, whatever the decodes
+    xs, ys = fit_mixed_decode(samples, lambda m: base[m.tokens])
+    assert xs == [0.0, 16.0, 64.0, 128.0]
+    # D=16: mean of the two chunk sizes' residuals (0.2 ms each); 64 and 128 (0.7, 0.6 ms) pooled
+    assert ys == pytest.approx([0.0, 2e-4, 6.5e-4, 6.5e-4])
+    assert MixedSample(10, 1, 5.0, 1.0).pairs == 55
+    with pytest.raises(ValueError, match="at least one mixed sample"):
+        fit_mixed_decode([], lambda m: 0.0)

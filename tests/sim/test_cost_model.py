@@ -151,6 +151,18 @@ def test_mixed_steps_priced_at_the_padded_graph_token_count() -> None:
     assert cm.step_time(decode_only) == pytest.approx(plain.step_time(decode_only), rel=1e-12)
 
 
+def test_mixed_decode_table_prices_decodes_beside_a_prefill_only() -> None:
+    """mixed_decode(D) is added for the D decodes of a step holding a prefill, never to decode-only or
+    prefill-only steps."""
+    extra = {"x": [0, 100], "time_s": [0.0, 1e-3]}  # 10 us per decode
+    with_table = CalibratedCostModel(tiny_profile(mixed_decode=extra) | {"graph_batch_sizes": [1, 2, 4, 8]})
+    without = CalibratedCostModel(tiny_profile() | {"graph_batch_sizes": [1, 2, 4, 8]})
+    mixed = make_plan([(5, 0)], [100] * 7)
+    assert with_table.step_time(mixed) - without.step_time(mixed) == pytest.approx(7e-5, rel=1e-9)
+    for plan in (make_plan([(5, 0)], []), make_plan([], [100] * 7)):
+        assert with_table.step_time(plan) == pytest.approx(without.step_time(plan), rel=1e-12)
+
+
 def _bad(tmp_path: Path, profile: Any) -> str:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(profile) if not isinstance(profile, str) else profile)

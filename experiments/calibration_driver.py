@@ -1,0 +1,125 @@
+"""Synthetic calibration steps: real schedulers drive one runner through step shapes, timed whole.
+
+A timed step is one turn of the replay loop, ``scheduler.schedule`` + ``runner.execute`` +
+``scheduler.postprocess`` (see ``experiments.calibrate``); requests carry random token ids, so no
+two share a prefix unless a shape asks for one.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample, chunk_sizes
+from policies.batching import ContinuousBatching
+from policies.scheduler import Scheduler, SchedulerConfig
+from policies.types import Request, StepPlan, StepResult
+
+if TYPE_CHECKING:  # pragma: no cover
+    from engine.model_runner import ModelRunner
+
+
+class StepDriver:
+    """Runs synthetic requests through fresh schedulers on one runner and times whole steps."""
+
+    def __init__(self, runner: ModelRunner, seed: int = 0) -> None:
+        self.runner = runner
+        self.bs = runner.block_size
+        self.rng = np.random.default_rng(seed)
+        self.vocab = min(runner.spec.vocab_size, 128000)
+        self.count = 0
+
+    def request(self, length: int, output_len: int, prefix: tuple[int, ...] = ()) -> Request:
+        self.count += 1
+        ids = prefix + tuple(self.rng.integers(0, self.vocab, size=length - len(prefix)).tolist())
+        return Request(f"cal{self.count}", 0.0, length, output_len, prompt_token_ids=ids)
+
+    def scheduler(self, max_num_seqs: int, budget: int, caching: bool) -> Scheduler:
+        cfg = SchedulerConfig(num_gpu_blocks=self.runner.num_gpu_blocks, block_size=self.bs,
+                              enable_prefix_caching=caching)
+        return Scheduler(cfg, ContinuousBatching(max_num_seqs=max_num_seqs, token_budget=budget))
+
+    def step(self, sched: Scheduler) -> tuple[StepPlan, float]:
+        """One loop turn; returns its plan and its wall time."""
+        t0 = time.perf_counter()
+        plan = sched.schedule(0.0)
+        if plan.is_empty:
+            raise RuntimeError(f"calibration: the scheduler planned nothing at step {plan.step_id}")
+        result = self.runner.execute(plan)
+        sched.postprocess(plan, StepResult(result.duration_s, result.token_ids))
+        return plan, time.perf_counter() - t0
+
+    def decode(self, batch: int, context: int, warmup: int, repeats: int) -> DecodeSample:
+        budget = max(2 * batch, self.runner.config.max_num_batched_tokens)
+        setup = -(-batch * context // (budget - batch)) + 3  # prefill steps (decodes share their budget)
+        sched = self.scheduler(batch, budget, caching=False)
+        for _ in range(batch):
+            sched.add_request(self.request(context - 1, warmup + repeats + setup + 2))
+        times: list[float] = []
+        ctx: list[float] = []
+        for _ in range(setup + warmup + repeats + 2):
+            plan, dt = self.step(sched)
+            if not plan.prefills and len(plan.decodes) == batch:
+                times.append(dt)
+                ctx.append(plan.decode_ctx_tokens)
+                if len(times) == warmup + repeats:
+                    return DecodeSample(batch, statistics.median(ctx[warmup:]), statistics.median(times[warmup:]))
+        raise RuntimeError(f"calibration: no steady decode batch of {batch} at context {context}")
+
+    def prefill(self, tokens: int, context: int, seqs: int, warmup: int, repeats: int) -> PrefillSample:
+        budget = max(tokens, self.runner.config.max_num_batched_tokens)
+        sched = self.scheduler(seqs, budget, caching=True)
+        prefix: tuple[int, ...] = ()
+        if context:
+            seed = self.request(context, 1)
+            prefix = seed.prompt_token_ids or ()
+            sched.add_request(seed)
+            while sched.has_unfinished():
+                self.step(sched)
+        times: list[float] = []
+        want = [(context, t) for t in chunk_sizes(tokens, seqs)]
+        for _ in range(warmup + repeats):
+            for _, t in want:
+                sched.add_request(self.request(context + t, 1, prefix))
+            plan, dt = self.step(sched)
+            chunks = [(c.start, c.num_tokens) for c in plan.prefills]
+            if sorted(chunks) != sorted(want) or plan.decodes:
+                raise RuntimeError(f"calibration: expected chunks {want} (start, tokens), got chunks {chunks} "
+                                   f"and {len(plan.decodes)} decodes")
+            times.append(dt)
+        return PrefillSample(tokens, context, statistics.median(times[warmup:]), seqs)
+
+    def mixed(self, tokens: int, batch: int, context: int, warmup: int, repeats: int) -> MixedSample:
+        """Steps of one fresh ``tokens``-token chunk beside ``batch`` decodes at about ``context`` tokens each.
+
+        ``batch`` requests are prefilled (untimed) until all decode; then each round adds a request of
+        ``tokens`` prompt tokens and one output token, so the next step holds its whole prompt as one
+        chunk beside the ``batch`` decodes, and it finishes in that step.
+        """
+        budget = max(tokens + batch, self.runner.config.max_num_batched_tokens)
+        rounds = warmup + repeats
+        setup = -(-batch * context // (budget - batch)) + 3
+        sched = self.scheduler(batch + 1, budget, caching=False)
+        for _ in range(batch):
+            sched.add_request(self.request(context - 1, rounds + setup + 2))
+        for _ in range(setup + 1):
+            plan, _ = self.step(sched)
+            if not plan.prefills and len(plan.decodes) == batch:
+                break
+        else:
+            raise RuntimeError(f"calibration: {batch} sequences of context {context} never all decode")
+        times: list[float] = []
+        ctx: list[float] = []
+        for _ in range(rounds):
+            sched.add_request(self.request(tokens, 1))
+            plan, dt = self.step(sched)
+            chunks = [(c.start, c.num_tokens) for c in plan.prefills]
+            if chunks != [(0, tokens)] or len(plan.decodes) != batch:
+                raise RuntimeError(f"calibration: expected one chunk (0, {tokens}) beside {batch} decodes, got "
+                                   f"chunks {chunks} and {len(plan.decodes)} decodes")
+            times.append(dt)
+            ctx.append(plan.decode_ctx_tokens)
+        return MixedSample(tokens, batch, statistics.median(ctx[warmup:]), statistics.median(times[warmup:]))
