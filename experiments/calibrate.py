@@ -17,13 +17,13 @@ requests of random (unique) token ids:
 * mixed steps: one fresh ``T``-token chunk beside ``D`` decodes (``StepDriver.mixed``), which
   price what decodes add to a step holding a prefill (the ``mixed_decode`` table).
 
-The first ``warmup`` steps of each shape are dropped and the median of the next ``repeats``
-is kept. The decode grid is timed ``passes`` times, every other pass in reverse order, and each
-shape keeps its lowest median: interference on a busy host or GPU only ever slows a step, and
-one disturbed stretch of the calibration then spoils one pass of a few shapes instead of the
-table (a single pass once measured batch 96 60% slow, which the table fit turned into a 1.3 ms
-step-time error at batches 96-192). The fit of the tables from these medians is documented in
-``experiments.profile_fit``.
+The first ``warmup`` steps of each shape are dropped and the next ``repeats`` are timed; a
+shape's time is their trimmed mean (``profile_fit.typical``: a simulation sums step times, so
+it needs means). The decode grid is timed ``passes`` times, every other pass in reverse order,
+and each shape's time pools the steps of all passes: on the H100 host, stretches of several
+consecutive steps run 10-80% slow, so one pass of 7 steps could price a batch size far off (once
+batch 96 60% high, which the table fit turned into 1.3 ms of error at batches 96-192). The fit of
+the tables is documented in ``experiments.profile_fit``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import datetime
 import shlex
+import statistics
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,7 +41,14 @@ from tqdm import tqdm
 
 from experiments.calibration_driver import StepDriver
 from experiments.engine_run import add_model_args, build_runner, device_label, engine_config, warm_up
-from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample, fit_mixed_decode, fit_profile
+from experiments.profile_fit import (
+    DecodeSample,
+    MixedSample,
+    PrefillSample,
+    fit_mixed_decode,
+    fit_profile,
+    typical,
+)
 from sim.cost_model import CalibratedCostModel
 from sim.profile import PROFILE_FORMAT, validate_profile, write_profile
 
@@ -60,8 +68,8 @@ class CalibrationGrid:
         prefill_tokens: chunk sizes of the prefill-only steps (>= 2 of them).
         prefill_context: cached context under the second prefill series.
         warmup: steps of each shape run before the timed ones.
-        repeats: timed steps of each shape (the median is kept).
-        passes: times the decode grid is timed (alternating order; per shape the lowest median is kept).
+        repeats: timed steps of each shape (their trimmed mean is kept).
+        passes: times the decode grid is timed (alternating order; per shape the steps of all passes pooled).
         mixed_tokens: chunk sizes of the steps of one chunk beside decodes (empty: no such steps, no
             ``mixed_decode`` table).
         mixed_batches: decodes beside that chunk.
@@ -184,7 +192,10 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
         for tokens, size, ctx in mixed_shapes:
             mixed.append(driver.mixed(tokens, size, ctx, grid.warmup, grid.repeats))
             bar.update()
-    decodes = [min(runs, key=lambda d: d.time_s) for runs in passes.values()]
+    decodes = []
+    for (batch, _), runs in passes.items():
+        pooled = tuple(t for d in runs for t in d.times)
+        decodes.append(DecodeSample(batch, statistics.median(d.ctx_tokens for d in runs), typical(pooled), pooled))
     fitted = fit_profile(decodes, prefills)
     cfg, s = runner.config, runner.spec
     dtype = SHORT_DTYPES[cfg.dtype]
@@ -198,7 +209,7 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
                  "mixed_extra_s": fitted.mixed_extra_s, "engine": dataclasses.asdict(cfg),
                  "grid": dataclasses.asdict(grid), "calibration_wall_s": time.perf_counter() - t_start,
                  "decode_samples": [dataclasses.asdict(d) for d in decodes],
-                 "decode_pass_times_s": [[d.time_s for d in runs] for runs in passes.values()],
+                 "decode_pass_times_s": [[d.time_s for d in runs] for runs in passes.values()],  # per pass
                  "prefill_samples": [dataclasses.asdict(p) for p in prefills],
                  "mixed_samples": [dataclasses.asdict(m) for m in mixed]},
         "step_overhead_s": fitted.step_overhead_s,
@@ -228,8 +239,8 @@ def add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefill-tokens", type=int, nargs="+", default=None, help="prefill chunk sizes")
     p.add_argument("--prefill-context", type=int, default=None, help="cached context of the second prefill series")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per shape")
-    p.add_argument("--repeats", type=int, default=None, help="timed steps per shape (median kept)")
-    p.add_argument("--passes", type=int, default=None, help="timings of the decode grid (lowest median kept)")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per shape (trimmed mean kept)")
+    p.add_argument("--passes", type=int, default=None, help="timings of the decode grid (their steps pooled)")
     p.add_argument("--mixed-tokens", type=int, nargs="*", default=None,
                    help="chunk sizes of the steps of one chunk beside decodes (none: no mixed_decode table)")
     p.add_argument("--mixed-batches", type=int, nargs="+", default=None, help="decodes beside that chunk")

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample, chunk_sizes
+from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample, chunk_sizes, typical
 from policies.batching import ContinuousBatching
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.types import Request, StepPlan, StepResult
@@ -66,7 +66,8 @@ class StepDriver:
                 times.append(dt)
                 ctx.append(plan.decode_ctx_tokens)
                 if len(times) == warmup + repeats:
-                    return DecodeSample(batch, statistics.median(ctx[warmup:]), statistics.median(times[warmup:]))
+                    return DecodeSample(batch, statistics.median(ctx[warmup:]), typical(times[warmup:]),
+                                        tuple(times[warmup:]))
         raise RuntimeError(f"calibration: no steady decode batch of {batch} at context {context}")
 
     def prefill(self, tokens: int, context: int, seqs: int, warmup: int, repeats: int) -> PrefillSample:
@@ -90,7 +91,7 @@ class StepDriver:
                 raise RuntimeError(f"calibration: expected chunks {want} (start, tokens), got chunks {chunks} "
                                    f"and {len(plan.decodes)} decodes")
             times.append(dt)
-        return PrefillSample(tokens, context, statistics.median(times[warmup:]), seqs)
+        return PrefillSample(tokens, context, typical(times[warmup:]), seqs)
 
     def mixed(self, tokens: int, batch: int, context: int, warmup: int, repeats: int) -> MixedSample:
         """Steps of one fresh ``tokens``-token chunk beside ``batch`` decodes at about ``context`` tokens each.
@@ -122,4 +123,4 @@ class StepDriver:
                                    f"chunks {chunks} and {len(plan.decodes)} decodes")
             times.append(dt)
             ctx.append(plan.decode_ctx_tokens)
-        return MixedSample(tokens, batch, statistics.median(ctx[warmup:]), statistics.median(times[warmup:]))
+        return MixedSample(tokens, batch, statistics.median(ctx[warmup:]), typical(times[warmup:]))

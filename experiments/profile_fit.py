@@ -1,6 +1,6 @@
 """Fit the tables of a profile (``sim/profile.py``) from timed engine steps, by differences.
 
-Inputs are medians of whole-step wall times of two kinds of steps:
+Inputs are typical (trimmed-mean) whole-step wall times of two kinds of steps:
 
 * decode-only steps of ``B`` sequences whose decodes read ``x`` context tokens in all,
   at (at least) a small and a large context per ``B``: CUDA-graphed on a GPU, the
@@ -46,18 +46,35 @@ from dataclasses import dataclass
 from sim.profile import PiecewiseLinear
 
 
+def typical(times: Sequence[float], trim: float = 0.1) -> float:
+    """Mean of ``times`` without the lowest and highest ``trim`` fraction of them.
+
+    A simulation sums step times, so a shape's time must be its mean, not its median: on a real
+    host a step is sometimes slowed for a stretch of steps (the median of a few consecutive ones
+    then misses it, or catches only it). Trimming drops single extreme stalls.
+    """
+    if not times:
+        raise ValueError("typical() needs at least one time")
+    ordered = sorted(times)
+    cut = int(len(ordered) * trim)
+    kept = ordered[cut:len(ordered) - cut] or ordered
+    return statistics.fmean(kept)
+
+
 @dataclass(frozen=True)
 class DecodeSample:
-    """Median time of a decode-only step: ``batch`` decodes reading ``ctx_tokens`` in all."""
+    """Typical time (``typical``) of a decode-only step: ``batch`` decodes reading ``ctx_tokens`` in all;
+    ``times`` are the timed steps it came from."""
 
     batch: int
     ctx_tokens: float
     time_s: float
+    times: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
 class PrefillSample:
-    """Median time of a prefill-only step of ``tokens`` in ``seqs`` near-equal chunks, each after
+    """Typical time of a prefill-only step of ``tokens`` in ``seqs`` near-equal chunks, each after
     ``context`` cached tokens."""
 
     tokens: int
@@ -72,7 +89,7 @@ class PrefillSample:
 
 @dataclass(frozen=True)
 class MixedSample:
-    """Median time of a step of one fresh ``tokens``-token chunk beside ``batch`` decodes reading
+    """Typical time of a step of one fresh ``tokens``-token chunk beside ``batch`` decodes reading
     ``ctx_tokens`` in all."""
 
     tokens: int

@@ -14,6 +14,7 @@ from experiments.profile_fit import (
     fit_profile,
     isotonic,
     monotone_table,
+    typical,
 )
 from experiments.validate import rel_error
 from sim.cost_model import CalibratedCostModel
@@ -111,3 +112,12 @@ def test_fit_mixed_decode_takes_residuals_over_the_model() -> None:
     assert MixedSample(10, 1, 5.0, 1.0).pairs == 55
     with pytest.raises(ValueError, match="at least one mixed sample"):
         fit_mixed_decode([], lambda m: 0.0)
+
+
+def test_typical_is_a_trimmed_mean() -> None:
+    assert typical([1.0, 2.0, 3.0]) == pytest.approx(2.0)  # 10% of 3 steps trims nothing
+    steps = [1.0] * 9 + [100.0]  # one stall in ten steps is trimmed, as is the lowest step
+    assert typical(steps) == pytest.approx(1.0)
+    assert typical([1.0] * 7 + [2.0] * 3) == pytest.approx((6 + 2 * 2) / 8)  # a slow stretch counts
+    with pytest.raises(ValueError, match="at least one"):
+        typical([])
