@@ -86,8 +86,10 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
          f"prefill step (128 tokens) {prefill_ms:.3f} ms, eager {eager_prefill_ms:.3f} ms; "
          f"{len(graph_steps)}/{len(steps_log.steps)} steps on graphs")
     for g in runner.gemv_timings:
-        log(f"  gemv choice {g.kind:8s} {g.shape}: F.linear {g.linear_us:.1f} us, "
-             f"gemv_bf16 {g.gemv_us:.1f} us -> {'gemv' if g.chosen else 'F.linear'} {g.note}")
+        first, *rest = g.summary()
+        log(f"  gemv choice {first}")
+        for line in rest:
+            log(f"    {line}")
     if profile_kernels:
         try:
             kernel_table(llm, prompt)

@@ -1,18 +1,24 @@
-"""Paged attention backends: write the step's new K/V into the cache, then attend.
+"""Paged attention backends: rotate q/k and write the step's new K/V into the cache, then attend.
 
-Both backends take the packed step (prefill tokens first, then decodes) and
-return ``[T, Hq, D]``. ``TorchAttention`` is plain PyTorch (the CPU path and the
+A backend (``AttentionBackend``) works on the packed step (prefill tokens first,
+then decodes) in two calls per layer: ``rope_and_write`` rotates q and k in place
+(RoPE) and stores k and v at the step's slots; ``attend`` returns ``[T, Hq, D]``
+from q and the cache. ``TorchAttention`` is plain PyTorch (the CPU path and the
 reference): prefill chunks attend one sequence at a time to their gathered
 context, decodes attend in one padded batch. ``TritonAttention`` calls the
-paged kernels of ``kernels/`` (imported when the backend is built).
+paged kernels of ``kernels/`` (imported when the backend is built), RoPE and the
+cache write fused into one launch.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from engine.kv_cache import QMAX, KVCache, raw
+from engine.layers import apply_rope_
 from engine.step_metadata import StepMetadata
 
 AMAX_FLOOR = 1e-12  # an all-zero head still gets a positive scale (its codes are 0)
@@ -31,6 +37,20 @@ def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torc
     if dtype == torch.int8:
         q = q.round()
     return q.to(dtype), scale
+
+
+class AttentionBackend(Protocol):
+    """What the model calls per layer: ``rope_and_write`` first, then ``attend``."""
+
+    def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
+        """Rotate ``q`` [T, Hq, D] and ``k`` [T, Hkv, D] in place by ``positions`` [T] (``cos_sin`` table of
+        ``rope_cos_sin``), then store the rotated k and ``v`` at ``meta.slot_mapping`` of layer ``layer``."""
+        ...
+
+    def attend(self, layer: int, q: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
+        """Attention ``[T, Hq, D]`` of the rotated ``q`` over layer ``layer``'s cache (step's K/V in it)."""
+        ...
 
 
 class TorchAttention:
@@ -68,9 +88,14 @@ class TorchAttention:
             return vals.to(dtype)
         return (vals.float() * scale[blocks].flatten(-3, -2)[..., None]).to(dtype)
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 meta: StepMetadata) -> torch.Tensor:
+    def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
+        """See ``AttentionBackend``: the PyTorch RoPE of ``engine.layers``, then a scatter into the cache."""
+        apply_rope_(q, k, positions, cos_sin)
         self._write(layer, k, v, meta.slot_mapping)
+
+    def attend(self, layer: int, q: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
+        """See ``AttentionBackend``."""
         k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         bs = self.kv.block_size
@@ -124,19 +149,25 @@ class TritonAttention:
         try:
             from kernels.attention_decode import paged_decode_attention
             from kernels.attention_prefill import paged_prefill_attention
-            from kernels.kv_write import write_kv
+            from kernels.rope_kv_write import rope_and_write_kv
         except ImportError as exc:
             raise ImportError(f"attention_backend 'triton' needs the paged attention kernels: {exc}") from exc
-        self._write_kv = write_kv
+        self._rope_and_write_kv = rope_and_write_kv
         self._prefill, self._decode = paged_prefill_attention, paged_decode_attention
         self.kv = kv
         self.scale = head_dim**-0.5
         self.decode_splits = decode_splits
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                 meta: StepMetadata) -> torch.Tensor:
+    def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
+        """See ``AttentionBackend``: one kernel launch (``kernels/rope_kv_write.py``)."""
         k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
-        self._write_kv(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
+        self._rope_and_write_kv(q, k, v, positions, cos_sin, k_cache, v_cache, meta.slot_mapping,
+                                k_scale, v_scale)
+
+    def attend(self, layer: int, q: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
+        """See ``AttentionBackend``."""
+        k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
         # Padding rows of a captured mixed step belong to no sequence: zeros, not stale memory.
         out = (torch.zeros if meta.padded else torch.empty)(q.shape, dtype=q.dtype, device=q.device)
         if meta.padded:  # a captured mixed step: decode slots lead, then the chunks (see StepMetadata)

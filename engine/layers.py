@@ -78,18 +78,17 @@ def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_s
 
 @dataclass(frozen=True)
 class LayerOps:
-    """One implementation of each elementwise op of the model."""
+    """One implementation of each elementwise op of the model (RoPE is applied by the attention backend)."""
 
     rms_norm: Callable[..., torch.Tensor]
     fused_add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
     rope_cos_sin: Callable[..., torch.Tensor]
-    apply_rope_: Callable[..., None]
 
 
 def torch_ops() -> LayerOps:
     """The plain PyTorch ops (any device)."""
-    return LayerOps(rms_norm, fused_add_rms_norm, silu_and_mul, rope_cos_sin, apply_rope_)
+    return LayerOps(rms_norm, fused_add_rms_norm, silu_and_mul, rope_cos_sin)
 
 
 def triton_ops() -> LayerOps:
@@ -103,4 +102,4 @@ def triton_ops() -> LayerOps:
     except ImportError as exc:
         raise ImportError(f"attention_backend 'triton' needs the kernels package: {exc}") from exc
     return LayerOps(norm.rms_norm, norm.fused_add_rms_norm, activation.silu_and_mul,
-                    rope.rope_cos_sin, rope.apply_rope_)
+                    rope.rope_cos_sin)

@@ -10,6 +10,7 @@ INT4_GROUP = 128
 GEMV_MAX_ROWS = 4  # inputs of at most this many rows may take ``Linear.gemv`` (decode of a few sequences)
 
 GemvFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ActFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class Linear:
@@ -24,6 +25,10 @@ class Linear:
         gemv: for a full-precision weight, a ``(x, weight) -> x @ weight.T`` kernel used
             for inputs of at most ``GEMV_MAX_ROWS`` rows instead of ``F.linear``
             (None: always ``F.linear``; set by ``engine.gemv_choice`` where it is faster).
+        swiglu_gemv: for a full-precision weight [N, I], a ``(gate_up, weight) ->
+            (silu(gate) * up) @ weight.T`` kernel taking the [M, 2I] gate_up output directly, used
+            by :meth:`silu_mul` for at most ``GEMV_MAX_ROWS`` rows (None: activation, then this
+            layer; set by ``engine.gemv_choice`` where the fused kernel is faster).
 
     Raises:
         ImportError: the kernel module a quantization needs is missing.
@@ -34,6 +39,7 @@ class Linear:
         self.out_features, self.in_features = weight.shape
         self.quantization = quantization
         self.gemv: GemvFn | None = None
+        self.swiglu_gemv: GemvFn | None = None
         self.weight: torch.Tensor | None = None
         self.qweight: object | None = None
         if quantization is None:
@@ -63,6 +69,20 @@ class Linear:
                 return self.gemv(x, self.weight)
             return torch.nn.functional.linear(x, self.weight)
         return self._fn(x.contiguous(), self.qweight)
+
+    def silu_mul(self, gate_up: torch.Tensor, silu_and_mul: ActFn) -> torch.Tensor:
+        """This layer applied to the SwiGLU of a fused gate/up output: ``self(silu_and_mul(gate_up))``.
+
+        Args:
+            gate_up: [M, 2I] output of the gate/up projection (this layer's weight is [N, I]).
+            silu_and_mul: the activation ``[M, 2I] -> [M, I]`` used when the fused kernel is not.
+
+        Returns:
+            [M, N] output, through ``swiglu_gemv`` in one kernel when it is set and M is small.
+        """
+        if self.swiglu_gemv is not None and self.weight is not None and 0 < gate_up.shape[0] <= GEMV_MAX_ROWS:
+            return self.swiglu_gemv(gate_up, self.weight)
+        return self(silu_and_mul(gate_up))
 
     def weight_bytes(self) -> int:
         """Bytes of the stored weight (and scales), what one full read of the layer costs."""

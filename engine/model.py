@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from engine.attention import AttentionBackend
 from engine.layers import LayerOps
 from engine.linear import Linear
 from engine.loader import LlamaTensors
 from engine.model_config import LlamaSpec
 from engine.step_metadata import StepMetadata
-
-AttentionFn = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, StepMetadata], torch.Tensor]
 
 
 @dataclass
@@ -64,7 +62,7 @@ class LlamaModel:
             n += 2 * layer.input_norm.numel() * layer.input_norm.element_size()
         return n
 
-    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionFn,
+    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend,
                       meta: StepMetadata) -> torch.Tensor:
         """Final normalised hidden states [T, H] of the packed tokens."""
         spec, ops = self.spec, self.ops
@@ -83,11 +81,12 @@ class LlamaModel:
             q = qkv[:, :q_size].reshape(-1, hq, d)
             k = qkv[:, q_size : q_size + kv_size].reshape(-1, hkv, d)
             v = qkv[:, q_size + kv_size :].reshape(-1, hkv, d)
-            ops.apply_rope_(q, k, positions, self.cos_sin)  # in place, on views into qkv
-            attn = attention(i, q, k, v, meta)
+            # RoPE in place on the views into qkv, and k/v into the cache (one kernel on the Triton backend).
+            attention.rope_and_write(i, q, k, v, positions, self.cos_sin, meta)
+            attn = attention.attend(i, q, meta)
             h = layer.o(attn.reshape(-1, q_size))
             x, residual = ops.fused_add_rms_norm(h, residual, layer.post_norm, eps)
-            h = layer.down(ops.silu_and_mul(layer.gate_up(x)))
+            h = layer.down.silu_mul(layer.gate_up(x), ops.silu_and_mul)
         assert residual is not None
         out, _ = ops.fused_add_rms_norm(h, residual, self.norm, eps)
         return out
@@ -104,7 +103,7 @@ class LlamaModel:
         out = self.lm_head_linear(hidden)
         return out.float() if fp32 else out
 
-    def forward(self, meta: StepMetadata, attention: AttentionFn, fp32: bool = True) -> torch.Tensor:
+    def forward(self, meta: StepMetadata, attention: AttentionBackend, fp32: bool = True) -> torch.Tensor:
         """Logits [N, V] of the step's sampling rows (``meta.logits_indices``; None: every row).
 
         Args:

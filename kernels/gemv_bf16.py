@@ -1,12 +1,21 @@
 """Batch-1 (up to 16 rows) GEMV for bf16/fp16 weights, tuned to stream the weight at copy bandwidth.
 
 cuBLAS picks GEMV kernels that reach ~3/4 of the bandwidth floor on decode shapes; this kernel launches many
-programs over N (a few rows each, see ``pick_block_n``) so every SM streams its own slice of the weight with
-16-byte loads, and reuses each loaded weight tile for every row of x. A fused QKV or gate_up projection is the
-same call with the concatenated weight (a larger N).
+programs over N (a few rows each) so every SM streams its own slice of the weight with 16-byte loads, and
+reuses each loaded weight tile for every row of x. A fused QKV or gate_up projection is the same call with
+the concatenated weight (a larger N).
+
+The launch shape is a :class:`GemvConfig`: rows per program, elements per tile, warps, and an optional
+split of K over several programs (fp32 partials summed in a fixed order by a second small kernel, so the
+result is deterministic and the pair of launches is CUDA-graph safe). Small decode shapes are latency
+bound, so the best shape depends on the layer: :func:`candidate_configs` lists a few to time
+(``engine.gemv_choice`` does). The same kernel body also computes ``(silu(g) * u) @ w.T`` from a fused
+gate_up output (``kernels.gemv_swiglu``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -16,62 +25,248 @@ from kernels._gemv_util import (
     SKINNY_MAX_M,
     check_activation,
     check_same_device,
+    num_sms,
     pick_block_n,
     pow2_at_most,
     prepare_out,
 )
 
-_TILE_ELEMS = 4096  # weight elements one program loads per loop step (8 KiB of bf16)
+_TILE_ELEMS = 4096  # weight elements the default config loads per program and loop step (8 KiB of bf16)
+_WIDE_TILE = 8192  # the larger tiles of the other candidates (16 KiB of bf16)
+MAX_TILE_ELEMS = 16384  # block_n * block_k cap (registers: the M == 1 path keeps an fp32 tile accumulator)
+MAX_ELEMS_PER_THREAD = 64  # block_n * block_k / (32 * num_warps) cap, beyond which registers spill
+MAX_SPLIT_K = 16
+_REDUCE_BLOCK = 256
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Launch shape of the GEMV kernels.
+
+    Args:
+        block_n: weight rows per program (power of two, 1..64).
+        block_k: elements of each row loaded per loop step (power of two, 16..8192); one tile is
+            ``block_n * block_k`` elements (at most ``MAX_TILE_ELEMS``).
+        num_warps: warps per program (1, 2, 4, 8 or 16); at most ``MAX_ELEMS_PER_THREAD`` tile
+            elements per thread.
+        split_k: programs sharing one row block along K (1..16). Above 1 each writes fp32 partial
+            sums that a second kernel adds in split order (deterministic).
+
+    Raises:
+        ValueError: a field out of range, naming it.
+    """
+
+    block_n: int = 8
+    block_k: int = 512
+    num_warps: int = 4
+    split_k: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "block_k", "num_warps", "split_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"GemvConfig.{name} must be an int, got {value!r}")
+        if not (_is_pow2(self.block_n) and self.block_n <= 64):
+            raise ValueError(f"GemvConfig.block_n must be a power of two in [1, 64], got {self.block_n}")
+        if not (_is_pow2(self.block_k) and 16 <= self.block_k <= 8192):
+            raise ValueError(f"GemvConfig.block_k must be a power of two in [16, 8192], got {self.block_k}")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"GemvConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if not 1 <= self.split_k <= MAX_SPLIT_K:
+            raise ValueError(f"GemvConfig.split_k must be in [1, {MAX_SPLIT_K}], got {self.split_k}")
+        tile = self.block_n * self.block_k
+        if tile > MAX_TILE_ELEMS:
+            raise ValueError(f"GemvConfig tile block_n * block_k = {tile} elements exceeds {MAX_TILE_ELEMS}")
+        per_thread = tile // (32 * self.num_warps)
+        if per_thread > MAX_ELEMS_PER_THREAD:
+            raise ValueError(f"GemvConfig tile of {tile} elements is {per_thread} per thread with num_warps="
+                             f"{self.num_warps}; at most {MAX_ELEMS_PER_THREAD} (use more warps or a smaller "
+                             "tile)")
+
+    @property
+    def label(self) -> str:
+        """Short name for logs, e.g. ``n8k512w4`` or ``n16k1024w8s4``."""
+        split = f"s{self.split_k}" if self.split_k > 1 else ""
+        return f"n{self.block_n}k{self.block_k}w{self.num_warps}{split}"
+
+
+def _rows_for(n: int, programs: int, max_block: int) -> int:
+    """Largest power-of-two row block <= max_block that still gives ``programs`` programs over n rows."""
+    block = pow2_at_most(max_block, 64)
+    while block > 1 and triton.cdiv(n, block) < programs:
+        block //= 2
+    return block
+
+
+def _tile(block_n: int, tile_elems: int, k_cap: int, num_warps: int, split_k: int = 1) -> GemvConfig:
+    """Config of ``block_n`` rows and about ``tile_elems`` elements per tile, block_k <= k_cap (a power of
+    two)."""
+    return GemvConfig(block_n, max(16, pow2_at_most(tile_elems // block_n, k_cap)), num_warps, split_k)
+
+
+def default_config(n: int, k: int, device: torch.device) -> GemvConfig:
+    """The launch shape used when no config is given: 8 KiB tiles, rows chosen by ``pick_block_n``."""
+    return _tile(pick_block_n(n, torch.device(device)), _TILE_ELEMS, triton.next_power_of_2(k), 4)
+
+
+def candidate_configs(n: int, k: int, device: torch.device) -> list[GemvConfig]:
+    """A few launch shapes worth timing for a weight [n, k] (the default first, at most 6, no repeats).
+
+    Besides the default: 16 KiB tiles on 8 warps (more bytes in flight per program); whole rows in one
+    tile (two for K > 4096) with enough programs for ~4 per SM, and the same with half the rows per
+    program; and for K >= 4096 a split over K (2 or 4 ways) for shapes with few rows.
+
+    Args:
+        n: weight rows (output features).
+        k: weight columns (input features).
+        device: the device (its SM count sizes the grids; a nominal 132 off CUDA).
+
+    Returns:
+        Distinct valid configs.
+    """
+    device = torch.device(device)
+    sms = num_sms(device)
+    k_pow2 = max(16, triton.next_power_of_2(k))
+    out = [default_config(n, k, device), _tile(_rows_for(n, 2 * sms, 16), _WIDE_TILE, k_pow2, 8)]
+    if k_pow2 <= 2 * 4096:
+        block_k = k_pow2 if k_pow2 <= 4096 else k_pow2 // 2
+        rows = _rows_for(n, 4 * sms, max(1, _WIDE_TILE // block_k))
+        out.append(GemvConfig(rows, block_k, 8 if rows * block_k >= _WIDE_TILE else 4))
+        if rows > 1:
+            out.append(GemvConfig(rows // 2, block_k, 4))
+    if k >= 4096:
+        split = min(4, k // 2048)
+        rows = _rows_for(n, triton.cdiv(4 * sms, split), 16)
+        out.append(_tile(rows, _WIDE_TILE, triton.next_power_of_2(triton.cdiv(k, split)), 8, split))
+    return list(dict.fromkeys(out))
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid = tl.program_id(0)
-    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+def _act_tile(x_ptr, row_off, k, mask, inter, SWIGLU: tl.constexpr):
+    """One activation row's K tile in fp32: x[row, k], or with SWIGLU ``silu(g) * u`` rounded to x's dtype
+    (g = x[row, k], u = x[row, inter + k]; the formula of kernels.activation, so the product matches it)."""
+    if SWIGLU:
+        g = tl.load(x_ptr + row_off + k, mask=mask, other=0.0).to(tl.float32)
+        u = tl.load(x_ptr + row_off + inter + k, mask=mask, other=0.0).to(tl.float32)
+        e = tl.exp(-tl.abs(g))  # in (0, 1]: no overflow for large |g|
+        sig = tl.where(g >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        xv = (g * sig * u).to(x_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        xv = tl.load(x_ptr + row_off + k, mask=mask, other=0.0).to(tl.float32)
+    return xv
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, k_chunk, stride_xm, stride_wn, stride_om,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 SPLIT_K: tl.constexpr, SWIGLU: tl.constexpr):
+    # Program (pid_n, pid_k) covers rows [pid_n * BLOCK_N, +BLOCK_N) and columns [pid_k * k_chunk, +k_chunk);
+    # k_chunk is a multiple of BLOCK_K, so only the last split's tiles reach past K (masked).
+    pid_n = tl.program_id(0)
+    k_start = tl.program_id(1) * k_chunk
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
     n64 = n.to(tl.int64)
     k_off = tl.arange(0, BLOCK_K)
     m_idx = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # M == 1: elementwise FMAs, reduced after the loop
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + k_off
+    for k0 in range(0, k_chunk, BLOCK_K):
+        k = k_start + k0 + k_off
         kmask = k < K
         w = tl.load(w_ptr + n64[:, None] * stride_wn + k[None, :], mask=nmask[:, None] & kmask[None, :],
                     other=0.0, eviction_policy="evict_first").to(tl.float32)
         if BLOCK_M == 1:
-            xv = tl.load(x_ptr + k, mask=kmask, other=0.0).to(tl.float32)
-            acc1 += w * xv[None, :]
+            acc1 += w * _act_tile(x_ptr, 0, k, kmask, K, SWIGLU)[None, :]
         else:
             for m in tl.static_range(BLOCK_M):
-                xv = tl.load(x_ptr + m * stride_xm + k, mask=kmask & ((k * 0 + m) < M), other=0.0)
-                part = tl.sum(w * xv.to(tl.float32)[None, :], axis=1)
+                xv = _act_tile(x_ptr, m * stride_xm, k, kmask & ((k * 0 + m) < M), K, SWIGLU)
+                part = tl.sum(w * xv[None, :], axis=1)
                 acc = tl.where(m_idx[:, None] == m, acc + part[None, :], acc)
     if BLOCK_M == 1:
         acc = tl.sum(acc1, axis=1)[None, :]
-    o_ptrs = out_ptr + m_idx[:, None] * stride_om + n64[None, :]
-    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=(m_idx[:, None] < M) & nmask[None, :])
+    omask = (m_idx[:, None] < M) & nmask[None, :]
+    if SPLIT_K == 1:
+        tl.store(out_ptr + m_idx[:, None] * stride_om + n64[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=omask)
+    else:  # partials laid out [SPLIT_K, M, N] in fp32
+        p_ptrs = part_ptr + (tl.program_id(1) * M + m_idx[:, None]).to(tl.int64) * N + n64[None, :]
+        tl.store(p_ptrs, acc, mask=omask)
 
 
-def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+@triton.jit
+def _split_k_reduce_kernel(part_ptr, out_ptr, M, N, stride_om, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    # Sums the SPLIT_K fp32 partials of each output in split order (deterministic), then rounds once.
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < M * N
+    acc = tl.load(part_ptr + idx, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(part_ptr + s * M * N + idx, mask=mask, other=0.0)
+    tl.store(out_ptr + (idx // N) * stride_om + idx % N, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def check_weight(w: torch.Tensor, name: str = "w") -> tuple[int, int]:
+    """Raise ValueError unless ``w`` is a 2-D bf16/fp16 [N, K] tensor with contiguous rows; returns (N, K)."""
+    if not isinstance(w, torch.Tensor) or w.dim() != 2:
+        raise ValueError(f"{name} must be a 2-D [N, K] tensor, got {getattr(w, 'shape', type(w).__name__)}")
+    if w.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"{name} must be bfloat16 or float16, got {w.dtype}")
+    if w.stride(1) != 1:
+        raise ValueError(f"{name} must have contiguous rows")
+    return int(w.shape[0]), int(w.shape[1])
+
+
+def launch_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, k: int, config: GemvConfig | None,
+                swiglu: bool) -> torch.Tensor:
+    """Launch the GEMV on checked arguments (shared by :func:`gemv_bf16` and ``kernels.gemv_swiglu``).
+
+    Args:
+        x: [M, K] activations, or with ``swiglu`` the [M, 2K] gate_up output.
+        w: [N, K] weight.
+        out: [M, N] output of x's dtype.
+        k: K, the weight's columns.
+        config: launch shape (None: :func:`default_config`).
+        swiglu: multiply by ``silu(x[:, :K]) * x[:, K:]`` instead of x.
+
+    Returns:
+        ``out``.
+    """
+    if config is None:
+        config = default_config(w.shape[0], k, x.device)
+    elif not isinstance(config, GemvConfig):
+        raise ValueError(f"config must be a GemvConfig or None, got {type(config).__name__}")
+    m, n = x.shape[0], w.shape[0]
+    split = config.split_k
+    grid = (triton.cdiv(n, config.block_n), split)
+    k_chunk = triton.cdiv(triton.cdiv(k, split), config.block_k) * config.block_k
+    part = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    _gemv_kernel[grid](x, w, out, part, m, n, k, k_chunk, x.stride(0), w.stride(0), out.stride(0),
+                       BLOCK_M=triton.next_power_of_2(m), BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+                       SPLIT_K=split, SWIGLU=swiglu, num_warps=config.num_warps)
+    if split > 1:
+        _split_k_reduce_kernel[(triton.cdiv(m * n, _REDUCE_BLOCK),)](part, out, m, n, out.stride(0),
+                                                                     SPLIT_K=split, BLOCK=_REDUCE_BLOCK)
+    return out
+
+
+def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
+              config: GemvConfig | None = None) -> torch.Tensor:
     """y = x @ w.T for a few rows of x (decode), fp32 accumulation.
 
     Args:
         x: [M, K] activations, 1 <= M <= 16, same dtype as w (rows contiguous).
         w: [N, K] bf16 or fp16 weight (rows contiguous).
         out: optional [M, N] output buffer of x.dtype.
+        config: launch shape (None: :func:`default_config` of the shape).
 
     Returns:
         [M, N] tensor of x.dtype.
     """
-    if not isinstance(w, torch.Tensor) or w.dim() != 2:
-        raise ValueError(f"w must be a 2-D [N, K] tensor, got {getattr(w, 'shape', type(w).__name__)}")
-    if w.dtype not in (torch.bfloat16, torch.float16):
-        raise ValueError(f"w must be bfloat16 or float16, got {w.dtype}")
-    if w.stride(1) != 1:
-        raise ValueError("w must have contiguous rows")
-    n, k = w.shape
+    n, k = check_weight(w)
     check_activation(x, k)
     if x.dtype != w.dtype:
         raise ValueError(f"x must have w's dtype {w.dtype}, got {x.dtype}")
@@ -79,13 +274,7 @@ def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None)
     if m > SKINNY_MAX_M:
         raise ValueError(f"x has M={m} rows; gemv_bf16 takes at most {SKINNY_MAX_M} (use F.linear)")
     check_same_device(("x", x), ("w", w))
-    out = prepare_out(x, n, out)
-    block_n = pick_block_n(n, x.device)
-    block_k = pow2_at_most(_TILE_ELEMS // block_n, triton.next_power_of_2(k))
-    _gemv_kernel[(triton.cdiv(n, block_n),)](x, w, out, m, n, k, x.stride(0), w.stride(0), out.stride(0),
-                                            BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n,
-                                            BLOCK_K=block_k, num_warps=4)
-    return out
+    return launch_gemv(x, w, prepare_out(x, n, out), k, config, swiglu=False)
 
 
 def gemv_bf16_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,35 @@ _AMAX_FLOOR = 1e-12
 
 
 @triton.jit
+def kv_scale(amax, QMAX_C: tl.constexpr, AMAX_FLOOR: tl.constexpr):
+    """Per-(token, head) scale from the heads' fp32 amax [H]: max(amax, floor) / QMAX."""
+    return tl.maximum(amax, AMAX_FLOOR) / QMAX_C
+
+
+@triton.jit
+def kv_codes(x, scale, QMAX_C: tl.constexpr, IS_INT8: tl.constexpr, SOFT_FP8: tl.constexpr):
+    """Codes of x [H, N] (any float dtype) under the row scales [H], as fp32 ready to cast to the cache."""
+    xq = x.to(tl.float32) / scale[:, None]
+    # Clamp first: rounding error can push |x / scale| a hair above QMAX.
+    xq = tl.minimum(tl.maximum(xq, -QMAX_C), QMAX_C)
+    if IS_INT8:
+        # Round half away from zero (the reference uses the same rule).
+        xq = tl.where(xq >= 0, tl.floor(xq + 0.5), -tl.floor(-xq + 0.5))
+    elif SOFT_FP8:
+        # Interpreter only: its fp32 -> fp8 cast mis-rounds, so round exactly first (see _util).
+        xq = round_to_fp8e4m3(xq)
+    return xq
+
+
+def quant_constexprs(cache: torch.Tensor) -> dict[str, bool | float]:
+    """Compile-time constants of the quantising store into ``cache`` (QUANT, IS_INT8, SOFT_FP8, QMAX_C,
+    AMAX_FLOOR), as keyword arguments of a launch whose kernel stores through kv_scale / kv_codes."""
+    return {"QUANT": cache.dtype in QMAX, "IS_INT8": cache.dtype == torch.int8,
+            "SOFT_FP8": cache.device.type != "cuda", "QMAX_C": QMAX.get(cache.dtype, 1.0),
+            "AMAX_FLOOR": _AMAX_FLOOR}
+
+
+@triton.jit
 def _kv_write_kernel(
     k_ptr, v_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, slot_ptr,
     stride_kt, stride_kh, stride_vt, stride_vh,
@@ -49,23 +78,10 @@ def _kv_write_kernel(
     k = tl.load(k_ptr + t * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask, other=0.0)
     v = tl.load(v_ptr + t * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask, other=0.0)
     if QUANT:
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-        k_sc = tl.maximum(tl.max(tl.abs(k), axis=1), AMAX_FLOOR) / QMAX_C
-        v_sc = tl.maximum(tl.max(tl.abs(v), axis=1), AMAX_FLOOR) / QMAX_C
-        kq = k / k_sc[:, None]
-        vq = v / v_sc[:, None]
-        # Clamp first: rounding error can push |x / scale| a hair above QMAX.
-        kq = tl.minimum(tl.maximum(kq, -QMAX_C), QMAX_C)
-        vq = tl.minimum(tl.maximum(vq, -QMAX_C), QMAX_C)
-        if IS_INT8:
-            # Round half away from zero (the reference uses the same rule).
-            kq = tl.where(kq >= 0, tl.floor(kq + 0.5), -tl.floor(-kq + 0.5))
-            vq = tl.where(vq >= 0, tl.floor(vq + 0.5), -tl.floor(-vq + 0.5))
-        elif SOFT_FP8:
-            # Interpreter only: its fp32 -> fp8 cast mis-rounds, so round exactly first (see _util).
-            kq = round_to_fp8e4m3(kq)
-            vq = round_to_fp8e4m3(vq)
+        k_sc = kv_scale(tl.max(tl.abs(k.to(tl.float32)), axis=1), QMAX_C, AMAX_FLOOR)
+        v_sc = kv_scale(tl.max(tl.abs(v.to(tl.float32)), axis=1), QMAX_C, AMAX_FLOOR)
+        kq = kv_codes(k, k_sc, QMAX_C, IS_INT8, SOFT_FP8)
+        vq = kv_codes(v, v_sc, QMAX_C, IS_INT8, SOFT_FP8)
         tl.store(kc_ptr + cache_off, kq.to(kc_ptr.dtype.element_ty), mask=mask)
         tl.store(vc_ptr + cache_off, vq.to(vc_ptr.dtype.element_ty), mask=mask)
         tl.store(ks_ptr + slot_safe * num_heads + offs_h, k_sc, mask=hmask)
@@ -113,9 +129,7 @@ def write_kv(
         slot_mapping,
         k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         hkv, d,
-        QUANT=quantized, IS_INT8=k_cache.dtype == torch.int8, SOFT_FP8=k_cache.device.type != "cuda",
-        QMAX_C=QMAX.get(k_cache.dtype, 1.0), AMAX_FLOOR=_AMAX_FLOOR,
-        BLOCK_H=next_pow2(hkv), BLOCK_D=next_pow2(d),
+        **quant_constexprs(k_cache), BLOCK_H=next_pow2(hkv), BLOCK_D=next_pow2(d),
         num_warps=4,
     )
 

@@ -88,33 +88,47 @@ def rope_cos_sin(
 
 
 @triton.jit
+def load_cos_sin(cs_ptr, pos, offs, f_ok, HALF: tl.constexpr):
+    """cos and sin rows of position ``pos`` as [1, BLOCK_HALF] fp32 (masked lanes: cos 1, sin 0)."""
+    row = cs_ptr + pos * (2 * HALF) + offs
+    cos = tl.load(row, mask=f_ok, other=1.0)[None, :]
+    sin = tl.load(row + HALF, mask=f_ok, other=0.0)[None, :]
+    return cos, sin
+
+
+@triton.jit
+def rope_heads_(x_ptr, stride_h, num_heads, cos, sin, offs, f_ok, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Rotate the heads of one token in place (x_ptr: the token's first head) and return the result.
+
+    Returns:
+        (first halves, second halves) as rounded to the tensor's dtype, each [BLOCK_H, BLOCK_HALF]
+        (rows past num_heads and lanes past HALF hold 0).
+    """
+    offs_h = tl.arange(0, BLOCK_H)
+    mask = (offs_h[:, None] < num_heads) & f_ok[None, :]
+    p1 = x_ptr + offs_h[:, None] * stride_h + offs[None, :]
+    x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
+    y1 = (x1 * cos - x2 * sin).to(x_ptr.dtype.element_ty)
+    y2 = (x2 * cos + x1 * sin).to(x_ptr.dtype.element_ty)
+    tl.store(p1, y1, mask=mask)
+    tl.store(p1 + HALF, y2, mask=mask)
+    return y1, y2
+
+
+@triton.jit
 def _rope_kernel(
     q_ptr, k_ptr, pos_ptr, cs_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
     num_q_heads, num_k_heads,
     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
 ):
-    t = tl.program_id(0)
+    t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     offs = tl.arange(0, BLOCK_HALF)
     f_ok = offs < HALF
-    cos = tl.load(cs_ptr + pos * (2 * HALF) + offs, mask=f_ok, other=1.0)[None, :]
-    sin = tl.load(cs_ptr + pos * (2 * HALF) + HALF + offs, mask=f_ok, other=0.0)[None, :]
-
-    offs_h = tl.arange(0, BLOCK_HQ)
-    mask = (offs_h[:, None] < num_q_heads) & f_ok[None, :]
-    p1 = q_ptr + t.to(tl.int64) * stride_qt + offs_h[:, None] * stride_qh + offs[None, :]
-    x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
-    tl.store(p1, (x1 * cos - x2 * sin).to(q_ptr.dtype.element_ty), mask=mask)
-    tl.store(p1 + HALF, (x2 * cos + x1 * sin).to(q_ptr.dtype.element_ty), mask=mask)
-
-    offs_h = tl.arange(0, BLOCK_HK)
-    mask = (offs_h[:, None] < num_k_heads) & f_ok[None, :]
-    p1 = k_ptr + t.to(tl.int64) * stride_kt + offs_h[:, None] * stride_kh + offs[None, :]
-    x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
-    tl.store(p1, (x1 * cos - x2 * sin).to(k_ptr.dtype.element_ty), mask=mask)
-    tl.store(p1 + HALF, (x2 * cos + x1 * sin).to(k_ptr.dtype.element_ty), mask=mask)
+    cos, sin = load_cos_sin(cs_ptr, pos, offs, f_ok, HALF)
+    rope_heads_(q_ptr + t * stride_qt, stride_qh, num_q_heads, cos, sin, offs, f_ok, HALF, BLOCK_HQ)
+    rope_heads_(k_ptr + t * stride_kt, stride_kh, num_k_heads, cos, sin, offs, f_ok, HALF, BLOCK_HK)
 
 
 def _check_args(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:
