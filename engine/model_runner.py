@@ -100,10 +100,7 @@ class ModelRunner:
             if config.small_batch_gemv and config.quantization is None and self.dtype in GEMV_DTYPES:
                 try:
                     self.gemv_timings = choose_gemv(self.model.linears(), self.device)
-                except Exception as exc:  # a failed timing only costs the optimisation
-                    for lins in self.model.linears().values():
-                        for lin in lins:
-                            lin.gemv = None
+                except Exception as exc:  # a failed timing only costs the optimisation (choose_gemv reset the layers)
                     warnings.warn(f"GEMV choice failed, using F.linear everywhere: {exc!r}", stacklevel=2)
             if not config.enforce_eager:
                 self._capture_graphs()

@@ -52,23 +52,32 @@ class StepDriver:
         sched.postprocess(plan, StepResult(result.duration_s, result.token_ids))
         return plan, time.perf_counter() - t0
 
+    def _all_decoding(self, batch: int, context: int, budget: int, max_num_seqs: int, steps: int) -> Scheduler:
+        """A scheduler whose ``batch`` requests (prompts of ``context - 1`` tokens, random ids) all decode,
+        with output left for ``steps`` more steps; the prefill steps that got there are not timed."""
+        setup = -(-batch * context // (budget - batch)) + 3  # prefill steps (decodes share their budget)
+        sched = self.scheduler(max_num_seqs, budget, caching=False)
+        for _ in range(batch):
+            sched.add_request(self.request(context - 1, steps + setup + 2))
+        for _ in range(setup + 1):
+            plan, _ = self.step(sched)
+            if not plan.prefills and len(plan.decodes) == batch:
+                return sched
+        raise RuntimeError(f"calibration: {batch} sequences of context {context} never all decode")
+
     def decode(self, batch: int, context: int, warmup: int, repeats: int) -> DecodeSample:
         budget = max(2 * batch, self.runner.config.max_num_batched_tokens)
-        setup = -(-batch * context // (budget - batch)) + 3  # prefill steps (decodes share their budget)
-        sched = self.scheduler(batch, budget, caching=False)
-        for _ in range(batch):
-            sched.add_request(self.request(context - 1, warmup + repeats + setup + 2))
+        sched = self._all_decoding(batch, context, budget, batch, warmup + repeats)
         times: list[float] = []
         ctx: list[float] = []
-        for _ in range(setup + warmup + repeats + 2):
+        for _ in range(warmup + repeats):
             plan, dt = self.step(sched)
-            if not plan.prefills and len(plan.decodes) == batch:
-                times.append(dt)
-                ctx.append(plan.decode_ctx_tokens)
-                if len(times) == warmup + repeats:
-                    return DecodeSample(batch, statistics.median(ctx[warmup:]), typical(times[warmup:]),
-                                        tuple(times[warmup:]))
-        raise RuntimeError(f"calibration: no steady decode batch of {batch} at context {context}")
+            if plan.prefills or len(plan.decodes) != batch:
+                raise RuntimeError(f"calibration: expected {batch} decodes, got {len(plan.decodes)} and "
+                                   f"{len(plan.prefills)} chunks")
+            times.append(dt)
+            ctx.append(plan.decode_ctx_tokens)
+        return DecodeSample(batch, statistics.median(ctx[warmup:]), typical(times[warmup:]), tuple(times[warmup:]))
 
     def prefill(self, tokens: int, context: int, seqs: int, warmup: int, repeats: int) -> PrefillSample:
         budget = max(tokens, self.runner.config.max_num_batched_tokens)
@@ -102,16 +111,7 @@ class StepDriver:
         """
         budget = max(tokens + batch, self.runner.config.max_num_batched_tokens)
         rounds = warmup + repeats
-        setup = -(-batch * context // (budget - batch)) + 3
-        sched = self.scheduler(batch + 1, budget, caching=False)
-        for _ in range(batch):
-            sched.add_request(self.request(context - 1, rounds + setup + 2))
-        for _ in range(setup + 1):
-            plan, _ = self.step(sched)
-            if not plan.prefills and len(plan.decodes) == batch:
-                break
-        else:
-            raise RuntimeError(f"calibration: {batch} sequences of context {context} never all decode")
+        sched = self._all_decoding(batch, context, budget, batch + 1, rounds)
         times: list[float] = []
         ctx: list[float] = []
         for _ in range(rounds):
