@@ -90,6 +90,8 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
         log(f"  gemv choice {first}")
         for line in rest:
             log(f"    {line}")
+    for line in runner.fused_choice.summary() if runner.fused_choice is not None else ["fused decode: not timed"]:
+        log(f"  {line}")
     if profile_kernels:
         try:
             kernel_table(llm, prompt)

@@ -49,6 +49,10 @@ class EngineConfig:
         small_batch_gemv: on CUDA with full-precision bf16/fp16 weights, time
             ``kernels.gemv_bf16`` against ``F.linear`` at start-up for each kind of
             linear layer and use it for inputs of at most 4 rows where it is faster.
+        fused_decode: with ``small_batch_gemv``, also time the fused decode GEMVs (RMSNorm
+            inside the qkv and gate_up GEMVs, SwiGLU and the residual adds in their
+            epilogues; ``engine.fused_choice``) and run steps of at most 4 tokens through
+            them when a layer's chain of them is faster.
     """
 
     model: str
@@ -69,6 +73,7 @@ class EngineConfig:
     attention_backend: str = "auto"
     seed: int = 0
     small_batch_gemv: bool = True
+    fused_decode: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:

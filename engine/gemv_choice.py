@@ -1,14 +1,12 @@
 """Choose, per kind of linear layer, between ``F.linear`` and launch shapes of ``kernels.gemv_bf16`` for
-decode-sized inputs, and whether the MLP's SwiGLU is fused into the down projection.
+decode-sized inputs.
 
 Each candidate is timed the way a captured decode step runs it: a CUDA graph of one pass over every
 layer's weight of that kind (no launch overhead; the weights, read one after the other, do not stay in
 L2), at one input row. The fastest GEMV config (see ``kernels.gemv_bf16.candidate_configs``) is set as
-``Linear.gemv`` where it beats ``F.linear`` (else None). For the 'down' layers, ``silu_and_mul`` followed
-by the down projection as just chosen is timed against ``kernels.gemv_swiglu.silu_mul_gemv`` (each
-candidate config), and the fused kernel is set as ``Linear.swiglu_gemv`` where it wins. Every candidate
-is first checked against ``F.linear``; one that fails or disagrees is not chosen. CUDA only (the timer
-and kernels can be replaced, which the CPU tests do).
+``Linear.gemv`` where it beats ``F.linear`` (else None). Every candidate is first checked against
+``F.linear``; one that fails or disagrees is not chosen. CUDA only (the timer and kernels can be
+replaced, which the CPU tests do). ``engine.fused_choice`` then times the fused variants the same way.
 """
 
 from __future__ import annotations
@@ -29,19 +27,15 @@ if TYPE_CHECKING:
     from kernels.gemv_bf16 import GemvConfig
 
 GEMV_DTYPES = (torch.bfloat16, torch.float16)
-Fn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``timer(label, fn) -> seconds`` of one call of ``fn`` (which runs a candidate over every layer of a kind).
 Timer = Callable[[str, Callable[[], object]], float]
 
 
 @dataclass(frozen=True)
 class GemvKernels:
-    """The kernels ``choose_gemv`` times: ``gemv(x, w, config=...)``, ``swiglu(gate_up, w, config=...)``
-    (None: no fused MLP candidate), the activation ``silu_and_mul`` and ``candidates(n, k, device)``."""
+    """The kernels ``choose_gemv`` times: ``gemv(x, w, config=...)`` and ``candidates(n, k, device)``."""
 
     gemv: Callable[..., torch.Tensor]
-    swiglu: Callable[..., torch.Tensor] | None
-    silu_and_mul: Callable[[torch.Tensor], torch.Tensor]
     candidates: Callable[[int, int, torch.device], Sequence[GemvConfig]]
 
 
@@ -58,11 +52,6 @@ class GemvTiming:
         note: why candidates were not timed or failed, if any were.
         config: the fastest ``gemv_bf16`` config (chosen or not).
         candidates: ``(config label, us)`` of every ``gemv_bf16`` candidate, NaN where it failed.
-        unfused_us: 'down' only: ``silu_and_mul`` then the down projection as chosen above.
-        swiglu_us: 'down' only: the fastest ``silu_mul_gemv`` config (NaN: not timed or all failed).
-        swiglu_chosen: whether the model now calls the fused kernel (with ``swiglu_config``).
-        swiglu_config: the fastest ``silu_mul_gemv`` config.
-        swiglu_candidates: ``(config label, us)`` of every ``silu_mul_gemv`` candidate.
     """
 
     kind: str
@@ -73,30 +62,19 @@ class GemvTiming:
     note: str = ""
     config: GemvConfig | None = None
     candidates: tuple[tuple[str, float], ...] = ()
-    unfused_us: float = math.nan
-    swiglu_us: float = math.nan
-    swiglu_chosen: bool = False
-    swiglu_config: GemvConfig | None = None
-    swiglu_candidates: tuple[tuple[str, float], ...] = ()
 
     def summary(self) -> list[str]:
-        """Log lines: the choice, every candidate's time, and (down) the fused SwiGLU choice."""
+        """Log lines: the choice and every candidate's time."""
         label = self.config.label if self.config is not None else "-"
         verdict = f"gemv {label}" if self.chosen else "F.linear"
         lines = [f"{self.kind:8s} {self.shape}: F.linear {self.linear_us:.1f} us, gemv_bf16 "
                  f"{self.gemv_us:.1f} us [{label}] -> {verdict} {self.note}".rstrip()]
         if self.candidates:
-            lines.append("  candidates: " + _times(self.candidates))
-        if self.swiglu_candidates:
-            sw = self.swiglu_config.label if self.swiglu_config is not None else "-"
-            verdict = "fused" if self.swiglu_chosen else "unfused"
-            lines.append(f"  silu_and_mul + down {self.unfused_us:.1f} us, fused silu_mul_gemv "
-                         f"{self.swiglu_us:.1f} us [{sw}] -> {verdict}; candidates: "
-                         f"{_times(self.swiglu_candidates)}")
+            lines.append("  candidates: " + times_text(self.candidates))
         return lines
 
 
-def _times(pairs: tuple[tuple[str, float], ...]) -> str:
+def times_text(pairs: tuple[tuple[str, float], ...]) -> str:
     return ", ".join(f"{label} {us:.1f}" for label, us in pairs)
 
 
@@ -124,16 +102,14 @@ def graph_seconds(fn: Callable[[], object], reps: int = 5) -> float:
 
 def default_kernels() -> GemvKernels:
     """The Triton kernels of ``kernels/`` (ImportError when they are missing)."""
-    from kernels.activation import silu_and_mul
     from kernels.gemv_bf16 import candidate_configs, gemv_bf16
-    from kernels.gemv_swiglu import silu_mul_gemv
 
-    return GemvKernels(gemv_bf16, silu_mul_gemv, silu_and_mul, candidate_configs)
+    return GemvKernels(gemv_bf16, candidate_configs)
 
 
 def choose_gemv(linears: dict[str, list[Linear]], device: torch.device, reps: int = 5,
                 timer: Timer | None = None, kernels: GemvKernels | None = None) -> list[GemvTiming]:
-    """Time every candidate per kind of layer; set ``Linear.gemv`` / ``Linear.swiglu_gemv`` where they win.
+    """Time every candidate per kind of layer; set ``Linear.gemv`` where one beats ``F.linear``.
 
     Args:
         linears: layers by kind (``LlamaModel.linears()``); kinds with a quantized or
@@ -141,8 +117,7 @@ def choose_gemv(linears: dict[str, list[Linear]], device: torch.device, reps: in
         device: the CUDA device of the weights.
         reps: timed graph replays per candidate (default timer).
         timer: ``(label, fn) -> seconds`` per call of ``fn`` (default: a CUDA graph of ``fn``);
-            labels are ``'<kind>:linear'``, ``'<kind>:gemv:<config>'``, ``'<kind>:unfused'`` and
-            ``'<kind>:swiglu:<config>'``.
+            labels are ``'<kind>:linear'`` and ``'<kind>:gemv:<config>'``.
         kernels: the kernels to time (default: ``default_kernels()``).
 
     Returns:
@@ -172,27 +147,41 @@ def choose_gemv(linears: dict[str, list[Linear]], device: torch.device, reps: in
     except Exception:
         for lins in linears.values():
             for lin in lins:
-                lin.gemv = lin.swiglu_gemv = None
+                lin.gemv = None
         raise
 
 
-def _check_close(got: torch.Tensor, ref: torch.Tensor) -> None:
+def check_close(got: torch.Tensor, ref: torch.Tensor) -> None:
+    """Raise ValueError unless ``got`` is within 2% of max|ref| (+1e-3) of ``ref`` everywhere."""
     err = (got.float() - ref.float()).abs().max().item()
     if not err <= 0.02 * ref.float().abs().max().item() + 1e-3:
-        raise ValueError(f"differs from F.linear by {err:.3g}")
+        raise ValueError(f"differs from the reference by {err:.3g}")
 
 
 @dataclass(frozen=True)
-class _Best:
+class Best:
+    """The fastest passing config of :func:`time_configs` (None: all failed), its time per layer in
+    microseconds, every ``(label, us)`` and the failures' messages."""
+
     config: GemvConfig | None
     us: float
     times: tuple[tuple[str, float], ...]
     errors: tuple[str, ...]
 
 
-def _time_configs(prefix: str, configs: Sequence[GemvConfig], make: Callable[[GemvConfig], Fn],
-                  inp: torch.Tensor, weights: list[torch.Tensor], ref: torch.Tensor, timer: Timer) -> _Best:
-    """Check each config's output against ``ref`` (first weight), then time it over every weight."""
+def time_configs(prefix: str, configs: Sequence[GemvConfig], make: Callable[[GemvConfig], Callable[..., object]],
+                 args: Callable[[int], tuple], count: int, ref: torch.Tensor, timer: Timer) -> Best:
+    """Check each config's output on layer 0 against ``ref``, then time it over every layer.
+
+    Args:
+        prefix: timer label prefix (``'<prefix>:<config label>'``).
+        configs: the candidates.
+        make: config -> kernel.
+        args: layer index -> the kernel's arguments for that layer.
+        count: layers.
+        ref: the expected output on layer 0.
+        timer: ``(label, fn) -> seconds``.
+    """
     best: GemvConfig | None = None
     best_us = math.inf
     times: list[tuple[str, float]] = []
@@ -200,9 +189,9 @@ def _time_configs(prefix: str, configs: Sequence[GemvConfig], make: Callable[[Ge
     for cfg in configs:
         fn = make(cfg)
         try:
-            _check_close(fn(inp, weights[0]), ref)
-            seconds = timer(f"{prefix}:{cfg.label}", lambda fn=fn: [fn(inp, w) for w in weights])
-            us = seconds / len(weights) * 1e6
+            check_close(fn(*args(0)), ref)
+            seconds = timer(f"{prefix}:{cfg.label}", lambda fn=fn: [fn(*args(i)) for i in range(count)])
+            us = seconds / count * 1e6
         except Exception as exc:  # a config that cannot run here (compile error...) is simply not chosen
             times.append((cfg.label, math.nan))
             errors.append(f"{cfg.label}: {type(exc).__name__}: {exc}")
@@ -210,7 +199,7 @@ def _time_configs(prefix: str, configs: Sequence[GemvConfig], make: Callable[[Ge
         times.append((cfg.label, us))
         if us < best_us:
             best, best_us = cfg, us
-    return _Best(best, best_us if best is not None else math.nan, tuple(times), tuple(errors))
+    return Best(best, best_us if best is not None else math.nan, tuple(times), tuple(errors))
 
 
 def _choose_kind(kind: str, lins: list[Linear], device: torch.device, timer: Timer,
@@ -223,26 +212,9 @@ def _choose_kind(kind: str, lins: list[Linear], device: torch.device, timer: Tim
     count = len(weights)
     t_lin = timer(f"{kind}:linear", lambda: [F.linear(x, w) for w in weights]) / count * 1e6
     configs = kernels.candidates(n, k, device)
-    gemv = _time_configs(f"{kind}:gemv", configs, lambda c: functools.partial(kernels.gemv, config=c), x,
-                         weights, F.linear(x, weights[0]), timer)
+    gemv = time_configs(f"{kind}:gemv", configs, lambda c: functools.partial(kernels.gemv, config=c),
+                        lambda i: (x, weights[i]), count, F.linear(x, weights[0]), timer)
     chosen = gemv.config is not None and gemv.us < t_lin
-    chosen_fn: Fn = functools.partial(kernels.gemv, config=gemv.config) if chosen else F.linear
     for lin in lins:
-        lin.gemv = chosen_fn if chosen else None
-        lin.swiglu_gemv = None
-    timing = GemvTiming(kind, (n, k), t_lin, gemv.us, chosen, "; ".join(gemv.errors), gemv.config, gemv.times)
-    if kind != "down" or kernels.swiglu is None:
-        return timing
-    gate_up = torch.randn(1, 2 * k, dtype=weights[0].dtype, device=device)
-    act = kernels.silu_and_mul
-    t_unfused = timer(f"{kind}:unfused", lambda: [chosen_fn(act(gate_up), w) for w in weights]) / count * 1e6
-    swiglu = kernels.swiglu
-    fused = _time_configs(f"{kind}:swiglu", configs, lambda c: functools.partial(swiglu, config=c), gate_up,
-                          weights, F.linear(act(gate_up), weights[0]), timer)
-    fused_chosen = fused.config is not None and fused.us < t_unfused
-    if fused_chosen:
-        for lin in lins:
-            lin.swiglu_gemv = functools.partial(swiglu, config=fused.config)
-    note = "; ".join(filter(None, (timing.note, *(f"swiglu {e}" for e in fused.errors))))
-    return GemvTiming(kind, (n, k), t_lin, gemv.us, chosen, note, gemv.config, gemv.times, t_unfused,
-                      fused.us, fused_chosen, fused.config, fused.times)
+        lin.gemv = functools.partial(kernels.gemv, config=gemv.config) if chosen else None
+    return GemvTiming(kind, (n, k), t_lin, gemv.us, chosen, "; ".join(gemv.errors), gemv.config, gemv.times)

@@ -10,7 +10,10 @@ INT4_GROUP = 128
 GEMV_MAX_ROWS = 4  # inputs of at most this many rows may take ``Linear.gemv`` (decode of a few sequences)
 
 GemvFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ActFn = Callable[[torch.Tensor], torch.Tensor]
+#: ``(x, norm_weight, eps, weight) -> rms_norm(x) @ weight.T`` (SwiGLU of it for a ``glu_out`` layer).
+NormGemvFn = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor], torch.Tensor]
+#: ``(x, weight, residual) -> x @ weight.T + residual``.
+ResidualGemvFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Linear:
@@ -25,10 +28,12 @@ class Linear:
         gemv: for a full-precision weight, a ``(x, weight) -> x @ weight.T`` kernel used
             for inputs of at most ``GEMV_MAX_ROWS`` rows instead of ``F.linear``
             (None: always ``F.linear``; set by ``engine.gemv_choice`` where it is faster).
-        swiglu_gemv: for a full-precision weight [N, I], a ``(gate_up, weight) ->
-            (silu(gate) * up) @ weight.T`` kernel taking the [M, 2I] gate_up output directly, used
-            by :meth:`silu_mul` for at most ``GEMV_MAX_ROWS`` rows (None: activation, then this
-            layer; set by ``engine.gemv_choice`` where the fused kernel is faster).
+        glu_out: this layer is a fused [gate | up] projection whose output goes through SwiGLU
+            (set by the model; the fused :meth:`normed` then returns ``silu(gate) * up``).
+        norm_gemv: for a full-precision weight, the decode kernel of :meth:`normed` (RMSNorm of
+            the input fused in; None: not available). Set by ``engine.fused_choice``.
+        residual_gemv: for a full-precision weight, the decode kernel of :meth:`plus` (residual
+            add fused in; None: not available). Set by ``engine.fused_choice``.
 
     Raises:
         ImportError: the kernel module a quantization needs is missing.
@@ -39,7 +44,9 @@ class Linear:
         self.out_features, self.in_features = weight.shape
         self.quantization = quantization
         self.gemv: GemvFn | None = None
-        self.swiglu_gemv: GemvFn | None = None
+        self.glu_out = False
+        self.norm_gemv: NormGemvFn | None = None
+        self.residual_gemv: ResidualGemvFn | None = None
         self.weight: torch.Tensor | None = None
         self.qweight: object | None = None
         if quantization is None:
@@ -70,19 +77,33 @@ class Linear:
             return torch.nn.functional.linear(x, self.weight)
         return self._fn(x.contiguous(), self.qweight)
 
-    def silu_mul(self, gate_up: torch.Tensor, silu_and_mul: ActFn) -> torch.Tensor:
-        """This layer applied to the SwiGLU of a fused gate/up output: ``self(silu_and_mul(gate_up))``.
+    def normed(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """This layer applied to ``rms_norm(x, norm_weight, eps)`` in one kernel (``norm_gemv``).
 
         Args:
-            gate_up: [M, 2I] output of the gate/up projection (this layer's weight is [N, I]).
-            silu_and_mul: the activation ``[M, 2I] -> [M, I]`` used when the fused kernel is not.
+            x: [M, K] residual stream, M <= ``GEMV_MAX_ROWS``.
+            norm_weight: [K] RMSNorm weight.
+            eps: RMSNorm epsilon.
 
         Returns:
-            [M, N] output, through ``swiglu_gemv`` in one kernel when it is set and M is small.
+            [M, N], or ``silu(gate) * up`` [M, N / 2] for a ``glu_out`` layer.
+
+        Raises:
+            RuntimeError: no ``norm_gemv`` is set (the model only calls this when every layer has one).
         """
-        if self.swiglu_gemv is not None and self.weight is not None and 0 < gate_up.shape[0] <= GEMV_MAX_ROWS:
-            return self.swiglu_gemv(gate_up, self.weight)
-        return self(silu_and_mul(gate_up))
+        if self.norm_gemv is None or self.weight is None:
+            raise RuntimeError("Linear.normed needs a full-precision weight and a norm_gemv kernel")
+        return self.norm_gemv(x, norm_weight, eps, self.weight)
+
+    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``self(x) + residual`` in one kernel (``residual_gemv``), rounded once.
+
+        Raises:
+            RuntimeError: no ``residual_gemv`` is set.
+        """
+        if self.residual_gemv is None or self.weight is None:
+            raise RuntimeError("Linear.plus needs a full-precision weight and a residual_gemv kernel")
+        return self.residual_gemv(x, self.weight, residual)
 
     def weight_bytes(self) -> int:
         """Bytes of the stored weight (and scales), what one full read of the layer costs."""

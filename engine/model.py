@@ -8,7 +8,7 @@ import torch
 
 from engine.attention import AttentionBackend
 from engine.layers import LayerOps
-from engine.linear import Linear
+from engine.linear import GEMV_MAX_ROWS, Linear
 from engine.loader import LlamaTensors
 from engine.model_config import LlamaSpec
 from engine.step_metadata import StepMetadata
@@ -50,6 +50,7 @@ class LlamaModel:
             self.layers.append(DecoderLayer(
                 t.input_norm, Linear(t.qkv, quantization), Linear(t.o, quantization),
                 t.post_norm, Linear(t.gate_up, quantization), Linear(t.down, quantization)))
+            self.layers[-1].gate_up.glu_out = True
             t.qkv = t.o = t.gate_up = t.down = None  # type: ignore[assignment]  # free full-precision copies
         cos_sin = ops.rope_cos_sin(spec.head_dim, max_positions, spec.rope_theta, spec.rope_scaling)
         self.cos_sin = cos_sin.to(self.embed.device)
@@ -62,14 +63,40 @@ class LlamaModel:
             n += 2 * layer.input_norm.numel() * layer.input_norm.element_size()
         return n
 
+    def fused_decode(self) -> bool:
+        """Whether steps of at most ``GEMV_MAX_ROWS`` tokens take the fused decode layers: every layer's
+        qkv and gate_up have a ``norm_gemv`` and its o and down a ``residual_gemv``."""
+        return bool(self.layers) and all(
+            layer.qkv.norm_gemv is not None and layer.gate_up.norm_gemv is not None
+            and layer.o.residual_gemv is not None and layer.down.residual_gemv is not None
+            for layer in self.layers)
+
+    def _attend(self, i: int, qkv: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend,
+                meta: StepMetadata) -> torch.Tensor:
+        """Layer ``i``'s attention over the packed ``qkv`` [T, q + 2 kv]: RoPE on the views into qkv, k/v
+        into the cache (one kernel on the Triton backend), then attention; returns [T, q_size]."""
+        spec = self.spec
+        q_size, kv_size = spec.q_size, spec.kv_size
+        q = qkv[:, :q_size].reshape(-1, spec.num_heads, spec.head_dim)
+        k = qkv[:, q_size : q_size + kv_size].reshape(-1, spec.num_kv_heads, spec.head_dim)
+        v = qkv[:, q_size + kv_size :].reshape(-1, spec.num_kv_heads, spec.head_dim)
+        attention.rope_and_write(i, q, k, v, positions, self.cos_sin, meta)
+        return attention.attend(i, q, meta).reshape(-1, q_size)
+
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend,
                       meta: StepMetadata) -> torch.Tensor:
         """Final normalised hidden states [T, H] of the packed tokens."""
-        spec, ops = self.spec, self.ops
-        eps = spec.rms_norm_eps
-        hq, hkv, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        q_size, kv_size = spec.q_size, spec.kv_size
+        ops, eps = self.ops, self.spec.rms_norm_eps
         h = self.embed[input_ids]
+        if input_ids.shape[0] <= GEMV_MAX_ROWS and self.fused_decode():
+            # The residual stream r is what the o and down projections return (residual added in their
+            # epilogue); the norms run inside the qkv and gate_up GEMVs, SwiGLU in gate_up's epilogue.
+            r = h
+            for i, layer in enumerate(self.layers):
+                attn = self._attend(i, layer.qkv.normed(r, layer.input_norm, eps), positions, attention, meta)
+                r = layer.o.plus(attn, r)
+                r = layer.down.plus(layer.gate_up.normed(r, layer.post_norm, eps), r)
+            return ops.rms_norm(r, self.norm, eps)
         residual: torch.Tensor | None = None
         for i, layer in enumerate(self.layers):
             if residual is None:
@@ -77,16 +104,9 @@ class LlamaModel:
                 x = ops.rms_norm(h, layer.input_norm, eps)
             else:
                 x, residual = ops.fused_add_rms_norm(h, residual, layer.input_norm, eps)
-            qkv = layer.qkv(x)
-            q = qkv[:, :q_size].reshape(-1, hq, d)
-            k = qkv[:, q_size : q_size + kv_size].reshape(-1, hkv, d)
-            v = qkv[:, q_size + kv_size :].reshape(-1, hkv, d)
-            # RoPE in place on the views into qkv, and k/v into the cache (one kernel on the Triton backend).
-            attention.rope_and_write(i, q, k, v, positions, self.cos_sin, meta)
-            attn = attention.attend(i, q, meta)
-            h = layer.o(attn.reshape(-1, q_size))
+            h = layer.o(self._attend(i, layer.qkv(x), positions, attention, meta))
             x, residual = ops.fused_add_rms_norm(h, residual, layer.post_norm, eps)
-            h = layer.down.silu_mul(layer.gate_up(x), ops.silu_and_mul)
+            h = layer.down(ops.silu_and_mul(layer.gate_up(x)))
         assert residual is not None
         out, _ = ops.fused_add_rms_norm(h, residual, self.norm, eps)
         return out

@@ -21,6 +21,7 @@ from engine.attention import TorchAttention, TritonAttention
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs, MixedGraphs
 from engine.decode_inputs import DecodeInputs
+from engine.fused_choice import FusedChoice, choose_fused
 from engine.gemv_choice import GEMV_DTYPES, GemvTiming, choose_gemv
 from engine.kv_cache import KVCache, block_bytes, storage_dtype
 from engine.layers import torch_ops, triton_ops
@@ -59,6 +60,7 @@ class ModelRunner:
         mixed_graphs: captured graphs of steps holding prefill chunks, or None (eager).
         gemv_timings: the start-up choice between ``F.linear`` and ``gemv_bf16`` per
             kind of linear layer (empty when not made).
+        fused_choice: the start-up choice of the fused decode layers (None when not made).
         last_launch_s: host seconds from the start of the last graph-path ``execute``
             until its graph was launched (benchmarks).
     """
@@ -95,6 +97,7 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         self.mixed_graphs: MixedGraphs | None = None
         self.gemv_timings: list[GemvTiming] = []
+        self.fused_choice: FusedChoice | None = None
         self.last_launch_s = 0.0
         if self.device.type == "cuda" and backend == "triton":
             if config.small_batch_gemv and config.quantization is None and self.dtype in GEMV_DTYPES:
@@ -102,6 +105,11 @@ class ModelRunner:
                     self.gemv_timings = choose_gemv(self.model.linears(), self.device)
                 except Exception as exc:  # a failed timing only costs the optimisation (choose_gemv reset the layers)
                     warnings.warn(f"GEMV choice failed, using F.linear everywhere: {exc!r}", stacklevel=2)
+                if config.fused_decode:
+                    try:
+                        self.fused_choice = choose_fused(self.model, self.device)
+                    except Exception as exc:  # choose_fused left the layers unfused
+                        warnings.warn(f"fused decode choice failed, decoding unfused: {exc!r}", stacklevel=2)
             if not config.enforce_eager:
                 self._capture_graphs()
 

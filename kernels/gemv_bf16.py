@@ -9,8 +9,8 @@ The launch shape is a :class:`GemvConfig`: rows per program, elements per tile, 
 split of K over several programs (fp32 partials summed in a fixed order by a second small kernel, so the
 result is deterministic and the pair of launches is CUDA-graph safe). Small decode shapes are latency
 bound, so the best shape depends on the layer: :func:`candidate_configs` lists a few to time
-(``engine.gemv_choice`` does). The same kernel body also computes ``(silu(g) * u) @ w.T`` from a fused
-gate_up output (``kernels.gemv_swiglu``).
+(``engine.gemv_choice`` does). The kernel body (``kernels._gemv_kernel``) also runs the fused variants
+of ``kernels.gemv_fused`` (RMSNorm before, SwiGLU or a residual add after).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import torch
 import triton
-import triton.language as tl
 
+from kernels._gemv_kernel import launch_gemv
 from kernels._gemv_util import (
     SKINNY_MAX_M,
     check_activation,
@@ -36,7 +36,6 @@ _WIDE_TILE = 8192  # the larger tiles of the other candidates (16 KiB of bf16)
 MAX_TILE_ELEMS = 16384  # block_n * block_k cap (registers: the M == 1 path keeps an fp32 tile accumulator)
 MAX_ELEMS_PER_THREAD = 64  # block_n * block_k / (32 * num_warps) cap, beyond which registers spill
 MAX_SPLIT_K = 16
-_REDUCE_BLOCK = 256
 
 
 def _is_pow2(v: int) -> bool:
@@ -113,6 +112,15 @@ def default_config(n: int, k: int, device: torch.device) -> GemvConfig:
     return _tile(pick_block_n(n, torch.device(device)), _TILE_ELEMS, triton.next_power_of_2(k), 4)
 
 
+def resolve_config(config: GemvConfig | None, n: int, k: int, device: torch.device) -> GemvConfig:
+    """``config``, or the :func:`default_config` of a weight [n, k] when None (ValueError: not a config)."""
+    if config is None:
+        return default_config(n, k, device)
+    if not isinstance(config, GemvConfig):
+        raise ValueError(f"config must be a GemvConfig or None, got {type(config).__name__}")
+    return config
+
+
 def candidate_configs(n: int, k: int, device: torch.device) -> list[GemvConfig]:
     """A few launch shapes worth timing for a weight [n, k] (the default first, at most 6, no repeats).
 
@@ -145,70 +153,6 @@ def candidate_configs(n: int, k: int, device: torch.device) -> list[GemvConfig]:
     return list(dict.fromkeys(out))
 
 
-@triton.jit
-def _act_tile(x_ptr, row_off, k, mask, inter, SWIGLU: tl.constexpr):
-    """One activation row's K tile in fp32: x[row, k], or with SWIGLU ``silu(g) * u`` rounded to x's dtype
-    (g = x[row, k], u = x[row, inter + k]; the formula of kernels.activation, so the product matches it)."""
-    if SWIGLU:
-        g = tl.load(x_ptr + row_off + k, mask=mask, other=0.0).to(tl.float32)
-        u = tl.load(x_ptr + row_off + inter + k, mask=mask, other=0.0).to(tl.float32)
-        e = tl.exp(-tl.abs(g))  # in (0, 1]: no overflow for large |g|
-        sig = tl.where(g >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
-        xv = (g * sig * u).to(x_ptr.dtype.element_ty).to(tl.float32)
-    else:
-        xv = tl.load(x_ptr + row_off + k, mask=mask, other=0.0).to(tl.float32)
-    return xv
-
-
-@triton.jit
-def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, M, N, K, k_chunk, stride_xm, stride_wn, stride_om,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 SPLIT_K: tl.constexpr, SWIGLU: tl.constexpr):
-    # Program (pid_n, pid_k) covers rows [pid_n * BLOCK_N, +BLOCK_N) and columns [pid_k * k_chunk, +k_chunk);
-    # k_chunk is a multiple of BLOCK_K, so only the last split's tiles reach past K (masked).
-    pid_n = tl.program_id(0)
-    k_start = tl.program_id(1) * k_chunk
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = n < N
-    n64 = n.to(tl.int64)
-    k_off = tl.arange(0, BLOCK_K)
-    m_idx = tl.arange(0, BLOCK_M)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # M == 1: elementwise FMAs, reduced after the loop
-    for k0 in range(0, k_chunk, BLOCK_K):
-        k = k_start + k0 + k_off
-        kmask = k < K
-        w = tl.load(w_ptr + n64[:, None] * stride_wn + k[None, :], mask=nmask[:, None] & kmask[None, :],
-                    other=0.0, eviction_policy="evict_first").to(tl.float32)
-        if BLOCK_M == 1:
-            acc1 += w * _act_tile(x_ptr, 0, k, kmask, K, SWIGLU)[None, :]
-        else:
-            for m in tl.static_range(BLOCK_M):
-                xv = _act_tile(x_ptr, m * stride_xm, k, kmask & ((k * 0 + m) < M), K, SWIGLU)
-                part = tl.sum(w * xv[None, :], axis=1)
-                acc = tl.where(m_idx[:, None] == m, acc + part[None, :], acc)
-    if BLOCK_M == 1:
-        acc = tl.sum(acc1, axis=1)[None, :]
-    omask = (m_idx[:, None] < M) & nmask[None, :]
-    if SPLIT_K == 1:
-        tl.store(out_ptr + m_idx[:, None] * stride_om + n64[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=omask)
-    else:  # partials laid out [SPLIT_K, M, N] in fp32
-        p_ptrs = part_ptr + (tl.program_id(1) * M + m_idx[:, None]).to(tl.int64) * N + n64[None, :]
-        tl.store(p_ptrs, acc, mask=omask)
-
-
-@triton.jit
-def _split_k_reduce_kernel(part_ptr, out_ptr, M, N, stride_om, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    # Sums the SPLIT_K fp32 partials of each output in split order (deterministic), then rounds once.
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = idx < M * N
-    acc = tl.load(part_ptr + idx, mask=mask, other=0.0)
-    for s in tl.static_range(1, SPLIT_K):
-        acc += tl.load(part_ptr + s * M * N + idx, mask=mask, other=0.0)
-    tl.store(out_ptr + (idx // N) * stride_om + idx % N, acc.to(out_ptr.dtype.element_ty), mask=mask)
-
-
 def check_weight(w: torch.Tensor, name: str = "w") -> tuple[int, int]:
     """Raise ValueError unless ``w`` is a 2-D bf16/fp16 [N, K] tensor with contiguous rows; returns (N, K)."""
     if not isinstance(w, torch.Tensor) or w.dim() != 2:
@@ -218,39 +162,6 @@ def check_weight(w: torch.Tensor, name: str = "w") -> tuple[int, int]:
     if w.stride(1) != 1:
         raise ValueError(f"{name} must have contiguous rows")
     return int(w.shape[0]), int(w.shape[1])
-
-
-def launch_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, k: int, config: GemvConfig | None,
-                swiglu: bool) -> torch.Tensor:
-    """Launch the GEMV on checked arguments (shared by :func:`gemv_bf16` and ``kernels.gemv_swiglu``).
-
-    Args:
-        x: [M, K] activations, or with ``swiglu`` the [M, 2K] gate_up output.
-        w: [N, K] weight.
-        out: [M, N] output of x's dtype.
-        k: K, the weight's columns.
-        config: launch shape (None: :func:`default_config`).
-        swiglu: multiply by ``silu(x[:, :K]) * x[:, K:]`` instead of x.
-
-    Returns:
-        ``out``.
-    """
-    if config is None:
-        config = default_config(w.shape[0], k, x.device)
-    elif not isinstance(config, GemvConfig):
-        raise ValueError(f"config must be a GemvConfig or None, got {type(config).__name__}")
-    m, n = x.shape[0], w.shape[0]
-    split = config.split_k
-    grid = (triton.cdiv(n, config.block_n), split)
-    k_chunk = triton.cdiv(triton.cdiv(k, split), config.block_k) * config.block_k
-    part = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-    _gemv_kernel[grid](x, w, out, part, m, n, k, k_chunk, x.stride(0), w.stride(0), out.stride(0),
-                       BLOCK_M=triton.next_power_of_2(m), BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                       SPLIT_K=split, SWIGLU=swiglu, num_warps=config.num_warps)
-    if split > 1:
-        _split_k_reduce_kernel[(triton.cdiv(m * n, _REDUCE_BLOCK),)](part, out, m, n, out.stride(0),
-                                                                     SPLIT_K=split, BLOCK=_REDUCE_BLOCK)
-    return out
 
 
 def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
@@ -274,7 +185,7 @@ def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
     if m > SKINNY_MAX_M:
         raise ValueError(f"x has M={m} rows; gemv_bf16 takes at most {SKINNY_MAX_M} (use F.linear)")
     check_same_device(("x", x), ("w", w))
-    return launch_gemv(x, w, prepare_out(x, n, out), k, config, swiglu=False)
+    return launch_gemv(x, w, prepare_out(x, n, out), resolve_config(config, n, k, x.device))
 
 
 def gemv_bf16_ref(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -125,6 +125,7 @@ def test_gemv_choice_and_forced_gemv_keep_results(tiny_llama):
     r = runner(tiny_llama, dtype="bfloat16", device="cuda", enforce_eager=True)
     assert {t.kind for t in r.gemv_timings} == {"qkv", "o", "gate_up", "down", "lm_head"}
     assert all(t.linear_us > 0 for t in r.gemv_timings)
+    assert r.fused_choice is not None and len(r.fused_choice.roles) == 4 and r.fused_choice.unfused_us > 0
     plain = runner(tiny_llama, dtype="bfloat16", device="cuda", enforce_eager=True, small_batch_gemv=False)
     assert plain.gemv_timings == []
     for lins in r.model.linears().values():  # every layer through the GEMV kernel, whatever was chosen

@@ -1,4 +1,4 @@
-"""engine.gemv_choice: which launch config / fused SwiGLU is chosen, with a fake timer (runs on the CPU).
+"""engine.gemv_choice: which launch config is chosen, with a fake timer (runs on the CPU).
 
 The kernels are the real ones (Triton interpreter off CUDA); the timer returns made-up seconds per label
 after running the timed function once, so the choice is deterministic.
@@ -16,12 +16,10 @@ import torch.nn.functional as F
 
 from engine.gemv_choice import GemvTiming, choose_gemv, default_kernels
 from engine.linear import Linear
-from kernels.activation import silu_and_mul
 from kernels.gemv_bf16 import candidate_configs, gemv_bf16
-from kernels.gemv_swiglu import silu_mul_gemv
 
 CPU = torch.device("cpu")
-QKV, DOWN = (24, 64), (16, 64)  # (N, K); the down layers' gate_up output has 2 * 64 columns
+QKV, DOWN = (24, 64), (16, 64)  # (N, K)
 
 
 def _linears() -> dict[str, list[Linear]]:
@@ -50,74 +48,56 @@ def _by_kind(timings: list[GemvTiming]) -> dict[str, GemvTiming]:
     return {t.kind: t for t in timings}
 
 
-def test_fastest_config_and_fused_swiglu_are_chosen_and_used() -> None:
+def test_fastest_config_is_chosen_and_used() -> None:
     qkv_cfgs, down_cfgs = candidate_configs(*QKV, CPU), candidate_configs(*DOWN, CPU)
-    fast_qkv, fast_down, fast_swiglu = qkv_cfgs[-1], down_cfgs[0], down_cfgs[-1]
+    fast_qkv, fast_down = qkv_cfgs[-1], down_cfgs[0]
     table = {"qkv:linear": 20e-6, f"qkv:gemv:{fast_qkv.label}": 10e-6, "down:linear": 20e-6,
-             f"down:gemv:{fast_down.label}": 12e-6, "down:unfused": 16e-6,
-             f"down:swiglu:{fast_swiglu.label}": 8e-6}
+             f"down:gemv:{fast_down.label}": 12e-6}
     calls: list[str] = []
     lins = _linears()
     got = _by_kind(choose_gemv(lins, CPU, timer=_timer(table, calls)))
     assert set(got) == {"qkv", "down"}
-    assert calls[0] == "qkv:linear" and "down:unfused" in calls
+    assert calls[0] == "qkv:linear" and len(calls) == 2 + len(qkv_cfgs) + len(down_cfgs)
     qkv, down = got["qkv"], got["down"]
     assert (qkv.chosen, qkv.config, qkv.shape) == (True, fast_qkv, QKV)
     assert qkv.linear_us == pytest.approx(10.0) and qkv.gemv_us == pytest.approx(5.0)  # per layer of two
     assert [c for c, _ in qkv.candidates] == [c.label for c in qkv_cfgs]
-    assert math.isnan(qkv.swiglu_us) and not qkv.swiglu_chosen
-    assert (down.chosen, down.config) == (True, fast_down)
-    assert (down.swiglu_chosen, down.swiglu_config) == (True, fast_swiglu)
-    assert down.unfused_us == pytest.approx(8.0) and down.swiglu_us == pytest.approx(4.0)
-    assert len(down.swiglu_candidates) == len(down_cfgs) and down.note == ""
-    assert any("fused silu_mul_gemv 4.0 us" in line for line in down.summary())
+    assert (down.chosen, down.config, down.note) == (True, fast_down, "")
+    assert any("gemv_bf16 5.0 us" in line for line in qkv.summary())
 
     x = torch.randn(3, QKV[1]).to(torch.bfloat16)
     lin = lins["qkv"][1]
     torch.testing.assert_close(lin(x), gemv_bf16(x, lin.weight, config=fast_qkv), rtol=0, atol=0)
-    gate_up = torch.randn(2, 2 * DOWN[1]).to(torch.bfloat16)
-    lin = lins["down"][0]
-    fused = lin.silu_mul(gate_up, lambda t: pytest.fail("the fused path must not call the activation"))
-    torch.testing.assert_close(fused, silu_mul_gemv(gate_up, lin.weight, config=fast_swiglu), rtol=0, atol=0)
-    many = torch.randn(5, 2 * DOWN[1]).to(torch.bfloat16)  # above GEMV_MAX_ROWS: activation then F.linear
-    torch.testing.assert_close(lin.silu_mul(many, silu_and_mul), F.linear(silu_and_mul(many), lin.weight))
+    many = torch.randn(5, QKV[1]).to(torch.bfloat16)  # above GEMV_MAX_ROWS: F.linear
+    torch.testing.assert_close(lin(many), F.linear(many, lin.weight), rtol=0, atol=0)
 
 
-def test_linear_and_unfused_kept_when_faster() -> None:
-    table = {"qkv:linear": 1e-6, "down:linear": 1e-6, "down:unfused": 1e-6}
+def test_linear_kept_when_faster() -> None:
+    table = {"qkv:linear": 1e-6, "down:linear": 1e-6}
     lins = _linears()
     got = _by_kind(choose_gemv(lins, CPU, timer=_timer(table, [])))
-    assert not got["qkv"].chosen and not got["down"].chosen and not got["down"].swiglu_chosen
+    assert not got["qkv"].chosen and not got["down"].chosen
     assert got["qkv"].config is not None and got["qkv"].gemv_us == pytest.approx(0.5e6)  # fastest, not chosen
-    assert all(lin.gemv is None and lin.swiglu_gemv is None for ls in lins.values() for lin in ls)
-    gate_up = torch.randn(1, 2 * DOWN[1]).to(torch.bfloat16)
-    seen: list[torch.Tensor] = []
-    out = lins["down"][0].silu_mul(gate_up, lambda t: seen.append(t) or silu_and_mul(t))
-    assert len(seen) == 1 and seen[0] is gate_up
-    torch.testing.assert_close(out, F.linear(silu_and_mul(gate_up), lins["down"][0].weight))
+    assert all(lin.gemv is None for ls in lins.values() for lin in ls)
 
 
 def test_wrong_or_failing_candidates_are_not_chosen() -> None:
     cfgs = candidate_configs(*QKV, CPU)
-    bad = cfgs[0]
+    bad, broken = cfgs[0], cfgs[1]
 
     def gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
              config: object = None) -> torch.Tensor:
+        if config == broken:
+            raise RuntimeError("no such kernel here")
         y = gemv_bf16(x, w, out=out, config=config)
         return -y if config == bad else y
 
-    def swiglu(gate_up: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
-               config: object = None) -> torch.Tensor:
-        raise RuntimeError("no such kernel here")
-
-    kernels = dataclasses.replace(default_kernels(), gemv=gemv, swiglu=swiglu)
-    table = {f"qkv:gemv:{bad.label}": 1e-9, f"down:swiglu:{bad.label}": 1e-9}
-    got = _by_kind(choose_gemv(_linears(), CPU, timer=_timer(table, []), kernels=kernels))
-    qkv, down = got["qkv"], got["down"]
-    assert qkv.config != bad and math.isnan(dict(qkv.candidates)[bad.label])
-    assert f"{bad.label}: ValueError: differs from F.linear" in qkv.note
-    assert down.swiglu_config is None and not down.swiglu_chosen and math.isnan(down.swiglu_us)
-    assert "swiglu" in down.note and "RuntimeError: no such kernel here" in down.note
+    kernels = dataclasses.replace(default_kernels(), gemv=gemv)
+    table = {f"qkv:gemv:{bad.label}": 1e-9, f"qkv:gemv:{broken.label}": 1e-9}
+    qkv = _by_kind(choose_gemv(_linears(), CPU, timer=_timer(table, []), kernels=kernels))["qkv"]
+    assert qkv.config not in (bad, broken) and math.isnan(dict(qkv.candidates)[bad.label])
+    assert f"{bad.label}: ValueError: differs from the reference" in qkv.note
+    assert f"{broken.label}: RuntimeError: no such kernel here" in qkv.note
 
 
 def test_a_failed_timing_resets_every_layer() -> None:
@@ -129,4 +109,4 @@ def test_a_failed_timing_resets_every_layer() -> None:
     lins = _linears()
     with pytest.raises(RuntimeError, match="capture failed"):
         choose_gemv(lins, CPU, timer=timer)
-    assert all(lin.gemv is None and lin.swiglu_gemv is None for ls in lins.values() for lin in ls)
+    assert all(lin.gemv is None for ls in lins.values() for lin in ls)

@@ -1,0 +1,139 @@
+"""engine.fused_choice and the model's fused decode layers (Triton interpreter without a GPU, fake timer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from engine.fused_choice import FusedKernels, choose_fused, default_fused_kernels
+from engine.linear import GEMV_MAX_ROWS
+from engine.model_runner import ModelRunner
+from kernels.gemv_bf16 import GemvConfig
+from policies.sequence import Sequence
+from policies.types import StepPlan
+from tests.engine.test_model import chunked_logits, make_seq, runner
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _timer(table: dict[str, float], calls: list[str] | None = None) -> Callable[[str, Callable[[], object]], float]:
+    """Seconds by label (1 s when absent), after one run of the timed function."""
+
+    def timer(label: str, fn: Callable[[], object]) -> float:
+        fn()
+        if calls is not None:
+            calls.append(label)
+        return table.get(label, 1.0)
+
+    return timer
+
+
+def _kernels(**kw: object) -> FusedKernels:
+    """The real fused kernels with two candidates of few programs each (the interpreter runs programs one
+    by one): whole rows in 16-row blocks, and 8-row blocks with K split in two (not with SwiGLU)."""
+
+    def candidates(n: int, k: int, dev: torch.device, glu: bool) -> list[GemvConfig]:
+        return [GemvConfig(16, 64, 4), GemvConfig(8, 32, 2, 1 if glu else 2)]
+
+    return dataclasses.replace(default_fused_kernels(), candidates=candidates, **kw)
+
+
+def _decoding(r: ModelRunner, n: int) -> list[Sequence]:
+    """``n`` sequences with their prompts but the last token in the cache, ready for one decode step."""
+    gen = torch.Generator().manual_seed(n)
+    seqs = [make_seq(f"s{i}", torch.randint(0, 300, (5 + 3 * i,), generator=gen).tolist(), 6 * i)
+            for i in range(n)]
+    for s in seqs:
+        chunked_logits(r, s, [s.prompt_len - 1])
+        s.num_computed = s.prompt_len - 1
+    return seqs
+
+
+def _unfused_only(r: ModelRunner) -> None:
+    """Make the unfused layer ops fail, so a passing forward pass took the fused layers."""
+    def fail(*args: object) -> None:
+        raise AssertionError("the fused decode path must not call the unfused norm")
+
+    r.model.ops = dataclasses.replace(r.model.ops, fused_add_rms_norm=fail)
+
+
+def test_fused_layers_are_chosen_and_match_the_unfused_decode(tiny_llama):
+    r = runner(tiny_llama, dtype="bfloat16", device=str(DEV), attention_backend="triton", enforce_eager=True)
+    seqs = _decoding(r, GEMV_MAX_ROWS)
+    plan = StepPlan(9, 0.0, decodes=seqs)
+    unfused = r.logits(plan)[0]
+    calls: list[str] = []
+    choice = choose_fused(r.model, DEV, timer=_timer({"chain:unfused": 2e-6, "chain:fused": 1e-6}, calls),
+                          kernels=_kernels())
+    assert choice.chosen and r.model.fused_decode()
+    assert choice.unfused_us == pytest.approx(1.0) and choice.fused_us == pytest.approx(0.5)  # 2 layers
+    assert [t.role for t in choice.roles] == ["qkv", "o", "gate_up", "down"]
+    assert all(t.config is not None and t.note == "" for t in choice.roles)
+    assert calls[-2:] == ["chain:unfused", "chain:fused"]
+    assert "-> fused" in choice.summary()[0]
+    _unfused_only(r)
+    fused = r.logits(plan)[0]
+    assert fused.shape == unfused.shape == (GEMV_MAX_ROWS, 300)
+    err = (fused - unfused).abs().max() / unfused.std()
+    assert err < 0.05, f"fused decode differs from unfused by {err:.3f} std"  # bf16 rounding order only
+    assert (fused.argmax(-1) == unfused.argmax(-1)).all()
+
+
+def test_more_rows_than_the_gemv_path_take_the_unfused_layers(tiny_llama):
+    r = runner(tiny_llama, dtype="bfloat16", device=str(DEV), attention_backend="triton", enforce_eager=True)
+    seqs = _decoding(r, GEMV_MAX_ROWS + 1)
+    assert choose_fused(r.model, DEV, timer=_timer({"chain:fused": 1e-9}), kernels=_kernels()).chosen
+    for layer in r.model.layers:  # fused kernels that would fail if called
+        for lin in (layer.qkv, layer.gate_up):
+            lin.norm_gemv = lambda *a: pytest.fail("fused kernel called for a large step")
+    logits = r.logits(StepPlan(3, 0.0, decodes=seqs))[0]
+    assert logits.shape == (GEMV_MAX_ROWS + 1, 300) and torch.isfinite(logits).all()
+
+
+def test_slower_fused_chain_is_not_chosen(tiny_llama):
+    r = runner(tiny_llama, dtype="bfloat16", device=str(DEV), attention_backend="triton", enforce_eager=True)
+    choice = choose_fused(r.model, DEV, timer=_timer({"chain:unfused": 1e-6, "chain:fused": 2e-6}),
+                          kernels=_kernels())
+    assert not choice.chosen and not r.model.fused_decode()
+    assert all(lin.norm_gemv is None and lin.residual_gemv is None
+               for layer in r.model.layers for lin in (layer.qkv, layer.o, layer.gate_up, layer.down))
+    assert "-> unfused" in choice.summary()[0]
+
+
+def test_a_role_without_a_passing_config_keeps_the_model_unfused(tiny_llama):
+    r = runner(tiny_llama, dtype="bfloat16", device=str(DEV), attention_backend="triton", enforce_eager=True)
+    def broken(*args: object, **kw: object) -> torch.Tensor:
+        raise RuntimeError("cannot compile here")
+
+    kernels = _kernels(residual_gemv=broken)
+    calls: list[str] = []
+    choice = choose_fused(r.model, DEV, timer=_timer({"chain:fused": 1e-9}, calls), kernels=kernels)
+    assert not choice.chosen and not r.model.fused_decode()
+    assert "no passing config for o, down" in choice.note and "chain:fused" not in calls
+    o = choice.roles[1]
+    assert o.config is None and math.isnan(o.us) and "RuntimeError: cannot compile here" in o.note
+
+
+def test_quantized_or_fp32_models_are_not_fused(tiny_llama_wide):
+    r = runner(tiny_llama_wide, dtype="bfloat16", device=str(DEV), quantization="int8", enforce_eager=True)
+    choice = choose_fused(r.model, DEV, timer=_timer({}))
+    assert not choice.chosen and "full-precision bf16/fp16" in choice.note
+    r = runner(tiny_llama_wide, device=str(DEV), enforce_eager=True)  # float32
+    assert not choose_fused(r.model, DEV, timer=_timer({})).chosen
+
+
+def test_a_failed_chain_timing_leaves_the_model_unfused(tiny_llama):
+    r = runner(tiny_llama, dtype="bfloat16", device=str(DEV), attention_backend="triton", enforce_eager=True)
+
+    def timer(label: str, fn: Callable[[], object]) -> float:
+        if label == "chain:fused":
+            raise RuntimeError("capture failed")
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="capture failed"):
+        choose_fused(r.model, DEV, timer=timer, kernels=_kernels())
+    assert not r.model.fused_decode()
