@@ -122,7 +122,7 @@ def test_quantized_or_fp32_models_are_not_fused(tiny_llama_wide):
     r = runner(tiny_llama_wide, dtype="bfloat16", device=str(DEV), quantization="int8", enforce_eager=True)
     choice = choose_fused(r.model, DEV, timer=_timer({}))
     assert not choice.chosen and "full-precision bf16/fp16" in choice.note
-    r = runner(tiny_llama_wide, device=str(DEV), enforce_eager=True)  # float32
+    r = runner(tiny_llama_wide, device=str(DEV), attention_backend="torch", enforce_eager=True)  # float32
     assert not choose_fused(r.model, DEV, timer=_timer({})).chosen
 
 
