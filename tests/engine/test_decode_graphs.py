@@ -135,4 +135,6 @@ def test_gemv_choice_and_forced_gemv_keep_results(tiny_llama):
     seqs_p = decoding_seqs(plain, (7, 13, 3), seed=4)
     got = r.logits(StepPlan(5, 0.0, decodes=seqs_r))[0]
     want = plain.logits(StepPlan(5, 0.0, decodes=seqs_p))[0]
-    torch.testing.assert_close(got, want, atol=3e-2, rtol=0)
+    # bf16 rounding order only (the fused decode layers, when chosen, round the residual sums once less).
+    err = ((got - want).abs().max() / want.std()).item()
+    assert err < 0.05, f"GEMV path differs from F.linear by {err:.3f} std"
