@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import measure_copy_bandwidth, measure_matmul_peak, row, time_cuda, time_wall
-from benchmarks.engine_profile import StepLog, eager_only, eager_prefill_profile, kernel_table
+from benchmarks.engine_profile import StepLog, eager_only, eager_prefill_profile, host_breakdown, kernel_table
 from benchmarks.engine_setup import (
     HF_OFFLINE,
     MAX_MODEL_LEN,
@@ -93,6 +93,7 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
     for line in runner.fused_choice.summary() if runner.fused_choice is not None else ["fused decode: not timed"]:
         log(f"  {line}")
     if profile_kernels:
+        log(f"  {host_breakdown(llm.runner)}")
         try:
             kernel_table(llm, prompt)
         except Exception as e:

@@ -96,3 +96,42 @@ def eager_prefill_profile(llm, vocab: int, tokens: int, reps: int = 5) -> None:
     rows = sorted(((e.self_cpu_time_total / reps, e.count / reps, e.key) for e in events), reverse=True)
     for us, count, key in rows[:14]:
         log(f"    host {us:8.1f} us  x{count:6.1f}  {key[:80]}")
+
+
+def host_breakdown(runner, reps: int = 200) -> str:
+    """Host microseconds of a batch-1 graph decode step's parts, each timed with the GPU idle before it.
+
+    One made-up sequence (a 128-token prompt in blocks 1.., its KV slots overwritten) is staged and
+    replayed: staging into the pinned mirror with its copy, the graph launch (``CUDAGraph.replay``), both
+    (``DecodeGraphs.run``), and a whole ``runner.execute`` (wall, including the GPU step and the id
+    readback). Medians of ``reps`` calls.
+    """
+    import statistics
+
+    from policies.sequence import Sequence
+    from policies.types import Request, StepPlan
+
+    graphs = runner.graphs
+    if graphs is None or 1 not in graphs.graphs:
+        return "host breakdown: no batch-1 decode graph"
+    seq = Sequence(Request("host-breakdown", 0.0, 128, 256, prompt_token_ids=tuple(range(128))))
+    seq.block_table = list(range(1, 1 + -(-129 // runner.block_size)))
+    seq.num_computed = 127
+
+    def timed(fn) -> float:
+        out = []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        torch.cuda.synchronize()
+        return statistics.median(out) * 1e6
+
+    stage = timed(lambda: graphs.inputs.stage([seq], 1))
+    replay = timed(graphs.graphs[1][0].replay)
+    both = timed(lambda: graphs.run([seq]))
+    execute = timed(lambda: runner.execute(StepPlan(0, 0.0, decodes=[seq])))
+    return (f"host per batch-1 graph step (GPU idle before each part): stage + copy {stage:.1f} us, "
+            f"graph.replay() {replay:.1f} us, both {both:.1f} us; whole execute() {execute:.1f} us wall "
+            "(GPU step and id readback included)")
