@@ -301,9 +301,10 @@ def int4_only() -> list[dict]:
         return rows + _int4_case(folder, "1B", bw, rows)
 
 
-def fused_ab() -> list[dict]:
-    """The 1B batch-1 decode with the fused decode layers off, then on (``EngineConfig.fused_decode``), in
-    one process: the fusion's effect against a reference measured on the same machine."""
+def fused_ab(order: tuple[bool, ...] = (False, True)) -> list[dict]:
+    """The 1B batch-1 decode with the fused decode layers off, then on (``EngineConfig.fused_decode``; the
+    other way round with ``order``), in one process: the fusion's effect against a reference measured on
+    the same machine."""
     from engine import LLM
 
     bw = measure_copy_bandwidth()
@@ -311,12 +312,12 @@ def fused_ab() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench_fused_") as tmp:
         folder = Path(tmp)
         write_checkpoint("llama-3.2-1b", folder)
-        for fused in (False, True):
+        for fused in order:
             llm = LLM(str(folder), dtype="bfloat16", max_model_len=MAX_MODEL_LEN, token_budget=TOKEN_BUDGET,
                       gpu_memory_utilization=0.85, fused_decode=fused)
             tag = f"1B fused_decode={fused}"
             log(f"{tag}: fused choice {llm.runner.fused_choice is not None and llm.runner.fused_choice.chosen}")
-            rows += _decode_case(llm, tag, bw, {}, profile_kernels=fused)
+            rows += _decode_case(llm, tag, bw, {}, profile_kernels=True)
             del llm
             gc.collect()
             torch.cuda.empty_cache()
@@ -327,5 +328,6 @@ if __name__ == "__main__":
     import sys
 
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    for r in {"--int4-only": int4_only, "--fused-ab": fused_ab}.get(mode, lambda: run(quick=False))():
+    modes = {"--int4-only": int4_only, "--fused-ab": fused_ab, "--fused-ba": lambda: fused_ab((True, False))}
+    for r in modes.get(mode, lambda: run(quick=False))():
         print(r)
