@@ -164,6 +164,16 @@ def check_weight(w: torch.Tensor, name: str = "w") -> tuple[int, int]:
     return int(w.shape[0]), int(w.shape[1])
 
 
+def check_rows(x: torch.Tensor, w: torch.Tensor, k: int, fn: str) -> None:
+    """Raise ValueError unless ``x`` is a [M, k] activation of w's dtype with 1 <= M <= ``SKINNY_MAX_M``
+    (``fn`` names the kernel in the message)."""
+    check_activation(x, k)
+    if x.dtype != w.dtype:
+        raise ValueError(f"x must have w's dtype {w.dtype}, got {x.dtype}")
+    if x.shape[0] > SKINNY_MAX_M:
+        raise ValueError(f"x has M={x.shape[0]} rows; {fn} takes at most {SKINNY_MAX_M} (use F.linear)")
+
+
 def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
               config: GemvConfig | None = None) -> torch.Tensor:
     """y = x @ w.T for a few rows of x (decode), fp32 accumulation.
@@ -178,12 +188,7 @@ def gemv_bf16(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor | None = None,
         [M, N] tensor of x.dtype.
     """
     n, k = check_weight(w)
-    check_activation(x, k)
-    if x.dtype != w.dtype:
-        raise ValueError(f"x must have w's dtype {w.dtype}, got {x.dtype}")
-    m = x.shape[0]
-    if m > SKINNY_MAX_M:
-        raise ValueError(f"x has M={m} rows; gemv_bf16 takes at most {SKINNY_MAX_M} (use F.linear)")
+    check_rows(x, w, k, "gemv_bf16")
     check_same_device(("x", x), ("w", w))
     return launch_gemv(x, w, prepare_out(x, n, out), resolve_config(config, n, k, x.device))
 

@@ -20,18 +20,10 @@ import dataclasses
 import torch
 
 from kernels._gemv_kernel import launch_gemv
-from kernels._gemv_util import SKINNY_MAX_M, check_activation, check_same_device, prepare_out
+from kernels._gemv_util import check_same_device, prepare_out
 from kernels.activation import silu_and_mul_ref
-from kernels.gemv_bf16 import GemvConfig, candidate_configs, check_weight, resolve_config
+from kernels.gemv_bf16 import GemvConfig, candidate_configs, check_rows, check_weight, resolve_config
 from kernels.norm import rms_norm_ref
-
-
-def _check_rows(x: torch.Tensor, w: torch.Tensor, k: int, fn: str) -> None:
-    check_activation(x, k)
-    if x.dtype != w.dtype:
-        raise ValueError(f"x must have w's dtype {w.dtype}, got {x.dtype}")
-    if x.shape[0] > SKINNY_MAX_M:
-        raise ValueError(f"x has M={x.shape[0]} rows; {fn} takes at most {SKINNY_MAX_M}")
 
 
 def glu_config(config: GemvConfig) -> GemvConfig:
@@ -64,7 +56,7 @@ def gemv_rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: tor
         [M, N] (or [M, I]) tensor of x's dtype.
     """
     n, k = check_weight(w)
-    _check_rows(x, w, k, "gemv_rms_norm")
+    check_rows(x, w, k, "gemv_rms_norm")
     if not isinstance(norm_weight, torch.Tensor) or tuple(norm_weight.shape) != (k,):
         raise ValueError(f"norm_weight must be 1-D of length K={k}, got {getattr(norm_weight, 'shape', None)}")
     if not norm_weight.is_floating_point() or not norm_weight.is_contiguous():
@@ -96,7 +88,7 @@ def gemv_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, out:
         [M, N] tensor of x's dtype.
     """
     n, k = check_weight(w)
-    _check_rows(x, w, k, "gemv_residual")
+    check_rows(x, w, k, "gemv_residual")
     if not isinstance(residual, torch.Tensor) or tuple(residual.shape) != (x.shape[0], n):
         raise ValueError(f"residual must have shape {(x.shape[0], n)}, got {getattr(residual, 'shape', None)}")
     if residual.dtype != x.dtype or residual.stride(1) != 1:

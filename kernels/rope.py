@@ -117,18 +117,32 @@ def rope_heads_(x_ptr, stride_h, num_heads, cos, sin, offs, f_ok, HALF: tl.const
 
 
 @triton.jit
-def _rope_kernel(
-    q_ptr, k_ptr, pos_ptr, cs_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
-    num_q_heads, num_k_heads,
-    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
-):
-    t = tl.program_id(0).to(tl.int64)
+def rope_token_(q_ptr, k_ptr, pos_ptr, cs_ptr, t, stride_qt, stride_qh, stride_kt, stride_kh, num_q_heads,
+                num_k_heads, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr,
+                BLOCK_HK: tl.constexpr):
+    """Rotate every q and k head of token ``t`` in place at its position.
+
+    Returns:
+        (k first halves, k second halves) as stored, each [BLOCK_HK, BLOCK_HALF], and the lane offsets
+        and their mask (lanes < HALF).
+    """
     pos = tl.load(pos_ptr + t).to(tl.int64)
     offs = tl.arange(0, BLOCK_HALF)
     f_ok = offs < HALF
     cos, sin = load_cos_sin(cs_ptr, pos, offs, f_ok, HALF)
     rope_heads_(q_ptr + t * stride_qt, stride_qh, num_q_heads, cos, sin, offs, f_ok, HALF, BLOCK_HQ)
-    rope_heads_(k_ptr + t * stride_kt, stride_kh, num_k_heads, cos, sin, offs, f_ok, HALF, BLOCK_HK)
+    k1, k2 = rope_heads_(k_ptr + t * stride_kt, stride_kh, num_k_heads, cos, sin, offs, f_ok, HALF, BLOCK_HK)
+    return k1, k2, offs, f_ok
+
+
+@triton.jit
+def _rope_kernel(
+    q_ptr, k_ptr, pos_ptr, cs_ptr, stride_qt, stride_qh, stride_kt, stride_kh,
+    num_q_heads, num_k_heads,
+    HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HK: tl.constexpr,
+):
+    rope_token_(q_ptr, k_ptr, pos_ptr, cs_ptr, tl.program_id(0).to(tl.int64), stride_qt, stride_qh, stride_kt,
+                stride_kh, num_q_heads, num_k_heads, HALF, BLOCK_HALF, BLOCK_HQ, BLOCK_HK)
 
 
 def _check_args(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:

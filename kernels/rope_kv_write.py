@@ -16,7 +16,7 @@ from kernels._util import next_pow2
 from kernels.kv_write import _check_args as _check_write_args
 from kernels.kv_write import kv_codes, kv_scale, quant_constexprs, write_kv_ref
 from kernels.rope import _check_args as _check_rope_args
-from kernels.rope import apply_rope_ref, load_cos_sin, rope_heads_
+from kernels.rope import apply_rope_ref, rope_token_
 
 
 @triton.jit
@@ -30,13 +30,8 @@ def _rope_kv_write_kernel(
 ):
     # One program per token; every head is handled as two [heads, HALF] tiles (the rotate-half pairs).
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(pos_ptr + t).to(tl.int64)
-    offs = tl.arange(0, BLOCK_HALF)
-    f_ok = offs < HALF
-    cos, sin = load_cos_sin(cs_ptr, pos, offs, f_ok, HALF)
-    rope_heads_(q_ptr + t * stride_qt, stride_qh, num_q_heads, cos, sin, offs, f_ok, HALF, BLOCK_HQ)
-    k1, k2 = rope_heads_(k_ptr + t * stride_kt, stride_kh, num_kv_heads, cos, sin, offs, f_ok, HALF,
-                         BLOCK_HKV)
+    k1, k2, offs, f_ok = rope_token_(q_ptr, k_ptr, pos_ptr, cs_ptr, t, stride_qt, stride_qh, stride_kt, stride_kh,
+                                     num_q_heads, num_kv_heads, HALF, BLOCK_HALF, BLOCK_HQ, BLOCK_HKV)
 
     slot = tl.load(slot_ptr + t)
     offs_h = tl.arange(0, BLOCK_HKV)
