@@ -15,6 +15,31 @@ FP32_ATOL_REL = 4e-3 if ON_CUDA else 0.0
 BF16_ATOL_REL = 2e-2 if ON_CUDA else 2**-7
 
 
+def cache_bits(t: torch.Tensor) -> torch.Tensor:
+    """Bit pattern view, so NaN poison compares equal to itself."""
+    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
+
+
+def assert_cache_matches(got: torch.Tensor, want: torch.Tensor, bitwise: bool) -> None:
+    """A written KV cache (codes or scales) against the reference's, NaN poison included.
+
+    Exact on the CPU interpreter and for bf16 (``bitwise``: the same bits; otherwise equal values, so a
+    -0 code may read back as +0); fp32 scales within 1e-6 relative on CUDA; fp8/int8 codes on CUDA within
+    one code (int8) or 2^-3 relative + 2^-9 (fp8), for the device's rounding of the scale.
+    """
+    if not ON_CUDA or got.dtype == torch.bfloat16:
+        if bitwise:
+            assert torch.equal(cache_bits(got), cache_bits(want))
+        else:
+            torch.testing.assert_close(got.float(), want.float(), rtol=0, atol=0, equal_nan=True)
+    elif got.dtype == torch.float32:
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=0, equal_nan=True)
+    else:
+        gf, wf = got.float().nan_to_num(0), want.float().nan_to_num(0)
+        step = 1.0 if got.dtype == torch.int8 else 2**-3 * torch.maximum(gf.abs(), wf.abs()) + 2**-9
+        assert ((gf - wf).abs() <= step).all()
+
+
 def assert_fp32_close(out: torch.Tensor, ref: torch.Tensor) -> None:
     """fp32 attention output vs reference: rtol 1e-4, atol 2e-5 (+ FP32_ATOL_REL * max|ref| on CUDA)."""
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=2e-5 + FP32_ATOL_REL * float(ref.abs().max()))

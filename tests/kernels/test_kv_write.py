@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kernels.kv_write import quantize_kv_ref, write_kv, write_kv_ref
-from tests.kernels.paged_kv_fixtures import DEVICE, ON_CUDA
+from tests.kernels.paged_kv_fixtures import DEVICE, ON_CUDA, assert_cache_matches, cache_bits
 
 DTYPES = [torch.bfloat16, torch.float8_e4m3fn, torch.int8]
 
@@ -27,11 +27,6 @@ def _poisoned_cache(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def _written(t: torch.Tensor) -> torch.Tensor:
     """Mask of elements holding a written value (not the NaN / -128 poison)."""
     return t != -128 if t.dtype == torch.int8 else ~t.float().isnan()
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """Bit pattern view, so NaN poison compares equal to itself."""
-    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 Caches = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]
@@ -67,15 +62,8 @@ def test_write_kv_matches_reference(dtype: torch.dtype, num_tokens: int, heads: 
             continue
         assert w is not None
         # NaN/-128 poison must survive exactly where the reference leaves it.
-        assert torch.equal(_bits(g)[~_written(w)], _bits(w)[~_written(w)])
-        if not ON_CUDA or g.dtype == torch.bfloat16:
-            assert torch.equal(_bits(g), _bits(w))  # bf16 stores are exact copies everywhere
-        elif g.dtype == torch.float32:
-            torch.testing.assert_close(g, w, rtol=1e-6, atol=0, equal_nan=True)
-        else:
-            gf, wf = g.float().nan_to_num(0), w.float().nan_to_num(0)
-            step = 1.0 if g.dtype == torch.int8 else 2**-3 * torch.maximum(gf.abs(), wf.abs()) + 2**-9
-            assert ((gf - wf).abs() <= step).all()
+        assert torch.equal(cache_bits(g)[~_written(w)], cache_bits(w)[~_written(w)])
+        assert_cache_matches(g, w, bitwise=True)  # bf16 stores are exact copies everywhere
     kc = got[0].view(-1, heads, head_dim)
     written = slots[slots >= 0]
     untouched = torch.ones(kc.shape[0], dtype=torch.bool, device=DEVICE)
@@ -105,7 +93,7 @@ def test_quantisation_error_bound(dtype: torch.dtype) -> None:
     if not ON_CUDA:
         ref_codes, ref_scale = quantize_kv_ref(x, dtype)
         assert torch.equal(scale, ref_scale)
-        assert torch.equal(_bits(kc.view(-1, 4, 64)[3:12]), _bits(ref_codes))
+        assert torch.equal(cache_bits(kc.view(-1, 4, 64)[3:12]), cache_bits(ref_codes))
 
 
 def test_bad_arguments_raise() -> None:

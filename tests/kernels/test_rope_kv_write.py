@@ -17,18 +17,13 @@ import torch
 from kernels.kv_write import write_kv, write_kv_ref
 from kernels.rope import apply_rope_, rope_cos_sin
 from kernels.rope_kv_write import rope_and_write_kv, rope_and_write_kv_ref
-from tests.kernels.paged_kv_fixtures import DEVICE, ON_CUDA
+from tests.kernels.paged_kv_fixtures import DEVICE, assert_cache_matches, cache_bits
 
 LLAMA3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
           "original_max_position_embeddings": 64}
 MAX_POS = 512
 DTYPES = [torch.bfloat16, torch.float8_e4m3fn, torch.int8]
 Caches = list[torch.Tensor]
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """Bit pattern view, so NaN poison compares equal to itself."""
-    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32}[t.element_size()])
 
 
 def _caches(shape: tuple[int, int, int, int], dtype: torch.dtype) -> Caches:
@@ -69,16 +64,9 @@ def _run(fn: Callable[..., None], qkv: torch.Tensor, hq: int, hkv: int, position
 
 def _assert_same_caches(got: Caches, want: Caches) -> None:
     for g, w in zip(got, want, strict=True):
-        if not ON_CUDA or g.dtype == torch.bfloat16:
-            # Exact values, NaN poison where the reference has it (a -0 code may read back as +0: the
-            # interpreter's fp8 rounding helper drops the sign of zero, in write_kv too).
-            torch.testing.assert_close(g.float(), w.float(), rtol=0, atol=0, equal_nan=True)
-        elif g.dtype == torch.float32:
-            torch.testing.assert_close(g, w, rtol=1e-6, atol=0, equal_nan=True)
-        else:
-            gf, wf = g.float().nan_to_num(0), w.float().nan_to_num(0)
-            step = 1.0 if g.dtype == torch.int8 else 2**-3 * torch.maximum(gf.abs(), wf.abs()) + 2**-9
-            assert ((gf - wf).abs() <= step).all()
+        # Values, not bits: a -0 code may read back as +0 (the interpreter's fp8 rounding helper drops the
+        # sign of zero, in write_kv too).
+        assert_cache_matches(g, w, bitwise=False)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -134,7 +122,7 @@ def test_equals_unfused_kernels(dtype: torch.dtype) -> None:
     want_qkv, want = _run(unfused, qkv, hq, hkv, positions, cos_sin, slots, (4, bs, hkv, d), dtype)
     assert torch.equal(got_qkv, want_qkv)
     for g, w in zip(got, want, strict=True):
-        assert torch.equal(_bits(g), _bits(w))
+        assert torch.equal(cache_bits(g), cache_bits(w))
 
 
 def test_all_padding_rows_rotate_but_write_nothing() -> None:
