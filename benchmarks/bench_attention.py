@@ -7,6 +7,8 @@
   context 512..32k: achieved K/V bytes/s against the measured device-copy bandwidth, and time against
   SDPA on pre-gathered contiguous K/V (the gather is not timed).
 * Decode with bf16 vs fp8 vs int8 KV: time, with the bf16 kernel's time as reference.
+* Decode launch shapes (``kernels.decode_launch.DecodeConfig``) on three long-context shapes against the
+  default shape, and the default launched with programmatic dependent launch against without.
 * Prefill attention (causal, no prefix: 8 x 2048 and 1 x 8192; plus one chunk over a cached prefix):
   TFLOP/s against the measured bf16 matmul peak and SDPA's flash backend.
 
@@ -27,6 +29,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from benchmarks.common import graph_time, measure_copy_bandwidth, measure_matmul_peak, row, time_cuda
 from kernels.attention_decode import paged_decode_attention, paged_decode_attention_ref
 from kernels.attention_prefill import paged_prefill_attention, paged_prefill_attention_ref
+from kernels.decode_launch import DecodeConfig
 from kernels.kv_write import write_kv
 from kernels.rope import apply_rope_, apply_rope_ref, rope_cos_sin
 
@@ -164,6 +167,42 @@ def _split_rows(model: str, ctx: int, table: int, copy_bw: float) -> list[dict]:
     return [row("decode_splits", f"{model} B=1 ctx={ctx} table={table} splits={n}", timed(n) * 1e6, "us",
                 reference="default splits", ref_value=default * 1e6, ceiling="bytes / copy_bw",
                 ceiling_value=floor) for n in (1, 2, 4, 8, 16, 32, 64, 128)]
+
+
+def _config_rows(model: str, batch: int, ctx: int, copy_bw: float) -> list[dict]:
+    """One decode shape under each partition-kernel launch shape (``DecodeConfig``: keys per step, warps,
+    pipeline stages; default splits), against the default shape; then the default launched with PDL
+    against without (a graph of back-to-back calls, each call's reduction launched right behind its
+    partition kernel)."""
+    hq, _, d = _MODELS[model]
+    paged = _Paged(model, batch, ctx, torch.bfloat16, _copies(_kv_bytes(model, batch * ctx, torch.bfloat16)))
+    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+
+    def timed(config: DecodeConfig | None, pdl: bool = False) -> float:
+        return _graph_time([lambda bt=bt: paged_decode_attention(q, paged.k_cache, paged.v_cache, bt, paged.seq_lens,
+                                                                 d**-0.5, out=out, config=config, pdl=pdl)
+                            for bt in paged.tables])
+
+    case = f"{model} B={batch} ctx={ctx}"
+    default = timed(None)
+    floor = _kv_bytes(model, batch * ctx, torch.bfloat16) / copy_bw * 1e6
+    rows = []
+    for block_n in (64, 128, 256):
+        for warps in (4, 8):
+            for stages in (2, 3, 4):
+                cfg = DecodeConfig(block_n, warps, stages)
+                try:
+                    us = timed(cfg) * 1e6
+                except Exception as e:  # e.g. too much shared memory for this tile: recorded, not fatal
+                    rows.append(row("decode_config", f"{case} {cfg.label}", float("nan"), "us",
+                                    reference=f"error: {type(e).__name__}: {str(e)[:120]}"))
+                    continue
+                rows.append(row("decode_config", f"{case} {cfg.label}", us, "us", reference="default config",
+                                ref_value=default * 1e6, ceiling="bytes / copy_bw", ceiling_value=floor))
+    rows.append(row("decode_pdl", f"{case} default config, pdl", timed(None, pdl=True) * 1e6, "us",
+                    reference="without pdl", ref_value=default * 1e6, ceiling="bytes / copy_bw", ceiling_value=floor))
+    return rows
 
 
 def _quant_rows(model: str, batch: int, ctx: int, name: str, copy_bw: float, bf16_times: dict) -> list[dict]:
@@ -311,6 +350,9 @@ def run(quick: bool = False) -> list[dict]:
                   lambda m=model, b=batch, c=ctx: _decode_rows(m, b, c, copy_bw, bf16_times))
     for model in models:
         _safe(rows, "decode_mixed", f"{model} B=64 mixed contexts", "us", lambda m=model: _mixed_rows(m, copy_bw))
+    for model, batch, ctx in (("1B", 1, 32768), ("1B", 8, 8192), ("3B", 1, 32768)):
+        _safe(rows, "decode_config", f"{model} B={batch} ctx={ctx}", "us",
+              lambda m=model, b=batch, c=ctx: _config_rows(m, b, c, copy_bw))
     for ctx, table in ((256, 8192), (32768, 32768)):
         _safe(rows, "decode_splits", f"1B B=1 ctx={ctx}", "us", lambda c=ctx, t=table: _split_rows("1B", c, t, copy_bw))
     quant_cases = [(1, 32768)] if quick else [(1, 32768), (16, 8192), (64, 4096)]

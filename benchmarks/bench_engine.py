@@ -301,33 +301,56 @@ def int4_only() -> list[dict]:
         return rows + _int4_case(folder, "1B", bw, rows)
 
 
-def fused_ab(order: tuple[bool, ...] = (False, True)) -> list[dict]:
-    """The 1B batch-1 decode with the fused decode layers off, then on (``EngineConfig.fused_decode``; the
-    other way round with ``order``), in one process: the fusion's effect against a reference measured on
-    the same machine."""
+def decode_variants(variants: tuple[dict, ...], model: str = "llama-3.2-1b") -> list[dict]:
+    """The batch-1 decode once per variant of the engine's flags (e.g. ``{"pdl": False}``), in one process
+    and in the given order: each flag's effect against a reference measured on the same machine. The
+    first engine of a process is the fair one for host time (a later one's graph launches are slower on
+    the host, whichever variant it is); the graph replay time is not affected."""
     from engine import LLM
 
     bw = measure_copy_bandwidth()
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="bench_fused_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench_variants_") as tmp:
         folder = Path(tmp)
-        write_checkpoint("llama-3.2-1b", folder)
-        for fused in order:
+        write_checkpoint(model, folder)
+        for flags in variants:
             llm = LLM(str(folder), dtype="bfloat16", max_model_len=MAX_MODEL_LEN, token_budget=TOKEN_BUDGET,
-                      gpu_memory_utilization=0.85, fused_decode=fused)
-            tag = f"1B fused_decode={fused}"
-            log(f"{tag}: fused choice {llm.runner.fused_choice is not None and llm.runner.fused_choice.chosen}")
-            rows += _decode_case(llm, tag, bw, {}, profile_kernels=True)
+                      gpu_memory_utilization=0.85, **flags)
+            size = model.rsplit("-", 1)[-1].upper()
+            tag = f"{size} " + " ".join(f"{k}={v}" for k, v in flags.items())
+            fused = llm.runner.fused_choice is not None and llm.runner.fused_choice.chosen
+            log(f"{tag}: fused decode layers {fused}, pdl {llm.runner.pdl}")
+            rows += _decode_case(llm, tag, bw, {}, profile_kernels=size == "1B")
             del llm
             gc.collect()
             torch.cuda.empty_cache()
     return rows
 
 
+def _parse_variants(args: list[str]) -> tuple[tuple[dict, ...], str]:
+    """``FLAG=V1,V2 [--model NAME]`` -> one flags dict per value (true/false become bools)."""
+    model = "llama-3.2-1b"
+    if "--model" in args:
+        i = args.index("--model")
+        model, args = args[i + 1], args[:i] + args[i + 2:]
+    if len(args) != 1 or "=" not in args[0]:
+        raise SystemExit("usage: python -m benchmarks.bench_engine --decode-ab FLAG=V1,V2 [--model NAME]")
+    flag, values = args[0].split("=", 1)
+    parse = {"true": True, "false": False}
+    return tuple({flag: parse.get(v.lower(), v)} for v in values.split(",")), model
+
+
 if __name__ == "__main__":
     import sys
 
-    mode = sys.argv[1] if len(sys.argv) > 1 else ""
-    modes = {"--int4-only": int4_only, "--fused-ab": fused_ab, "--fused-ba": lambda: fused_ab((True, False))}
-    for r in modes.get(mode, lambda: run(quick=False))():
+    argv = sys.argv[1:]
+    mode = argv[0] if argv else ""
+    presets = {"--fused-ab": "fused_decode=false,true", "--fused-ba": "fused_decode=true,false"}
+    if mode == "--int4-only":
+        rows = int4_only()
+    elif mode == "--decode-ab" or mode in presets:
+        rows = decode_variants(*_parse_variants(argv[1:] if mode == "--decode-ab" else [presets[mode]]))
+    else:
+        rows = run(quick=False)
+    for r in rows:
         print(r)

@@ -139,13 +139,15 @@ class TritonAttention:
         head_dim: per-head width.
         decode_splits: split-KV factor for decodes; None lets the kernel choose from
             the block-table width (host side, so fixed for a captured graph).
+        pdl: launch the fused RoPE + KV write and the decode attention kernels with
+            programmatic dependent launch (``kernels.pdl``; Hopper GPUs only).
 
     Raises:
         ImportError: a kernel module is missing.
     """
 
     def __init__(self, kv: KVCache, num_heads: int, num_kv_heads: int, head_dim: int,
-                 decode_splits: int | None = None) -> None:
+                 decode_splits: int | None = None, pdl: bool = False) -> None:
         try:
             from kernels.attention_decode import paged_decode_attention
             from kernels.attention_prefill import paged_prefill_attention
@@ -157,13 +159,14 @@ class TritonAttention:
         self.kv = kv
         self.scale = head_dim**-0.5
         self.decode_splits = decode_splits
+        self.pdl = pdl
 
     def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
         """See ``AttentionBackend``: one kernel launch (``kernels/rope_kv_write.py``)."""
         k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
         self._rope_and_write_kv(q, k, v, positions, cos_sin, k_cache, v_cache, meta.slot_mapping,
-                                k_scale, v_scale)
+                                k_scale, v_scale, pdl=self.pdl)
 
     def attend(self, layer: int, q: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
         """See ``AttentionBackend``."""
@@ -173,7 +176,7 @@ class TritonAttention:
         if meta.padded:  # a captured mixed step: decode slots lead, then the chunks (see StepMetadata)
             nd = meta.num_decodes
             self._decode(q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
-                         k_scale, v_scale, num_splits=self.decode_splits, out=out[:nd])
+                         k_scale, v_scale, num_splits=self.decode_splits, out=out[:nd], pdl=self.pdl)
             self._prefill(q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
                           meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out)
             return out
@@ -183,5 +186,5 @@ class TritonAttention:
                           meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out[:p])
         if meta.num_decodes:
             self._decode(q[p:], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
-                         k_scale, v_scale, num_splits=self.decode_splits, out=out[p:])
+                         k_scale, v_scale, num_splits=self.decode_splits, out=out[p:], pdl=self.pdl)
         return out

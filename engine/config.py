@@ -53,6 +53,10 @@ class EngineConfig:
             inside the qkv and gate_up GEMVs, SwiGLU and the residual adds in their
             epilogues; ``engine.fused_choice``) and run steps of at most 4 tokens through
             them when a layer's chain of them is faster.
+        pdl: on CUDA devices of compute capability >= 9.0 (Hopper), launch the decode
+            kernels (GEMVs, fused RoPE + KV write, decode attention) with programmatic
+            dependent launch, so that each starts while the one before it finishes
+            (``kernels.pdl``); ignored on other devices.
     """
 
     model: str
@@ -74,6 +78,7 @@ class EngineConfig:
     seed: int = 0
     small_batch_gemv: bool = True
     fused_decode: bool = True
+    pdl: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:

@@ -42,11 +42,12 @@ class FusedKernels:
     candidates: Callable[[int, int, torch.device, bool], Sequence[GemvConfig]]
 
 
-def default_fused_kernels() -> FusedKernels:
-    """The Triton kernels of ``kernels.gemv_fused`` (ImportError when they are missing)."""
+def default_fused_kernels(pdl: bool = False) -> FusedKernels:
+    """The Triton kernels of ``kernels.gemv_fused`` (``pdl``: candidates launched with PDL; ImportError when
+    they are missing)."""
     from kernels.gemv_fused import fused_candidates, gemv_residual, gemv_rms_norm
 
-    return FusedKernels(gemv_rms_norm, gemv_residual, fused_candidates)
+    return FusedKernels(gemv_rms_norm, gemv_residual, functools.partial(fused_candidates, pdl=pdl))
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def _reset(model: LlamaModel) -> None:
 
 
 def choose_fused(model: LlamaModel, device: torch.device, reps: int = 5, timer: Timer | None = None,
-                 kernels: FusedKernels | None = None) -> FusedChoice:
+                 kernels: FusedKernels | None = None, pdl: bool = False) -> FusedChoice:
     """Time the fused decode kernels of ``model``'s layers; set them where the fused chain wins.
 
     Args:
@@ -117,7 +118,8 @@ def choose_fused(model: LlamaModel, device: torch.device, reps: int = 5, timer: 
         reps: timed graph replays per candidate (default timer).
         timer: ``(label, fn) -> seconds`` per call of ``fn`` (default: a CUDA graph of ``fn``); labels
             are ``'<role>:fused:<config>'``, ``'chain:unfused'`` and ``'chain:fused'``.
-        kernels: the kernels to time (default: ``default_fused_kernels()``).
+        kernels: the kernels to time (default: ``default_fused_kernels(pdl)``).
+        pdl: with the default kernels, launch the candidates with programmatic dependent launch.
 
     Returns:
         The choice (also when nothing was chosen, with the reason in ``note``).
@@ -131,7 +133,7 @@ def choose_fused(model: LlamaModel, device: torch.device, reps: int = 5, timer: 
         return FusedChoice(note="(needs full-precision bf16/fp16 linear layers)")
     if kernels is None:
         try:
-            kernels = default_fused_kernels()
+            kernels = default_fused_kernels(pdl)
         except ImportError as exc:
             return FusedChoice(note=f"(no kernel: {exc})")
     timer = timer or (lambda label, fn: graph_seconds(fn, reps))

@@ -100,15 +100,17 @@ def graph_seconds(fn: Callable[[], object], reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def default_kernels() -> GemvKernels:
-    """The Triton kernels of ``kernels/`` (ImportError when they are missing)."""
+def default_kernels(pdl: bool = False) -> GemvKernels:
+    """The Triton kernels of ``kernels/`` (``pdl``: candidates launched with PDL; ImportError when they are
+    missing)."""
     from kernels.gemv_bf16 import candidate_configs, gemv_bf16
 
-    return GemvKernels(gemv_bf16, candidate_configs)
+    return GemvKernels(gemv_bf16, functools.partial(candidate_configs, pdl=pdl))
 
 
 def choose_gemv(linears: dict[str, list[Linear]], device: torch.device, reps: int = 5,
-                timer: Timer | None = None, kernels: GemvKernels | None = None) -> list[GemvTiming]:
+                timer: Timer | None = None, kernels: GemvKernels | None = None,
+                pdl: bool = False) -> list[GemvTiming]:
     """Time every candidate per kind of layer; set ``Linear.gemv`` where one beats ``F.linear``.
 
     Args:
@@ -118,7 +120,9 @@ def choose_gemv(linears: dict[str, list[Linear]], device: torch.device, reps: in
         reps: timed graph replays per candidate (default timer).
         timer: ``(label, fn) -> seconds`` per call of ``fn`` (default: a CUDA graph of ``fn``);
             labels are ``'<kind>:linear'`` and ``'<kind>:gemv:<config>'``.
-        kernels: the kernels to time (default: ``default_kernels()``).
+        kernels: the kernels to time (default: ``default_kernels(pdl)``).
+        pdl: with the default kernels, launch the GEMV candidates with programmatic dependent
+            launch (``kernels.pdl``; Hopper only).
 
     Returns:
         One ``GemvTiming`` per kind considered.
@@ -128,7 +132,7 @@ def choose_gemv(linears: dict[str, list[Linear]], device: torch.device, reps: in
     """
     if kernels is None:
         try:
-            kernels = default_kernels()
+            kernels = default_kernels(pdl)
         except ImportError as exc:
             return [GemvTiming(k, (0, 0), math.nan, math.nan, False, f"no kernel: {exc}") for k in linears]
 

@@ -36,6 +36,12 @@ from policies.types import PrefillChunk, Request, SamplingParams, StepPlan, Step
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+def _pdl_supported(device: torch.device) -> bool:
+    from kernels.pdl import pdl_supported  # Triton backend only: kernels/ needs triton
+
+    return pdl_supported(device)
+
+
 def resolve_device(name: str) -> torch.device:
     """``EngineConfig.device`` as a torch device ('auto': CUDA when available)."""
     if name == "auto":
@@ -61,6 +67,8 @@ class ModelRunner:
         gemv_timings: the start-up choice between ``F.linear`` and ``gemv_bf16`` per
             kind of linear layer (empty when not made).
         fused_choice: the start-up choice of the fused decode layers (None when not made).
+        pdl: whether the decode kernels are launched with programmatic dependent launch
+            (``EngineConfig.pdl`` on a device that supports it).
         last_launch_s: host seconds from the start of the last graph-path ``execute``
             until its graph was launched (benchmarks).
     """
@@ -73,6 +81,7 @@ class ModelRunner:
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" else "torch"
         self.backend = backend
+        self.pdl = config.pdl and backend == "triton" and self.device.type == "cuda" and _pdl_supported(self.device)
         ops = triton_ops() if backend == "triton" else torch_ops()
         spec, tensors = load_llama(config.model, self.dtype, self.device)
         self.spec = spec
@@ -102,12 +111,12 @@ class ModelRunner:
         if self.device.type == "cuda" and backend == "triton":
             if config.small_batch_gemv and config.quantization is None and self.dtype in GEMV_DTYPES:
                 try:
-                    self.gemv_timings = choose_gemv(self.model.linears(), self.device)
+                    self.gemv_timings = choose_gemv(self.model.linears(), self.device, pdl=self.pdl)
                 except Exception as exc:  # a failed timing only costs the optimisation (choose_gemv reset the layers)
                     warnings.warn(f"GEMV choice failed, using F.linear everywhere: {exc!r}", stacklevel=2)
                 if config.fused_decode:
                     try:
-                        self.fused_choice = choose_fused(self.model, self.device)
+                        self.fused_choice = choose_fused(self.model, self.device, pdl=self.pdl)
                     except Exception as exc:  # choose_fused left the layers unfused
                         warnings.warn(f"fused decode choice failed, decoding unfused: {exc!r}", stacklevel=2)
             if not config.enforce_eager:
@@ -137,8 +146,9 @@ class ModelRunner:
 
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
-        cls = TritonAttention if self.backend == "triton" else TorchAttention
-        return cls(kv, s.num_heads, s.num_kv_heads, s.head_dim)
+        if self.backend == "triton":
+            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl)
+        return TorchAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim)
 
     # ---------------------------------------------------------------- sizing
     def profile_plan(self, tokens: int) -> tuple[StepPlan, int]:

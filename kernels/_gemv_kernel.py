@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_enter, pdl_launch_options
+
 if TYPE_CHECKING:
     from kernels.gemv_bf16 import GemvConfig
 
@@ -59,13 +61,47 @@ def _silu_mul(g, u):
 
 
 @triton.jit
+def _load_w(w_ptr, n64, nmask, k, K, stride_wn, up_off, GLU: tl.constexpr):
+    """One weight tile [BLOCK_N, BLOCK_K] (with GLU also its up half; else that slot repeats the tile)."""
+    kmask = k < K
+    wmask = nmask[:, None] & kmask[None, :]
+    w_ptrs = w_ptr + n64[:, None] * stride_wn + k[None, :]
+    w = tl.load(w_ptrs, mask=wmask, other=0.0, eviction_policy="evict_first").to(tl.float32)
+    w_up = w
+    if GLU:
+        w_up = tl.load(w_ptrs + up_off * stride_wn, mask=wmask, other=0.0,
+                       eviction_policy="evict_first").to(tl.float32)
+    return w, w_up
+
+
+@triton.jit
+def _accumulate(acc, acc_up, acc1, acc1_up, w, w_up, x_ptr, nw_ptr, k, K, M, stride_xm, rstd, m_idx,
+                BLOCK_M: tl.constexpr, NORM: tl.constexpr, GLU: tl.constexpr):
+    """Add one weight tile's products with the matching activation tile to the accumulators."""
+    kmask = k < K
+    if BLOCK_M == 1:
+        xv = _act_tile(x_ptr, nw_ptr, k, kmask, tl.sum(rstd, axis=0), NORM)[None, :]
+        acc1 += w * xv
+        if GLU:
+            acc1_up += w_up * xv
+    else:
+        for m in tl.static_range(BLOCK_M):
+            r_m = tl.sum(tl.where(m_idx == m, rstd, 0.0), axis=0)
+            xv = _act_tile(x_ptr + m * stride_xm, nw_ptr, k, kmask & ((k * 0 + m) < M), r_m, NORM)[None, :]
+            acc = tl.where(m_idx[:, None] == m, acc + tl.sum(w * xv, axis=1)[None, :], acc)
+            if GLU:
+                acc_up = tl.where(m_idx[:, None] == m, acc_up + tl.sum(w_up * xv, axis=1)[None, :], acc_up)
+    return acc, acc_up, acc1, acc1_up
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_chunk, up_off, eps,
                  stride_xm, stride_wn, stride_om, stride_rm,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                 NORM: tl.constexpr, GLU: tl.constexpr, RES: tl.constexpr):
+                 NORM: tl.constexpr, GLU: tl.constexpr, RES: tl.constexpr, PDL: tl.constexpr):
     # Program (pid_n, pid_k) covers output columns [pid_n * BLOCK_N, +BLOCK_N) and K range
-    # [pid_k * k_chunk, +k_chunk); k_chunk is a multiple of BLOCK_K, so only the last split's tiles reach
-    # past K (masked). With GLU, output column n reads weight rows n (gate) and n + up_off (up).
+    # [pid_k * k_chunk, +k_chunk); k_chunk is a multiple of BLOCK_K (>= BLOCK_K), so only the last split's
+    # tiles reach past K (masked). With GLU, output column n reads weight rows n (gate) and n + up_off (up).
     pid_n = tl.program_id(0)
     k_start = tl.program_id(1) * k_chunk
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -73,6 +109,10 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_ch
     n64 = n.to(tl.int64)
     k_off = tl.arange(0, BLOCK_K)
     m_idx = tl.arange(0, BLOCK_M)
+    # The first weight tile is loaded before pdl_enter: weights are never written by the step, so with
+    # PDL this load overlaps the previous kernel's tail (kernels/pdl.py).
+    w, w_up = _load_w(w_ptr, n64, nmask, k_start + k_off, K, stride_wn, up_off, GLU)
+    pdl_enter(PDL)
     rstd = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     if NORM:
         for m in tl.static_range(BLOCK_M):
@@ -82,27 +122,13 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_ch
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # M == 1: elementwise FMAs, reduced after the loop
     acc1_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    for k0 in range(0, k_chunk, BLOCK_K):
+    acc, acc_up, acc1, acc1_up = _accumulate(acc, acc_up, acc1, acc1_up, w, w_up, x_ptr, nw_ptr, k_start + k_off,
+                                             K, M, stride_xm, rstd, m_idx, BLOCK_M, NORM, GLU)
+    for k0 in range(BLOCK_K, k_chunk, BLOCK_K):
         k = k_start + k0 + k_off
-        kmask = k < K
-        wmask = nmask[:, None] & kmask[None, :]
-        w_ptrs = w_ptr + n64[:, None] * stride_wn + k[None, :]
-        w = tl.load(w_ptrs, mask=wmask, other=0.0, eviction_policy="evict_first").to(tl.float32)
-        if GLU:
-            w_up = tl.load(w_ptrs + up_off * stride_wn, mask=wmask, other=0.0,
-                           eviction_policy="evict_first").to(tl.float32)
-        if BLOCK_M == 1:
-            xv = _act_tile(x_ptr, nw_ptr, k, kmask, tl.sum(rstd, axis=0), NORM)[None, :]
-            acc1 += w * xv
-            if GLU:
-                acc1_up += w_up * xv
-        else:
-            for m in tl.static_range(BLOCK_M):
-                r_m = tl.sum(tl.where(m_idx == m, rstd, 0.0), axis=0)
-                xv = _act_tile(x_ptr + m * stride_xm, nw_ptr, k, kmask & ((k * 0 + m) < M), r_m, NORM)[None, :]
-                acc = tl.where(m_idx[:, None] == m, acc + tl.sum(w * xv, axis=1)[None, :], acc)
-                if GLU:
-                    acc_up = tl.where(m_idx[:, None] == m, acc_up + tl.sum(w_up * xv, axis=1)[None, :], acc_up)
+        w, w_up = _load_w(w_ptr, n64, nmask, k, K, stride_wn, up_off, GLU)
+        acc, acc_up, acc1, acc1_up = _accumulate(acc, acc_up, acc1, acc1_up, w, w_up, x_ptr, nw_ptr, k, K, M,
+                                                 stride_xm, rstd, m_idx, BLOCK_M, NORM, GLU)
     if BLOCK_M == 1:
         acc = tl.sum(acc1, axis=1)[None, :]
         if GLU:
@@ -124,9 +150,10 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_ch
 
 @triton.jit
 def _split_k_reduce_kernel(part_ptr, out_ptr, res_ptr, M, N, stride_om, stride_rm, SPLIT_K: tl.constexpr,
-                           RES: tl.constexpr, BLOCK: tl.constexpr):
+                           RES: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     # Sums the SPLIT_K fp32 partials of each output in split order (deterministic), adds the residual,
     # then rounds once.
+    pdl_enter(PDL)
     idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = idx < M * N
     acc = tl.load(part_ptr + idx, mask=mask, other=0.0)
@@ -148,7 +175,8 @@ def launch_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, config: Gem
         w: [N, K] weight (with ``glu``: [2I, K], gate rows then up rows).
         out: [M, N] output of x's dtype ([M, I] with ``glu``).
         config: launch shape; with ``glu`` its ``block_n`` counts weight rows (half gate, half up),
-            so it must be at least 2, and ``split_k`` must be 1.
+            so it must be at least 2, and ``split_k`` must be 1. ``config.pdl`` launches both kernels
+            with programmatic dependent launch (``kernels.pdl``; ValueError off Hopper).
         norm: ``(norm_weight [K], eps)``: normalise x's rows first.
         glu: store ``silu(gate) * up``.
         residual: [M, N] tensor added to the output.
@@ -165,13 +193,14 @@ def launch_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, config: Gem
     part = out if split == 1 else torch.empty((split, m, n_out), dtype=torch.float32, device=x.device)
     nw, eps = norm if norm is not None else (x, 1.0)
     res = residual if residual is not None else out
+    launch = pdl_launch_options(config.pdl, x.device)
     _gemv_kernel[grid](x, w, out, part, nw, res, m, n_out, k, k_chunk, n_out if glu else 0, float(eps),
                        x.stride(0), w.stride(0), out.stride(0), res.stride(0),
                        BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=config.block_k,
                        SPLIT_K=split, NORM=norm is not None, GLU=glu, RES=residual is not None,
-                       num_warps=config.num_warps)
+                       PDL=config.pdl, num_warps=config.num_warps, **launch)
     if split > 1:
         _split_k_reduce_kernel[(triton.cdiv(m * n_out, _REDUCE_BLOCK),)](
             part, out, res, m, n_out, out.stride(0), res.stride(0), SPLIT_K=split, RES=residual is not None,
-            BLOCK=_REDUCE_BLOCK)
+            BLOCK=_REDUCE_BLOCK, PDL=config.pdl, **launch)
     return out

@@ -38,17 +38,9 @@ from kernels._util import (
     dot_dtype,
     gather_kv_ref,
     next_pow2,
-    sm_count,
 )
-
-#: Keys per split at least this many (splitting finer only adds reduction traffic).
-_MIN_KEYS_PER_SPLIT = 128
-#: The default split count keeps every split at most this many keys long (see default_num_splits): on an
-#: H100 one program streams keys latency-bound, so 2048-key splits left a long context 40% slower than
-#: the same bytes spread evenly (benchmarks/bench_attention.py 'decode_mixed').
-_MAX_KEYS_PER_SPLIT = 512
-#: Largest default number of splits.
-_MAX_SPLITS = 64
+from kernels.decode_launch import DecodeConfig, default_decode_config, default_num_splits, keys_per_split
+from kernels.pdl import pdl_enter, pdl_launch_options
 
 
 @triton.jit
@@ -72,7 +64,9 @@ def _decode_partition_kernel(
     block_size, num_kv_heads, num_q_heads, num_splits, keys_per_split,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, QUANT: tl.constexpr, DOT_DT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     # num_splits (grid size, the most splits per sequence) and keys_per_split (a multiple of BLOCK_N) are
     # runtime values, so no value recompiles; SPLIT = num_splits > 1.
     s = tl.program_id(0)
@@ -129,7 +123,9 @@ def _decode_partition_kernel(
 def _decode_reduce_kernel(
     po_ptr, pm_ptr, pl_ptr, seq_lens_ptr, out_ptr, stride_os, stride_oh, num_q_heads, num_splits,
     keys_per_split, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_enter(PDL)
     s = tl.program_id(0)
     h = tl.program_id(1)
     n_s = _active_splits(tl.load(seq_lens_ptr + s), keys_per_split, num_splits)
@@ -152,58 +148,10 @@ def _decode_reduce_kernel(
              mask=offs_d < HEAD_DIM)
 
 
-def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, device: torch.device) -> int:
-    """Default ``num_splits``: the most splits any one sequence may use (each uses only what it needs).
-
-    * small batches (``num_seqs * num_kv_heads * finest <= 8 * SMs``, where ``finest`` =
-      ceil(max_context / ``_MIN_KEYS_PER_SPLIT``) is the split count at the finest granularity of 128
-      keys): ``finest``. A program then walks at most 128 keys of any context, so a batch-1 decode is one
-      short dependent chain (block table, K/V, dot) instead of several in a row, and a sequence of
-      ``ctx`` keys still runs only ceil(ctx / 128) programs per head (the others return at once);
-    * otherwise the larger of an occupancy rule, about two waves of (sequence, kv head, split) programs,
-      ceil(2 * SMs / (num_seqs * num_kv_heads)) capped at ``finest``, and a length rule,
-      ceil(max_context / ``_MAX_KEYS_PER_SPLIT``), so that one long context in a batch of short ones is
-      not walked serially by one program while the short ones finish early.
-
-    Both capped at ``_MAX_SPLITS`` (64).
-
-    Args:
-        num_seqs: decode sequences in the batch.
-        num_kv_heads: KV heads of the cache.
-        max_context: host-known upper bound of the context (block_tables width * block_size), so the
-            choice needs no device sync and is stable across CUDA-graph replays of one shape.
-        device: where the kernel runs (its SM count; a nominal 8 off CUDA).
-
-    Returns:
-        num_splits in [1, _MAX_SPLITS].
-    """
-    target = 2 * sm_count(device)
-    programs = max(num_seqs * num_kv_heads, 1)
-    finest = max(1, math.ceil(max_context / _MIN_KEYS_PER_SPLIT))
-    if programs * finest <= 4 * target:  # at most ~8 programs per SM, most returning at once
-        return int(min(finest, _MAX_SPLITS))
-    occupancy = max(1, min(math.ceil(target / programs), finest))
-    length = math.ceil(max_context / _MAX_KEYS_PER_SPLIT)
-    return int(max(1, min(max(occupancy, length), _MAX_SPLITS)))
-
-
-def _keys_per_split(max_context: int, num_splits: int, block_n: int) -> int:
-    """Slice length shared by a batch: max(_MIN_KEYS_PER_SPLIT, ceil(max_context / num_splits)) -> BLOCK_N."""
-    keys = max(_MIN_KEYS_PER_SPLIT, -(-max_context // num_splits))
-    return -(-keys // block_n) * block_n
-
-
-def _launch_config(head_dim: int, quantized: bool, device: torch.device) -> dict[str, int]:
-    if device.type != "cuda":
-        return {"BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
-    block_n = 64 if head_dim > 64 and not quantized else 128
-    return {"BLOCK_N": block_n, "num_warps": 4, "num_stages": 3}
-
-
 def _check_args(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     seq_lens: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None,
-    num_splits: int | None, out: torch.Tensor | None,
+    num_splits: int | None, out: torch.Tensor | None, config: DecodeConfig | None = None,
 ) -> tuple[int, int, int, bool]:
     _, _, hkv, d, quantized = check_kv_cache(k_cache, v_cache, k_scale, v_scale)
     check_tensor("q", q, 3, ACT_DTYPES)
@@ -219,6 +167,8 @@ def _check_args(
         raise ValueError(f"block_tables has {block_tables.shape[0]} rows, expected num_seqs={num_seqs}")
     if num_splits is not None and not (isinstance(num_splits, int) and num_splits >= 1):
         raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
+    if config is not None and not isinstance(config, DecodeConfig):
+        raise ValueError(f"config must be a DecodeConfig or None, got {type(config).__name__}")
     if out is not None:
         check_tensor("out", out, 3, (q.dtype,))
         check_shape("out", out, tuple(q.shape))
@@ -231,6 +181,7 @@ def paged_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     seq_lens: torch.Tensor, softmax_scale: float, k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None, num_splits: int | None = None, out: torch.Tensor | None = None,
+    pdl: bool = False, config: DecodeConfig | None = None,
 ) -> torch.Tensor:
     """Attention of one new query per sequence over its whole paged context (positions 0..seq_len-1).
 
@@ -244,12 +195,16 @@ def paged_decode_attention(
         num_splits: the most KV splits any sequence uses (each uses about ceil(seq_len / keys_per_split),
             see the module docstring); None picks :func:`default_num_splits`.
         out: optional [S, Hq, D] output buffer of q's dtype.
+        pdl: launch both kernels with programmatic dependent launch (``kernels.pdl``; ValueError off
+            Hopper).
+        config: the partition kernel's launch shape (None: ``default_decode_config``).
 
     Returns:
         out [S, Hq, D] in q's dtype.
     """
     num_seqs, hq, hkv, quantized = _check_args(
-        q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, num_splits, out)
+        q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, num_splits, out, config)
+    launch = pdl_launch_options(pdl, q.device)
     if out is None:
         out = torch.empty_like(q)
     if num_seqs == 0:
@@ -260,11 +215,11 @@ def paged_decode_attention(
     if num_splits is None:
         num_splits = default_num_splits(num_seqs, hkv, max_context, q.device)
     group = hq // hkv
-    cfg = _launch_config(d, quantized, q.device)
-    keys_per_split = _keys_per_split(max_context, num_splits, cfg["BLOCK_N"])
+    cfg = config if config is not None else default_decode_config(d, quantized, q.device)
+    split_keys = keys_per_split(max_context, num_splits, cfg.block_n)
     # Splits past cdiv(max_context, keys_per_split) could never be active (seq_len <= max_context): drop
     # them from the grid. Every sequence's split count is unchanged.
-    num_splits = min(num_splits, max(1, -(-max_context // keys_per_split)))
+    num_splits = min(num_splits, max(1, -(-max_context // split_keys)))
     if num_splits > 1:
         po = torch.empty(num_seqs, hq, num_splits, block_d, dtype=torch.float32, device=q.device)
         pm = torch.empty(num_seqs, hq, num_splits, dtype=torch.float32, device=q.device)
@@ -276,16 +231,16 @@ def paged_decode_attention(
         block_tables, seq_lens, out, po, pm, pl,
         float(softmax_scale) * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
-        k_cache.shape[1], hkv, hq, num_splits, keys_per_split,
+        k_cache.shape[1], hkv, hq, num_splits, split_keys,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
-        BLOCK_N=cfg["BLOCK_N"], SPLIT=num_splits > 1, QUANT=quantized, DOT_DT=dot_dtype(q.dtype, q.device),
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        BLOCK_N=cfg.block_n, SPLIT=num_splits > 1, QUANT=quantized, DOT_DT=dot_dtype(q.dtype, q.device),
+        PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, hq)](
-            po, pm, pl, seq_lens, out, out.stride(0), out.stride(1), hq, num_splits, keys_per_split,
+            po, pm, pl, seq_lens, out, out.stride(0), out.stride(1), hq, num_splits, split_keys,
             HEAD_DIM=d, BLOCK_D=block_d, BLOCK_SPLITS=max(16, next_pow2(num_splits)),
-            num_warps=4 if block_d >= 128 else 2,
+            PDL=pdl, num_warps=4 if block_d >= 128 else 2, **launch,
         )
     return out
 

@@ -15,7 +15,7 @@ of ``kernels.gemv_fused`` (RMSNorm before, SwiGLU or a residual add after).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -54,6 +54,8 @@ class GemvConfig:
             elements per thread.
         split_k: programs sharing one row block along K (1..16). Above 1 each writes fp32 partial
             sums that a second kernel adds in split order (deterministic).
+        pdl: launch with programmatic dependent launch (``kernels.pdl``; CUDA compute capability
+            >= 9.0 only): the kernel loads its first weight tile while the previous kernel finishes.
 
     Raises:
         ValueError: a field out of range, naming it.
@@ -63,8 +65,11 @@ class GemvConfig:
     block_k: int = 512
     num_warps: int = 4
     split_k: int = 1
+    pdl: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.pdl, bool):
+            raise ValueError(f"GemvConfig.pdl must be a bool, got {self.pdl!r}")
         for name in ("block_n", "block_k", "num_warps", "split_k"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
@@ -88,9 +93,9 @@ class GemvConfig:
 
     @property
     def label(self) -> str:
-        """Short name for logs, e.g. ``n8k512w4`` or ``n16k1024w8s4``."""
+        """Short name for logs, e.g. ``n8k512w4``, ``n16k1024w8s4`` or (with PDL) ``n8k512w4p``."""
         split = f"s{self.split_k}" if self.split_k > 1 else ""
-        return f"n{self.block_n}k{self.block_k}w{self.num_warps}{split}"
+        return f"n{self.block_n}k{self.block_k}w{self.num_warps}{split}{'p' if self.pdl else ''}"
 
 
 def _rows_for(n: int, programs: int, max_block: int) -> int:
@@ -121,7 +126,7 @@ def resolve_config(config: GemvConfig | None, n: int, k: int, device: torch.devi
     return config
 
 
-def candidate_configs(n: int, k: int, device: torch.device) -> list[GemvConfig]:
+def candidate_configs(n: int, k: int, device: torch.device, pdl: bool = False) -> list[GemvConfig]:
     """A few launch shapes worth timing for a weight [n, k] (the default first, at most 6, no repeats).
 
     Besides the default: 16 KiB tiles on 8 warps (more bytes in flight per program); whole rows in one
@@ -132,6 +137,7 @@ def candidate_configs(n: int, k: int, device: torch.device) -> list[GemvConfig]:
         n: weight rows (output features).
         k: weight columns (input features).
         device: the device (its SM count sizes the grids; a nominal 132 off CUDA).
+        pdl: give every config ``pdl=True``.
 
     Returns:
         Distinct valid configs.
@@ -150,6 +156,8 @@ def candidate_configs(n: int, k: int, device: torch.device) -> list[GemvConfig]:
         split = min(4, k // 2048)
         rows = _rows_for(n, triton.cdiv(4 * sms, split), 16)
         out.append(_tile(rows, _WIDE_TILE, triton.next_power_of_2(triton.cdiv(k, split)), 8, split))
+    if pdl:
+        out = [replace(c, pdl=True) for c in out]
     return list(dict.fromkeys(out))
 
 

@@ -31,9 +31,10 @@ def glu_config(config: GemvConfig) -> GemvConfig:
     return dataclasses.replace(config, block_n=max(2, config.block_n), split_k=1)
 
 
-def fused_candidates(n: int, k: int, device: torch.device, glu: bool = False) -> list[GemvConfig]:
-    """The ``kernels.gemv_bf16.candidate_configs`` of a weight [n, k], made valid for ``glu`` when set."""
-    configs = candidate_configs(n, k, device)
+def fused_candidates(n: int, k: int, device: torch.device, glu: bool = False, pdl: bool = False) -> list[GemvConfig]:
+    """The ``kernels.gemv_bf16.candidate_configs`` of a weight [n, k] (``pdl``: with PDL launches), made valid
+    for ``glu`` when set."""
+    configs = candidate_configs(n, k, device, pdl)
     return list(dict.fromkeys(glu_config(c) for c in configs)) if glu else configs
 
 

@@ -138,3 +138,23 @@ def test_gemv_choice_and_forced_gemv_keep_results(tiny_llama):
     # bf16 rounding order only (the fused decode layers, when chosen, round the residual sums once less).
     err = ((got - want).abs().max() / want.std()).item()
     assert err < 0.05, f"GEMV path differs from F.linear by {err:.3f} std"
+
+
+def test_pdl_is_ignored_off_hopper(cpu_runner):
+    assert cpu_runner.config.pdl and not cpu_runner.pdl  # the default asks for it; the CPU cannot
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability()[0] < 9, reason="PDL needs a Hopper GPU")
+def test_pdl_graph_decode_equals_plain_graph_decode(tiny_llama):
+    """Programmatic dependent launch changes when kernels start, never what they compute: with the GEMV
+    choice off (the same kernels both ways) the captured decode gives the same logits bit for bit."""
+    kw = {"dtype": "bfloat16", "device": "cuda", "cuda_graph_batch_sizes": (1, 2, 4), "small_batch_gemv": False}
+    with_pdl, without = runner(tiny_llama, pdl=True, **kw), runner(tiny_llama, pdl=False, **kw)
+    assert with_pdl.pdl and not without.pdl
+    seqs_a = decoding_seqs(with_pdl, (7, 13, 3), seed=4)
+    seqs_b = decoding_seqs(without, (7, 13, 3), seed=4)
+    plan_a, plan_b = StepPlan(5, 0.0, decodes=seqs_a), StepPlan(5, 0.0, decodes=seqs_b)
+    assert with_pdl.uses_graph(plan_a)
+    assert torch.equal(with_pdl.logits(plan_a)[0], without.logits(plan_b)[0])
+    res_a, res_b = with_pdl.execute(plan_a), without.execute(plan_b)
+    assert [res_a.token_ids[s.seq_id] for s in seqs_a] == [res_b.token_ids[s.seq_id] for s in seqs_b]

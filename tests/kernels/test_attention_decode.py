@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.attention_decode import default_num_splits, paged_decode_attention, paged_decode_attention_ref
+from kernels.attention_decode import paged_decode_attention, paged_decode_attention_ref
+from kernels.decode_launch import DecodeConfig, default_num_splits
 from tests.kernels.paged_kv_fixtures import BF16_ATOL_REL, DEVICE, assert_fp32_close, make_paged_kv
 
 # (context per sequence, Hq, Hkv, head_dim, block_size, kv dtype, num_splits). A sequence is split only
@@ -132,3 +133,26 @@ def test_decode_bad_arguments_raise() -> None:
     bad[6] = args[6].double()
     with pytest.raises(ValueError, match="k_scale has dtype torch.float64"):
         paged_decode_attention(*bad)
+    with pytest.raises(ValueError, match="config must be a DecodeConfig or None, got dict"):
+        paged_decode_attention(*args, config={"block_n": 32})
+
+
+@pytest.mark.parametrize("config", [DecodeConfig(32, 2, 1), DecodeConfig(64, 1, 2)])
+def test_decode_launch_config_keeps_results(config: DecodeConfig) -> None:
+    """Other tile / warp / stage shapes (the benchmark sweeps them) give the reference's result."""
+    args = _inputs([300, 1, 77], 8, 2, 64, 16, torch.bfloat16, torch.float32, seed=11)  # 300: splits of 128
+    out = torch.full_like(args[0], float("nan"))
+    paged_decode_attention(*args, out=out, config=config)
+    assert_fp32_close(out, paged_decode_attention_ref(*args))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"block_n": 48}, r"DecodeConfig.block_n must be a power of two in \[16, 256\], got 48"),
+    ({"block_n": 512}, r"DecodeConfig.block_n must be a power of two in \[16, 256\], got 512"),
+    ({"num_warps": 16}, r"DecodeConfig.num_warps must be 1, 2, 4 or 8, got 16"),
+    ({"num_stages": 0}, r"DecodeConfig.num_stages must be in \[1, 6\], got 0"),
+    ({"num_stages": 2.0}, r"DecodeConfig.num_stages must be an int, got 2.0"),
+])
+def test_bad_decode_configs_name_the_field(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        DecodeConfig(**kwargs)
