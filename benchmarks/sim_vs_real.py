@@ -76,8 +76,9 @@ def main() -> None:
     p.add_argument("--gamma-load", type=float, default=0.7)
     p.add_argument("--policies", nargs="+", default=list(POLICIES))
     p.add_argument("--calibrate-args", default="", help="extra calibrate flags, e.g. '--quick'")
-    p.add_argument("--suite", choices=("main", "preemption"), default="main",
-                   help="main: 4 traces x the policies; preemption: repeat runs and small KV pools")
+    p.add_argument("--suite", choices=("main", "preemption", "none"), default="main",
+                   help="main: 4 traces x the policies; preemption: repeat runs and small KV pools; none: no "
+                        "validation (calibration only, e.g. with --extra-profiles)")
     p.add_argument("--extra-profiles", action="store_true",
                    help="after the validation, also calibrate 1B with INT4 weights, 1B with FP8 KV and 3B (bf16)")
     args = p.parse_args()
@@ -109,7 +110,7 @@ def main() -> None:
     if args.suite == "main":
         run(validate + ["--out", str(out / "validate"), "--traces", poisson, gamma, azure, mooncake,
                         "--policies", *args.policies], log)
-    else:
+    elif args.suite == "preemption":
         run(validate + ["--out", str(out / "validate_repeat"), "--traces", poisson,
                         "--policies", "continuous", "prefix-aware", "continuous"], log)
         run(validate + ["--out", str(out / "validate_kv1500"), "--num-gpu-blocks", "1500",

@@ -27,13 +27,14 @@ def test_pdl_is_refused_off_hopper_naming_the_flag() -> None:
     with pytest.raises(ValueError, match="pdl=True needs"):
         gemv_bf16(x, w, config=GemvConfig(8, 64, 4, pdl=True))
     kv = make_paged_kv([5], 2, 64, 16, torch.bfloat16, seed=0)
+    kc, vc, tables, lens = (t.cpu() for t in (kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens))
     q = torch.randn(1, 4, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="pdl=True needs"):
-        paged_decode_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens, 0.125, pdl=True)
+        paged_decode_attention(q, kc, vc, tables, lens, 0.125, pdl=True)
     k, v = torch.randn(1, 2, 64, dtype=torch.bfloat16), torch.randn(1, 2, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="pdl=True needs"):
-        rope_and_write_kv(q, k, v, torch.tensor([4]), rope_cos_sin(64, 16, 500000.0, None), kv.k_cache,
-                          kv.v_cache, torch.tensor([4]), pdl=True)
+        rope_and_write_kv(q, k, v, torch.tensor([4]), rope_cos_sin(64, 16, 500000.0, None), kc, vc,
+                          torch.tensor([4]), pdl=True)
 
 
 def test_pdl_configs() -> None:
