@@ -54,7 +54,7 @@ class EngineConfig:
             epilogues; ``engine.fused_choice``) and run steps of at most 4 tokens through
             them when a layer's chain of them is faster.
         pdl: on CUDA devices of compute capability >= 9.0 (Hopper), launch the decode
-            kernels (GEMVs, fused RoPE + KV write, decode attention) with programmatic
+            kernels (bf16 and int8/int4 GEMVs, fused RoPE + KV write, decode attention) with programmatic
             dependent launch, so that each starts while the one before it finishes
             (``kernels.pdl``); ignored on other devices.
     """

@@ -23,6 +23,9 @@ class Linear:
         weight: the full-precision weight [N, K] on its final device.
         quantization: None, 'int8' / 'int4' (weight-only; int4 in groups of
             ``INT4_GROUP`` input channels) or 'w8a8'.
+        pdl: launch the int8 / int4 kernels of inputs of at most ``GEMV_MAX_ROWS`` rows with
+            programmatic dependent launch (``kernels.pdl``; Hopper only). Full-precision
+            layers take it from their GEMV configs instead.
 
     Attributes:
         gemv: for a full-precision weight, a ``(x, weight) -> x @ weight.T`` kernel used
@@ -40,9 +43,10 @@ class Linear:
         ValueError: a shape the chosen quantization cannot take (from the kernel).
     """
 
-    def __init__(self, weight: torch.Tensor, quantization: str | None = None) -> None:
+    def __init__(self, weight: torch.Tensor, quantization: str | None = None, pdl: bool = False) -> None:
         self.out_features, self.in_features = weight.shape
         self.quantization = quantization
+        self.pdl = pdl and quantization in ("int8", "int4")
         self.gemv: GemvFn | None = None
         self.glu_out = False
         self.norm_gemv: NormGemvFn | None = None
@@ -75,6 +79,8 @@ class Linear:
             if self.gemv is not None and 0 < x.shape[0] <= GEMV_MAX_ROWS:
                 return self.gemv(x, self.weight)
             return torch.nn.functional.linear(x, self.weight)
+        if self.pdl and 0 < x.shape[0] <= GEMV_MAX_ROWS:
+            return self._fn(x.contiguous(), self.qweight, pdl=True)
         return self._fn(x.contiguous(), self.qweight)
 
     def normed(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float) -> torch.Tensor:

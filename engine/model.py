@@ -35,10 +35,11 @@ class LlamaModel:
         ops: elementwise op implementations (torch or Triton).
         max_positions: size of the RoPE table (the engine's max_model_len).
         quantization: weight quantization of the decoder's linear layers.
+        pdl: launch the quantized decode GEMVs with programmatic dependent launch (see ``Linear``).
     """
 
     def __init__(self, spec: LlamaSpec, tensors: LlamaTensors, ops: LayerOps, max_positions: int,
-                 quantization: str | None = None) -> None:
+                 quantization: str | None = None, pdl: bool = False) -> None:
         self.spec = spec
         self.ops = ops
         self.embed = tensors.embed
@@ -48,8 +49,8 @@ class LlamaModel:
         self.layers: list[DecoderLayer] = []
         for t in tensors.layers:
             self.layers.append(DecoderLayer(
-                t.input_norm, Linear(t.qkv, quantization), Linear(t.o, quantization),
-                t.post_norm, Linear(t.gate_up, quantization), Linear(t.down, quantization)))
+                t.input_norm, Linear(t.qkv, quantization, pdl), Linear(t.o, quantization, pdl),
+                t.post_norm, Linear(t.gate_up, quantization, pdl), Linear(t.down, quantization, pdl)))
             self.layers[-1].gate_up.glu_out = True
             t.qkv = t.o = t.gate_up = t.down = None  # type: ignore[assignment]  # free full-precision copies
         cos_sin = ops.rope_cos_sin(spec.head_dim, max_positions, spec.rope_theta, spec.rope_scaling)

@@ -89,7 +89,7 @@ class ModelRunner:
         if self.max_model_len > spec.max_position_embeddings:
             raise ValueError(f"EngineConfig.max_model_len {self.max_model_len} exceeds the model's "
                              f"max_position_embeddings {spec.max_position_embeddings}")
-        self.model = LlamaModel(spec, tensors, ops, self.max_model_len, config.quantization)
+        self.model = LlamaModel(spec, tensors, ops, self.max_model_len, config.quantization, pdl=self.pdl)
         self.kv_dtype = storage_dtype(config.kv_cache_dtype, self.dtype)
         if backend == "triton" and self.kv_dtype == torch.float32:
             raise ValueError("EngineConfig: attention_backend 'triton' needs a bf16/fp16 model dtype or an fp8/int8 "

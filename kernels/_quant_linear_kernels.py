@@ -19,6 +19,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from kernels.pdl import pdl_enter
+
 
 @triton.jit
 def _u4_to_f32(v):
@@ -36,11 +38,12 @@ def _i8_to_f32(q):
 def int4_gemv_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, KG,
                      stride_xm, stride_qn, stride_sn, stride_om,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr,
-                     SYMMETRIC: tl.constexpr):
+                     SYMMETRIC: tl.constexpr, PDL: tl.constexpr):
     """CUDA-core GEMV for tiny M: program = BLOCK_N output columns x all K, NG groups per step.
 
     q_ptr points at the packed weight viewed as int32 [N, K/8] (stride_qn in words).
     """
+    pdl_enter(PDL)
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N
@@ -142,12 +145,13 @@ def _nib_dot(lo, hi, z0, z1, z2, z3, xj, t, J: tl.constexpr, ASM: tl.constexpr):
 @triton.jit
 def int4_gemv1_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, KG, stride_qn, stride_sn,
                       HALF: tl.constexpr, NG: tl.constexpr, WG: tl.constexpr, SYMMETRIC: tl.constexpr,
-                      ASM: tl.constexpr):
+                      ASM: tl.constexpr, PDL: tl.constexpr):
     """CUDA-core GEMV for M == 1: program = two sets of HALF rows sharing every converted x value.
 
     Per weight: one LOP3 (_nib), one exact subtract of 2^(23-4P) + z, one FMA; per 8 weights one shift; x is
     converted once for both row sets; the group scale is one FMA per word position per step.
     """
+    pdl_enter(PDL)
     pid = tl.program_id(0)
     na = pid * (2 * HALF) + tl.arange(0, HALF)
     nb = na + HALF
@@ -184,8 +188,9 @@ def int4_gemv1_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, N, KG, stride_qn, str
 
 @triton.jit
 def int8_gemv_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, stride_om,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """CUDA-core GEMV for tiny M: program = BLOCK_N output columns x all K, per-channel scale at the end."""
+    pdl_enter(PDL)
     pid = tl.program_id(0)
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = n < N

@@ -31,6 +31,7 @@ from kernels._gemv_util import (
     pow2_at_most,
     prepare_out,
 )
+from kernels.pdl import pdl_launch_options
 
 _GEMV_TILE_BYTES = 4096  # weight bytes one GEMV program loads per loop step
 
@@ -186,13 +187,15 @@ def _gemv1_config(n: int, kg: int, wg: int, device: torch.device) -> tuple[int, 
     return half, ng, 4
 
 
-def int8_linear(x: torch.Tensor, w: Int8Weight, out: torch.Tensor | None = None) -> torch.Tensor:
+def int8_linear(x: torch.Tensor, w: Int8Weight, out: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """y = x @ dequant(w).T with the INT8 weight dequantised in registers.
 
     Args:
         x: [M, K] bf16/fp16/fp32 activations (rows contiguous).
         w: Int8Weight of shape [N, K].
         out: optional [M, N] output buffer of x.dtype.
+        pdl: launch the decode-sized (M <= 4) kernel with programmatic dependent launch (``kernels.pdl``;
+            ValueError off Hopper); the kernels of larger M launch without it.
 
     Returns:
         [M, N] tensor of x.dtype.
@@ -204,13 +207,14 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out: torch.Tensor | None = None)
     check_same_device(("x", x), ("w.qweight", w.qweight), ("w.scale", w.scale))
     out = prepare_out(x, n, out)
     m = x.shape[0]
+    launch = pdl_launch_options(pdl, x.device)
     if m <= FMA_MAX_M:
         block_n = pick_block_n(n, x.device)
         block_k = pow2_at_most(_GEMV_TILE_BYTES // block_n, triton.next_power_of_2(k))
         grid = (triton.cdiv(n, block_n),)
         qk.int8_gemv_kernel[grid](x, w.qweight, w.scale, out, m, n, k, x.stride(0), w.qweight.stride(0),
                                   out.stride(0), BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n,
-                                  BLOCK_K=block_k, num_warps=4)
+                                  BLOCK_K=block_k, PDL=pdl, num_warps=4, **launch)
         return out
     cfg = _mm_config(m, n, x.device)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
@@ -219,13 +223,14 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out: torch.Tensor | None = None)
     return out
 
 
-def int4_linear(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None) -> torch.Tensor:
+def int4_linear(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None, pdl: bool = False) -> torch.Tensor:
     """y = x @ dequant(w).T with the INT4 weight unpacked and dequantised in registers.
 
     Args:
         x: [M, K] bf16/fp16/fp32 activations (rows contiguous).
         w: Int4Weight of shape [N, K].
         out: optional [M, N] output buffer of x.dtype.
+        pdl: as for :func:`int8_linear`.
 
     Returns:
         [M, N] tensor of x.dtype.
@@ -243,12 +248,13 @@ def int4_linear(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None)
     words = w.packed.view(torch.int32)  # [N, K/8]
     zeros = w.zeros if w.zeros is not None else w.packed  # never read when symmetric
     sym = w.zeros is None
+    launch = pdl_launch_options(pdl, x.device)
     if m == 1:
         half, ng, warps = _gemv1_config(n, kg, wg, x.device)
         grid = (triton.cdiv(n, 2 * half),)
         qk.int4_gemv1_kernel[grid](x, words, w.scales, zeros, out, n, kg, words.stride(0), w.scales.stride(0),
                                    HALF=half, NG=ng, WG=wg, SYMMETRIC=sym, ASM=not interpreting(),
-                                   num_warps=warps)
+                                   PDL=pdl, num_warps=warps, **launch)
         return out
     if m <= FMA_MAX_M:
         block_n = pick_block_n(n, x.device)
@@ -257,7 +263,7 @@ def int4_linear(x: torch.Tensor, w: Int4Weight, out: torch.Tensor | None = None)
         qk.int4_gemv_kernel[grid](x, words, w.scales, zeros, out, m, n, kg, x.stride(0),
                                   words.stride(0), w.scales.stride(0), out.stride(0),
                                   BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, NG=ng, WG=wg,
-                                  SYMMETRIC=sym, num_warps=4)
+                                  SYMMETRIC=sym, PDL=pdl, num_warps=4, **launch)
         return out
     cfg = _mm_config(m, n, x.device)
     grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)

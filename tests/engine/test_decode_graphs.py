@@ -10,6 +10,7 @@ import torch
 from engine.decode_inputs import DecodeInputs
 from engine.step_metadata import SEGMENT_ALIGN, TABLE_WIDTH_MULTIPLE
 from policies.types import PrefillChunk, SamplingParams, StepPlan
+from tests.engine.conftest import build_tiny_llama
 from tests.engine.test_model import BS, chunked_logits, make_seq, runner
 
 CUDA = torch.cuda.is_available()
@@ -145,10 +146,14 @@ def test_pdl_is_ignored_off_hopper(cpu_runner):
 
 
 @pytest.mark.skipif(not CUDA or torch.cuda.get_device_capability()[0] < 9, reason="PDL needs a Hopper GPU")
-def test_pdl_graph_decode_equals_plain_graph_decode(tiny_llama):
+@pytest.mark.parametrize("quantization", [None, "int4"])
+def test_pdl_graph_decode_equals_plain_graph_decode(tiny_llama, tmp_path, quantization):
     """Programmatic dependent launch changes when kernels start, never what they compute: with the GEMV
     choice off (the same kernels both ways) the captured decode gives the same logits bit for bit."""
-    kw = {"dtype": "bfloat16", "device": "cuda", "cuda_graph_batch_sizes": (1, 2, 4), "small_batch_gemv": False}
+    if quantization == "int4":  # int4 groups of 128 input channels need a wider model
+        tiny_llama = build_tiny_llama(tmp_path / "wide", hidden=128)
+    kw = {"dtype": "bfloat16", "device": "cuda", "cuda_graph_batch_sizes": (1, 2, 4), "small_batch_gemv": False,
+          "quantization": quantization}
     with_pdl, without = runner(tiny_llama, pdl=True, **kw), runner(tiny_llama, pdl=False, **kw)
     assert with_pdl.pdl and not without.pdl
     seqs_a = decoding_seqs(with_pdl, (7, 13, 3), seed=4)

@@ -10,6 +10,7 @@ from kernels.attention_decode import paged_decode_attention
 from kernels.gemv_bf16 import GemvConfig, candidate_configs, gemv_bf16
 from kernels.gemv_fused import fused_candidates, gemv_residual, gemv_rms_norm
 from kernels.pdl import pdl_launch_options, pdl_supported
+from kernels.quant_linear import int4_linear, int8_linear, quantize_int4, quantize_int8
 from kernels.rope import rope_cos_sin
 from kernels.rope_kv_write import rope_and_write_kv
 from tests.kernels.paged_kv_fixtures import make_paged_kv
@@ -26,6 +27,10 @@ def test_pdl_is_refused_off_hopper_naming_the_flag() -> None:
     x, w = torch.randn(1, 64, dtype=torch.bfloat16), torch.randn(48, 64, dtype=torch.bfloat16)
     with pytest.raises(ValueError, match="pdl=True needs"):
         gemv_bf16(x, w, config=GemvConfig(8, 64, 4, pdl=True))
+    with pytest.raises(ValueError, match="pdl=True needs"):
+        int4_linear(torch.randn(1, 128, dtype=torch.bfloat16), quantize_int4(torch.randn(48, 128)), pdl=True)
+    with pytest.raises(ValueError, match="pdl=True needs"):
+        int8_linear(x, quantize_int8(w.float().cpu()), pdl=True)
     kv = make_paged_kv([5], 2, 64, 16, torch.bfloat16, seed=0)
     kc, vc, tables, lens = (t.cpu() for t in (kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens))
     q = torch.randn(1, 4, 64, dtype=torch.bfloat16)
@@ -84,6 +89,31 @@ def test_pdl_chain_in_a_graph_equals_the_plain_chain() -> None:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             out = _chain(pdl, tensors)
+        graph.replay()
+        torch.cuda.synchronize()
+        outs.append(out.clone())
+    assert torch.isfinite(outs[0].float()).all()
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.skipif(not HOPPER, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
+@pytest.mark.parametrize("rows", [1, 3])
+def test_pdl_quantized_gemvs_in_a_graph_equal_the_plain_ones(rows: int) -> None:
+    """int4 -> int8 -> int4, each reading the last one's output, captured with and without PDL."""
+    g = torch.Generator().manual_seed(rows)
+    dev = torch.device("cuda")
+    w1, w2 = (torch.randn(n, k, generator=g) * 0.05 for n, k in ((384, 256), (256, 384)))
+    q1, q2, q3 = quantize_int4(w1.to(dev), group_size=128), quantize_int8(w2.to(dev)), quantize_int4(w1.to(dev))
+    x = torch.randn(rows, 256, generator=g).to(torch.bfloat16).to(dev)
+    outs = []
+    for pdl in (False, True):
+        def chain(pdl: bool = pdl) -> torch.Tensor:
+            return int4_linear(int8_linear(int4_linear(x, q1, pdl=pdl), q2, pdl=pdl), q3, pdl=pdl)
+
+        chain()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = chain()
         graph.replay()
         torch.cuda.synchronize()
         outs.append(out.clone())
