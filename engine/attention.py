@@ -130,7 +130,7 @@ class TorchAttention:
 
 
 class TritonAttention:
-    """Attention through the paged Triton kernels (KERNEL_API.md).
+    """Attention through the paged Triton kernels (kernels/attention_*.py, kernels/rope_kv_write.py).
 
     Args:
         kv: the KV cache.

@@ -3,7 +3,7 @@
 All layers live in one tensor ``[num_layers, 2, num_blocks, block_size, Hkv, D]``
 (K at index 0, V at 1) so a swap moves a set of blocks of every layer with one
 gather and one scatter; per-layer K/V are views into it in the layout of
-KERNEL_API.md. Quantized caches (fp8 / int8) keep fp32 scales per token and head
+kernels/attention_decode.py. Quantized caches (fp8 / int8) keep fp32 scales per token and head
 in a parallel ``[num_layers, 2, num_blocks, block_size, Hkv]`` tensor.
 """
 

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-#: Storage dtypes accepted for the paged KV cache (see KERNEL_API.md).
+#: Storage dtypes accepted for the paged KV cache (see kernels/attention_decode.py).
 KV_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.int8)
 #: KV storage dtypes that carry one fp32 scale per token and head.
 QUANT_KV_DTYPES: tuple[torch.dtype, ...] = (torch.float8_e4m3fn, torch.int8)
