@@ -19,6 +19,20 @@ ACT_DTYPES: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16, torch.floa
 QMAX: dict[torch.dtype, float] = {torch.float8_e4m3fn: 448.0, torch.int8: 127.0}
 
 
+def is_pow2(v: int) -> bool:
+    """Whether ``v`` is a positive power of two."""
+    return v > 0 and v & (v - 1) == 0
+
+
+def check_int_fields(config: object, names: tuple[str, ...]) -> None:
+    """Raise ValueError ``'<Class>.<name> must be an int, got ...'`` for the first of ``names`` that is not
+    an int (bools are refused too) on a launch-config dataclass."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{type(config).__name__}.{name} must be an int, got {value!r}")
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (and >= 1)."""
     return int(triton.next_power_of_2(max(int(n), 1)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._util import sm_count
+from kernels._util import check_int_fields, is_pow2, sm_count
 
 #: Keys per split at least this many (splitting finer only adds reduction traffic).
 _MIN_KEYS_PER_SPLIT = 128
@@ -22,11 +22,6 @@ _MIN_KEYS_PER_SPLIT = 128
 _MAX_KEYS_PER_SPLIT = 512
 #: Largest default number of splits.
 _MAX_SPLITS = 64
-
-
-
-def _is_pow2(v: int) -> bool:
-    return v > 0 and v & (v - 1) == 0
 
 
 @dataclass(frozen=True)
@@ -47,11 +42,8 @@ class DecodeConfig:
     num_stages: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("block_n", "num_warps", "num_stages"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"DecodeConfig.{name} must be an int, got {value!r}")
-        if not (_is_pow2(self.block_n) and 16 <= self.block_n <= 256):
+        check_int_fields(self, ("block_n", "num_warps", "num_stages"))
+        if not (is_pow2(self.block_n) and 16 <= self.block_n <= 256):
             raise ValueError(f"DecodeConfig.block_n must be a power of two in [16, 256], got {self.block_n}")
         if self.num_warps not in (1, 2, 4, 8):
             raise ValueError(f"DecodeConfig.num_warps must be 1, 2, 4 or 8, got {self.num_warps}")

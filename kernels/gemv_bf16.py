@@ -30,16 +30,13 @@ from kernels._gemv_util import (
     pow2_at_most,
     prepare_out,
 )
+from kernels._util import check_int_fields, is_pow2
 
 _TILE_ELEMS = 4096  # weight elements the default config loads per program and loop step (8 KiB of bf16)
 _WIDE_TILE = 8192  # the larger tiles of the other candidates (16 KiB of bf16)
 MAX_TILE_ELEMS = 16384  # block_n * block_k cap (registers: the M == 1 path keeps an fp32 tile accumulator)
 MAX_ELEMS_PER_THREAD = 64  # block_n * block_k / (32 * num_warps) cap, beyond which registers spill
 MAX_SPLIT_K = 16
-
-
-def _is_pow2(v: int) -> bool:
-    return v > 0 and v & (v - 1) == 0
 
 
 @dataclass(frozen=True)
@@ -70,13 +67,10 @@ class GemvConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.pdl, bool):
             raise ValueError(f"GemvConfig.pdl must be a bool, got {self.pdl!r}")
-        for name in ("block_n", "block_k", "num_warps", "split_k"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"GemvConfig.{name} must be an int, got {value!r}")
-        if not (_is_pow2(self.block_n) and self.block_n <= 64):
+        check_int_fields(self, ("block_n", "block_k", "num_warps", "split_k"))
+        if not (is_pow2(self.block_n) and self.block_n <= 64):
             raise ValueError(f"GemvConfig.block_n must be a power of two in [1, 64], got {self.block_n}")
-        if not (_is_pow2(self.block_k) and 16 <= self.block_k <= 8192):
+        if not (is_pow2(self.block_k) and 16 <= self.block_k <= 8192):
             raise ValueError(f"GemvConfig.block_k must be a power of two in [16, 8192], got {self.block_k}")
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"GemvConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
