@@ -19,103 +19,52 @@ row with value NaN and its error in ``reference``, and the run goes on.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from benchmarks.common import graph_time, measure_copy_bandwidth, measure_matmul_peak, row, time_cuda
+from benchmarks.attention_setup import (
+    BLOCK,
+    DTYPES,
+    MODELS,
+    Paged,
+    attn_graph_time,
+    kv_bytes,
+    num_copies,
+    rand_cache,
+    safe,
+)
+from benchmarks.bench_decode_launch import config_rows, mixed_rows, split_rows
+from benchmarks.common import measure_copy_bandwidth, measure_matmul_peak, row, time_cuda
 from kernels.attention_decode import paged_decode_attention, paged_decode_attention_ref
 from kernels.attention_prefill import paged_prefill_attention, paged_prefill_attention_ref
-from kernels.decode_launch import DecodeConfig
 from kernels.kv_write import write_kv
 from kernels.rope import apply_rope_, apply_rope_ref, rope_cos_sin
 
-_MODELS = {"1B": (32, 8, 64), "3B": (24, 8, 128)}  # q heads, kv heads, head_dim
-_BLOCK = 16
-_ROTATE_BYTES = 160 << 20  # > 3x an H100's 50 MB L2
-_MAX_COPIES = 64
-_DTYPES = {"bf16": torch.bfloat16, "fp8": torch.float8_e4m3fn, "int8": torch.int8}
 _TOL = 2e-2  # bf16 q.k and P.v products with fp32 accumulation, bf16 output
 
 
-def _graph_time(calls: list[Callable[[], object]]) -> float:
-    return graph_time(calls, iters=10, warmup=2)
-
-
-def _safe(rows: list[dict], bench: str, case: str, unit: str, fn: Callable[[], list[dict]]) -> None:
-    try:
-        new = fn()
-    except Exception as e:  # one failing case must not abort the rest
-        note = f"error: {type(e).__name__}: {str(e)[:300]}"
-        print(f"[bench_attention] {bench} {case} FAILED: {note}", flush=True)
-        new = [row(bench, case, float("nan"), unit, reference=note)]
-    for r in new:
-        print(f"[bench_attention] {r['bench']:16s} {r['case']:44s} {r['value']:10.4g} {r['unit']:8s} "
-              f"{r['reference'][:28]:28s} {r['ref_value']:10.4g} {r['ceiling']:10s} {r['ceiling_value']:10.4g}",
-              flush=True)
-    rows.extend(new)
-    torch.cuda.empty_cache()
-
-
-def _rand_cache(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Random cache contents of ``dtype`` and, for fp8 / int8, matching fp32 scales (values O(1))."""
-    if dtype == torch.int8:
-        qmax, codes = 127.0, torch.randint(-127, 128, shape, dtype=torch.int8, device="cuda")
-    elif dtype == torch.float8_e4m3fn:
-        qmax, codes = 448.0, (torch.randn(shape, device="cuda") * 100).clamp(-448, 448).to(dtype)
-    else:
-        return torch.randn(shape, device="cuda", dtype=dtype), None
-    return codes, (0.5 + torch.rand(shape[:3], device="cuda")) * 2.0 / qmax
-
-
-class _Paged:
-    """``copies`` independent batches of ``batch`` sequences of ``ctx`` tokens in one paged cache."""
-
-    def __init__(self, model: str, batch: int, ctx: int, dtype: torch.dtype, copies: int) -> None:
-        _, hkv, d = _MODELS[model]
-        per_seq = math.ceil(ctx / _BLOCK)
-        num_blocks = copies * batch * per_seq
-        self.k_cache, self.k_scale = _rand_cache((num_blocks, _BLOCK, hkv, d), dtype)
-        self.v_cache, self.v_scale = _rand_cache((num_blocks, _BLOCK, hkv, d), dtype)
-        perm = torch.randperm(num_blocks, device="cuda").to(torch.int32)
-        self.tables = list(perm.view(copies, batch, per_seq).unbind(0))  # scattered blocks, like a real pool
-        self.seq_lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
-
-
-def _copies(nbytes: int) -> int:
-    return max(1, min(_MAX_COPIES, math.ceil(_ROTATE_BYTES / max(nbytes, 1))))
-
-
-def _kv_bytes(model: str, tokens: int, dtype: torch.dtype) -> int:
-    _, hkv, d = _MODELS[model]
-    per_token = 2 * hkv * d * torch.empty(0, dtype=dtype).element_size()
-    return tokens * (per_token + (2 * hkv * 4 if dtype in (torch.float8_e4m3fn, torch.int8) else 0))
-
-
 def _sdpa_decode_time(model: str, batch: int, ctx: int) -> tuple[float, str]:
-    hq, hkv, d = _MODELS[model]
-    copies = _copies(_kv_bytes(model, batch * ctx, torch.bfloat16))
+    hq, hkv, d = MODELS[model]
+    copies = num_copies(kv_bytes(model, batch * ctx, torch.bfloat16))
     q = torch.randn(batch, hq, 1, d, device="cuda", dtype=torch.bfloat16)
     kv = [(torch.randn(batch, hkv, ctx, d, device="cuda", dtype=torch.bfloat16),
            torch.randn(batch, hkv, ctx, d, device="cuda", dtype=torch.bfloat16)) for _ in range(copies)]
     try:
-        t = _graph_time([lambda k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True) for k, v in kv])
+        t = attn_graph_time([lambda k=k, v=v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True) for k, v in kv])
         return t, "sdpa (enable_gqa, contiguous KV)"
     except Exception:  # SDPA without GQA support: give it K/V expanded to all q heads (reads more bytes)
         kv = [(k.repeat_interleave(hq // hkv, 1), v.repeat_interleave(hq // hkv, 1)) for k, v in kv[:4]]
-        t = _graph_time([lambda k=k, v=v: F.scaled_dot_product_attention(q, k, v) for k, v in kv])
+        t = attn_graph_time([lambda k=k, v=v: F.scaled_dot_product_attention(q, k, v) for k, v in kv])
         return t, "sdpa (KV expanded to Hq)"
 
 
 def _decode_time(model: str, batch: int, ctx: int, dtype: torch.dtype) -> float:
-    hq, _, d = _MODELS[model]
-    paged = _Paged(model, batch, ctx, dtype, _copies(_kv_bytes(model, batch * ctx, dtype)))
+    hq, _, d = MODELS[model]
+    paged = Paged(model, batch, ctx, dtype, num_copies(kv_bytes(model, batch * ctx, dtype)))
     q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(q)
-    return _graph_time([
+    return attn_graph_time([
         lambda bt=bt: paged_decode_attention(q, paged.k_cache, paged.v_cache, bt, paged.seq_lens, d**-0.5,
                                              paged.k_scale, paged.v_scale, out=out)
         for bt in paged.tables])
@@ -126,100 +75,26 @@ def _decode_rows(model: str, batch: int, ctx: int, copy_bw: float, bf16_times: d
     bf16_times[(model, batch, ctx)] = t
     ref_t, ref_name = _sdpa_decode_time(model, batch, ctx)
     case = f"{model} bf16 B={batch} ctx={ctx}"
-    gbs = _kv_bytes(model, batch * ctx, torch.bfloat16) / t / 1e9
+    gbs = kv_bytes(model, batch * ctx, torch.bfloat16) / t / 1e9
     return [row("decode_bw", case, gbs, "GB/s", ceiling="copy_bw", ceiling_value=copy_bw / 1e9),
             row("decode_time", case, t * 1e6, "us", reference=ref_name, ref_value=ref_t * 1e6)]
 
 
-def _mixed_rows(model: str, copy_bw: float) -> list[dict]:
-    """Batch 64 in tables 8192 tokens wide (the engine's graphs): 1 x 8192 + 63 x 512 contexts against the
-    same total spread evenly; per-sequence splits should make both cost about the same."""
-    hq, _, d = _MODELS[model]
-    batch, long, short = 64, 8192, 512
-    paged = _Paged(model, batch, long, torch.bfloat16, 1)
-    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
-    mixed = torch.tensor([long] + [short] * (batch - 1), dtype=torch.int32, device="cuda")
-    even = torch.full_like(mixed, int(mixed.sum()) // batch)
-    times = [_graph_time([lambda lens=lens: paged_decode_attention(q, paged.k_cache, paged.v_cache, paged.tables[0],
-                                                                 lens, d**-0.5)]) for lens in (mixed, even)]
-    nbytes = _kv_bytes(model, int(mixed.sum()), torch.bfloat16)
-    return [row("decode_mixed", f"{model} B=64 1x{long}+63x{short}, table {long}", times[0] * 1e6, "us",
-                reference=f"64 x {int(even[0])} (same total)", ref_value=times[1] * 1e6,
-                ceiling="bytes / copy_bw", ceiling_value=nbytes / copy_bw * 1e6)]
-
-
-def _split_rows(model: str, ctx: int, table: int, copy_bw: float) -> list[dict]:
-    """Batch 1, ``ctx`` keys in a ``table``-token block table (an engine decode graph), per split count:
-    the default's time against each explicit ``num_splits`` (the sweep shows where the default stands)."""
-    hq, _, d = _MODELS[model]
-    paged = _Paged(model, 1, table, torch.bfloat16, _copies(_kv_bytes(model, table, torch.bfloat16)))
-    q = torch.randn(1, hq, d, device="cuda", dtype=torch.bfloat16)
-    lens = torch.full((1,), ctx, dtype=torch.int32, device="cuda")
-    out = torch.empty_like(q)
-
-    def timed(splits: int | None) -> float:
-        return _graph_time([lambda bt=bt: paged_decode_attention(q, paged.k_cache, paged.v_cache, bt, lens,
-                                                                 d**-0.5, num_splits=splits, out=out)
-                            for bt in paged.tables])
-
-    default = timed(None)
-    floor = _kv_bytes(model, ctx, torch.bfloat16) / copy_bw * 1e6
-    return [row("decode_splits", f"{model} B=1 ctx={ctx} table={table} splits={n}", timed(n) * 1e6, "us",
-                reference="default splits", ref_value=default * 1e6, ceiling="bytes / copy_bw",
-                ceiling_value=floor) for n in (1, 2, 4, 8, 16, 32, 64, 128)]
-
-
-def _config_rows(model: str, batch: int, ctx: int, copy_bw: float) -> list[dict]:
-    """One decode shape under each partition-kernel launch shape (``DecodeConfig``: keys per step, warps,
-    pipeline stages; default splits), against the default shape; then the default launched with PDL
-    against without (a graph of back-to-back calls, each call's reduction launched right behind its
-    partition kernel)."""
-    hq, _, d = _MODELS[model]
-    paged = _Paged(model, batch, ctx, torch.bfloat16, _copies(_kv_bytes(model, batch * ctx, torch.bfloat16)))
-    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
-    out = torch.empty_like(q)
-
-    def timed(config: DecodeConfig | None, pdl: bool = False) -> float:
-        return _graph_time([lambda bt=bt: paged_decode_attention(q, paged.k_cache, paged.v_cache, bt, paged.seq_lens,
-                                                                 d**-0.5, out=out, config=config, pdl=pdl)
-                            for bt in paged.tables])
-
-    case = f"{model} B={batch} ctx={ctx}"
-    default = timed(None)
-    floor = _kv_bytes(model, batch * ctx, torch.bfloat16) / copy_bw * 1e6
-    rows = []
-    for block_n in (64, 128, 256):
-        for warps in (4, 8):
-            for stages in (2, 3, 4):
-                cfg = DecodeConfig(block_n, warps, stages)
-                try:
-                    us = timed(cfg) * 1e6
-                except Exception as e:  # e.g. too much shared memory for this tile: recorded, not fatal
-                    rows.append(row("decode_config", f"{case} {cfg.label}", float("nan"), "us",
-                                    reference=f"error: {type(e).__name__}: {str(e)[:120]}"))
-                    continue
-                rows.append(row("decode_config", f"{case} {cfg.label}", us, "us", reference="default config",
-                                ref_value=default * 1e6, ceiling="bytes / copy_bw", ceiling_value=floor))
-    rows.append(row("decode_pdl", f"{case} default config, pdl", timed(None, pdl=True) * 1e6, "us",
-                    reference="without pdl", ref_value=default * 1e6, ceiling="bytes / copy_bw", ceiling_value=floor))
-    return rows
-
-
 def _quant_rows(model: str, batch: int, ctx: int, name: str, copy_bw: float, bf16_times: dict) -> list[dict]:
-    dtype = _DTYPES[name]
+    dtype = DTYPES[name]
     t = _decode_time(model, batch, ctx, dtype)
     if (model, batch, ctx) not in bf16_times:
         bf16_times[(model, batch, ctx)] = _decode_time(model, batch, ctx, torch.bfloat16)
     case = f"{model} {name} B={batch} ctx={ctx}"
-    gbs = _kv_bytes(model, batch * ctx, dtype) / t / 1e9
+    gbs = kv_bytes(model, batch * ctx, dtype) / t / 1e9
     return [row("decode_kv_dtype", case, t * 1e6, "us", reference="bf16 KV kernel",
                 ref_value=bf16_times[(model, batch, ctx)] * 1e6),
             row("decode_bw", case, gbs, "GB/s", ceiling="copy_bw", ceiling_value=copy_bw / 1e9)]
 
 
 def _prefill_rows(model: str, batch: int, new: int, ctx: int, dtype: torch.dtype, peak: float) -> list[dict]:
-    hq, hkv, d = _MODELS[model]
-    paged = _Paged(model, batch, ctx, dtype, 1)
+    hq, hkv, d = MODELS[model]
+    paged = Paged(model, batch, ctx, dtype, 1)
     q = torch.randn(batch * new, hq, d, device="cuda", dtype=torch.bfloat16)
     cu = torch.arange(0, batch + 1, device="cuda", dtype=torch.int32) * new
     pairs = batch * sum(p + 1 for p in range(ctx - new, ctx))  # causal query-key pairs
@@ -243,7 +118,7 @@ def _prefill_rows(model: str, batch: int, new: int, ctx: int, dtype: torch.dtype
                                iters=10, warmup=2)
                 ref_name = "sdpa flash (KV expanded)"
         ref_tf = flops / rt / 1e12
-    name = {v: k for k, v in _DTYPES.items()}[dtype]
+    name = {v: k for k, v in DTYPES.items()}[dtype]
     case = f"{model} {name} {batch}x{new}" + ("" if new == ctx else f" on ctx {ctx}")
     return [row("prefill_tflops", case, flops / t / 1e12, "TFLOP/s", reference=ref_name, ref_value=ref_tf,
                 ceiling="bf16 matmul peak", ceiling_value=peak / 1e12)]
@@ -255,10 +130,10 @@ def _rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 def _check_rows(model: str, name: str, prefill: bool) -> list[dict]:
     """Mixed-length batch: decode (split and unsplit) and optionally prefill against the references."""
-    hq, hkv, d = _MODELS[model]
-    dtype = _DTYPES[name]
+    hq, hkv, d = MODELS[model]
+    dtype = DTYPES[name]
     lens = [1, 17, 300, 1000]
-    paged = _Paged(model, len(lens), max(lens), dtype, 1)
+    paged = Paged(model, len(lens), max(lens), dtype, 1)
     seq_lens = torch.tensor(lens, dtype=torch.int32, device="cuda")
     args = (paged.k_cache, paged.v_cache, paged.tables[0])
     q = torch.randn(len(lens), hq, d, device="cuda", dtype=torch.bfloat16)
@@ -287,9 +162,9 @@ def _kv_write_rows(head_dim: int) -> list[dict]:
     x = torch.randn(37, 8, head_dim, device="cuda") * torch.logspace(-3, 2, 37, device="cuda")[:, None, None]
     x = x.to(torch.bfloat16)
     slots = torch.randperm(64, device="cuda")[:37]
-    for name, dtype in _DTYPES.items():
-        kc, ks = _rand_cache((4, _BLOCK, 8, head_dim), dtype)
-        vc, vs = _rand_cache((4, _BLOCK, 8, head_dim), dtype)
+    for name, dtype in DTYPES.items():
+        kc, ks = rand_cache((4, BLOCK, 8, head_dim), dtype)
+        vc, vs = rand_cache((4, BLOCK, 8, head_dim), dtype)
         write_kv(x, x, kc, vc, slots, ks, vs)
         codes = kc.view(-1, 8, head_dim)[slots].float()
         if ks is None:
@@ -307,7 +182,7 @@ def _rope_rows() -> list[dict]:
     rows = []
     scaling = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                "original_max_position_embeddings": 8192}
-    for model, (hq, hkv, d) in _MODELS.items():
+    for model, (hq, hkv, d) in MODELS.items():
         cos_sin = rope_cos_sin(d, 131072, 500000.0, scaling, device="cuda")
         qkv = torch.randn(4096, hq + 2 * hkv, d, device="cuda", dtype=torch.bfloat16)
         pos = torch.randint(0, 131072, (4096,), device="cuda")
@@ -333,42 +208,42 @@ def run(quick: bool = False) -> list[dict]:
           flush=True)
     models = ["1B"] if quick else ["1B", "3B"]
     for model in models:
-        for name in (["bf16", "int8"] if quick else list(_DTYPES)):
-            _safe(rows, "attention_check", f"{model} {name}", "max_rel",
+        for name in (["bf16", "int8"] if quick else list(DTYPES)):
+            safe(rows, "attention_check", f"{model} {name}", "max_rel",
                   lambda m=model, n=name: _check_rows(m, n, prefill=m == "1B" or n == "bf16"))
     for d in (64,) if quick else (64, 128):
-        _safe(rows, "attention_check", f"write_kv D={d}", "err/bound", lambda d=d: _kv_write_rows(d))
+        safe(rows, "attention_check", f"write_kv D={d}", "err/bound", lambda d=d: _kv_write_rows(d))
     if not quick:
-        _safe(rows, "attention_check", "rope", "max_rel", _rope_rows)
+        safe(rows, "attention_check", "rope", "max_rel", _rope_rows)
 
     decode_cases = [(8, 2048), (1, 32768)] if quick else [
         (1, 512), (1, 4096), (1, 32768), (8, 8192), (32, 2048), (64, 4096), (256, 512), (256, 2048)]
     bf16_times: dict = {}
     for model in models:
         for batch, ctx in decode_cases:
-            _safe(rows, "decode", f"{model} bf16 B={batch} ctx={ctx}", "us",
+            safe(rows, "decode", f"{model} bf16 B={batch} ctx={ctx}", "us",
                   lambda m=model, b=batch, c=ctx: _decode_rows(m, b, c, copy_bw, bf16_times))
     for model in models:
-        _safe(rows, "decode_mixed", f"{model} B=64 mixed contexts", "us", lambda m=model: _mixed_rows(m, copy_bw))
+        safe(rows, "decode_mixed", f"{model} B=64 mixed contexts", "us", lambda m=model: mixed_rows(m, copy_bw))
     for model, batch, ctx in (("1B", 1, 32768), ("1B", 8, 8192), ("3B", 1, 32768)):
-        _safe(rows, "decode_config", f"{model} B={batch} ctx={ctx}", "us",
-              lambda m=model, b=batch, c=ctx: _config_rows(m, b, c, copy_bw))
+        safe(rows, "decode_config", f"{model} B={batch} ctx={ctx}", "us",
+              lambda m=model, b=batch, c=ctx: config_rows(m, b, c, copy_bw))
     for ctx, table in ((256, 8192), (32768, 32768)):
-        _safe(rows, "decode_splits", f"1B B=1 ctx={ctx}", "us", lambda c=ctx, t=table: _split_rows("1B", c, t, copy_bw))
+        safe(rows, "decode_splits", f"1B B=1 ctx={ctx}", "us", lambda c=ctx, t=table: split_rows("1B", c, t, copy_bw))
     quant_cases = [(1, 32768)] if quick else [(1, 32768), (16, 8192), (64, 4096)]
     for model in models:
         for batch, ctx in quant_cases:
             for name in ("fp8", "int8"):
-                _safe(rows, "decode_kv_dtype", f"{model} {name} B={batch} ctx={ctx}", "us",
+                safe(rows, "decode_kv_dtype", f"{model} {name} B={batch} ctx={ctx}", "us",
                       lambda m=model, b=batch, c=ctx, n=name: _quant_rows(m, b, c, n, copy_bw, bf16_times))
 
     prefill_cases = [(1, 2048, 2048)] if quick else [(8, 2048, 2048), (1, 8192, 8192), (1, 2048, 8192)]
     for model in models:
         for batch, new, ctx in prefill_cases:
-            _safe(rows, "prefill_tflops", f"{model} bf16 {batch}x{new}", "TFLOP/s",
+            safe(rows, "prefill_tflops", f"{model} bf16 {batch}x{new}", "TFLOP/s",
                   lambda m=model, b=batch, n=new, c=ctx: _prefill_rows(m, b, n, c, torch.bfloat16, peak))
     if not quick:
         for name in ("fp8", "int8"):
-            _safe(rows, "prefill_tflops", f"1B {name} 8x2048", "TFLOP/s",
-                  lambda n=name: _prefill_rows("1B", 8, 2048, 2048, _DTYPES[n], peak))
+            safe(rows, "prefill_tflops", f"1B {name} 8x2048", "TFLOP/s",
+                  lambda n=name: _prefill_rows("1B", 8, 2048, 2048, DTYPES[n], peak))
     return rows

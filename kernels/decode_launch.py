@@ -18,7 +18,7 @@ from kernels._util import check_int_fields, is_pow2, sm_count
 _MIN_KEYS_PER_SPLIT = 128
 #: The default split count keeps every split at most this many keys long (see default_num_splits): on an
 #: H100 one program streams keys latency-bound, so 2048-key splits left a long context 40% slower than
-#: the same bytes spread evenly (benchmarks/bench_attention.py 'decode_mixed').
+#: the same bytes spread evenly (benchmarks/bench_decode_launch.py, 'decode_mixed' rows).
 _MAX_KEYS_PER_SPLIT = 512
 #: Largest default number of splits.
 _MAX_SPLITS = 64
