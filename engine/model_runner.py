@@ -81,7 +81,7 @@ class ModelRunner:
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" else "torch"
         self.backend = backend
-        self.pdl = config.pdl and backend == "triton" and self.device.type == "cuda" and _pdl_supported(self.device)
+        self.pdl = config.pdl and backend == "triton" and _pdl_supported(self.device)  # False off CUDA
         ops = triton_ops() if backend == "triton" else torch_ops()
         spec, tensors = load_llama(config.model, self.dtype, self.device)
         self.spec = spec
