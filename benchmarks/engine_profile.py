@@ -129,7 +129,7 @@ def host_breakdown(runner, reps: int = 200) -> str:
         return statistics.median(out) * 1e6
 
     stage = timed(lambda: graphs.inputs.stage([seq], 1))
-    replay = timed(graphs.graphs[1][0].replay)
+    replay = timed(graphs.graphs[1].replay)
     both = timed(lambda: graphs.run([seq]))
     execute = timed(lambda: runner.execute(StepPlan(0, 0.0, decodes=[seq])))
     return (f"host per batch-1 graph step (GPU idle before each part): stage + copy {stage:.1f} us, "

@@ -57,6 +57,12 @@ class EngineConfig:
             kernels (bf16 and int8/int4 GEMVs, fused RoPE + KV write, decode attention) with programmatic
             dependent launch, so that each starts while the one before it finishes
             (``kernels.pdl``); ignored on other devices.
+        decode_lookahead: right after a greedy decode-only step whose sequences all decode again,
+            queue their next step on the device before the host books this one, and use it when
+            the scheduler plans exactly that step (``engine.lookahead``; hides the host's share of
+            small decode steps). Outputs and scheduling are unchanged; a plan that differs
+            (arrival, stop token, preemption) costs one wasted decode step on the device. Without
+            CUDA graphs the decode steps run eagerly through the same static buffers.
     """
 
     model: str
@@ -79,6 +85,7 @@ class EngineConfig:
     small_batch_gemv: bool = True
     fused_decode: bool = True
     pdl: bool = True
+    decode_lookahead: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:

@@ -28,11 +28,52 @@ from policies.sequence import Sequence
 from policies.types import StepPlan
 
 ForwardFn = Callable[[StepMetadata], torch.Tensor]
-Captured = tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]  # graph, its logits, its greedy ids
+Epilogue = Callable[[torch.Tensor], None]  # runs on the greedy ids at the end of a step
 PoolHandle = tuple[int, int]
 
 
-def capture(forward: ForwardFn, meta: StepMetadata, device: torch.device, pool: PoolHandle | None) -> Captured:
+class GraphStep:
+    """A captured step: ``replay()`` runs it again on its static inputs.
+
+    Attributes:
+        graph: the CUDA graph.
+        logits: its static logits [N, V] (model dtype), rewritten by every replay.
+        ids: its static greedy ids int64 [N], rewritten by every replay.
+    """
+
+    def __init__(self, graph: torch.cuda.CUDAGraph, logits: torch.Tensor, ids: torch.Tensor) -> None:
+        self.graph, self.logits, self.ids = graph, logits, ids
+
+    def replay(self) -> None:
+        self.graph.replay()
+
+
+class EagerStep:
+    """``GraphStep``'s interface without capture: ``replay()`` runs the step eagerly (the CPU, or CUDA
+    without graphs); ``logits`` and ``ids`` are the outputs of the last run.
+
+    Args:
+        fn: ``() -> (logits, ids)``, the whole step on the static inputs.
+    """
+
+    def __init__(self, fn: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.fn = fn
+        self.logits, self.ids = fn()
+
+    def replay(self) -> None:
+        self.logits, self.ids = self.fn()
+
+
+def _step(forward: ForwardFn, meta: StepMetadata, epilogue: Epilogue | None) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = forward(meta)
+    ids = greedy_ids(logits)
+    if epilogue is not None:
+        epilogue(ids)
+    return logits, ids
+
+
+def capture(forward: ForwardFn, meta: StepMetadata, device: torch.device, pool: PoolHandle | None,
+            epilogue: Epilogue | None = None) -> GraphStep:
     """Warm ``forward`` up on ``meta`` (Triton JIT, cuBLAS workspaces), then capture it with its argmax.
 
     Args:
@@ -40,21 +81,21 @@ def capture(forward: ForwardFn, meta: StepMetadata, device: torch.device, pool: 
         meta: static inputs the graph reads on every replay.
         device: the CUDA device.
         pool: memory pool to share (graphs replayed one at a time may share one).
+        epilogue: captured after the argmax, given the greedy ids (warm-up runs call it too).
 
     Returns:
-        The graph and its static logits and greedy ids.
+        The captured step with its static logits and greedy ids.
     """
     stream = torch.cuda.Stream(device)
     stream.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(stream):
         for _ in range(2):
-            greedy_ids(forward(meta))
+            _step(forward, meta, epilogue)
     torch.cuda.current_stream(device).wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
-        logits = forward(meta)
-        ids = greedy_ids(logits)
-    return graph, logits, ids
+        logits, ids = _step(forward, meta, epilogue)
+    return GraphStep(graph, logits, ids)
 
 
 class DecodeGraphs:
@@ -65,24 +106,36 @@ class DecodeGraphs:
             attention; any float dtype, every row of ``meta`` sampling).
         sizes: batch sizes to capture (strictly increasing).
         inputs: the static input buffers (``max_rows >= max(sizes)``).
-        device: the CUDA device.
+        device: the device (CUDA to capture).
         pool: a memory pool to share with other graphs (None: a new one).
+        advance: end every step with ``inputs.advance`` (the static inputs become the next
+            step of the same sequences: decode lookahead, ``engine.lookahead``).
+        eager: run the steps eagerly on every replay instead of capturing them (the CPU,
+            or CUDA without graphs); the same interface and the same results.
     """
 
     def __init__(self, forward: ForwardFn, sizes: tuple[int, ...], inputs: DecodeInputs,
-                 device: torch.device, pool: PoolHandle | None = None) -> None:
+                 device: torch.device, pool: PoolHandle | None = None, *, advance: bool = False,
+                 eager: bool = False) -> None:
         if not sizes or sizes[-1] > inputs.max_rows:
             raise ValueError(f"graph sizes {sizes} must be non-empty and fit the {inputs.max_rows} "
                              "input rows")
         self.sizes = sizes
         self.inputs = inputs
         self.device = device
-        self.graphs: dict[int, Captured] = {}
+        self.graphs: dict[int, GraphStep | EagerStep] = {}
         for b in reversed(sizes):  # largest first, so smaller graphs fit in its memory pool
-            self.graphs[b] = capture(forward, inputs.meta(b), device, pool)
-            pool = self.graphs[b][0].pool()
+            epilogue = (lambda ids, rows=b: inputs.advance(ids, rows)) if advance else None
+            meta = inputs.meta(b)
+            if eager:
+                self.graphs[b] = EagerStep(lambda meta=meta, epilogue=epilogue: _step(forward, meta, epilogue))
+            else:
+                step = capture(forward, meta, device, pool, epilogue)
+                self.graphs[b] = step
+                pool = step.graph.pool()
         self.pool = pool
-        torch.cuda.synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     def size_for(self, num_decodes: int) -> int | None:
         """The captured batch size a decode step of ``num_decodes`` runs at, or None (eager)."""
@@ -107,19 +160,20 @@ class DecodeGraphs:
         if b is None:
             raise ValueError(f"{n} decodes exceed the largest captured batch {self.sizes[-1]}")
         self.inputs.stage(decodes, b)
-        graph, logits, ids = self.graphs[b]
-        graph.replay()
-        return logits[:n], ids[:n]
+        step = self.graphs[b]
+        step.replay()
+        return step.logits[:n], step.ids[:n]
 
     def replay_static(self, rows: int) -> torch.Tensor:
-        """Replay the graph of ``rows`` on whatever the static inputs hold (benchmarks: GPU time alone).
+        """Replay the graph of ``rows`` on whatever the static inputs hold (no staging: benchmarks, and
+        the lookahead step, whose inputs the previous replay advanced).
 
         Returns:
             The graph's greedy ids [rows].
         """
-        graph, _, ids = self.graphs[rows]
-        graph.replay()
-        return ids
+        step = self.graphs[rows]
+        step.replay()
+        return step.ids
 
 
 class MixedGraphs:
@@ -144,10 +198,10 @@ class MixedGraphs:
                              "input tokens")
         self.sizes = sizes
         self.inputs = inputs
-        self.graphs: dict[int, Captured] = {}
+        self.graphs: dict[int, GraphStep] = {}
         for t in reversed(sizes):  # largest first, so smaller graphs fit in its memory pool
             self.graphs[t] = capture(forward, inputs.meta(t, min(t, inputs.max_rows)), device, pool)
-            pool = self.graphs[t][0].pool()
+            pool = self.graphs[t].graph.pool()
         self.pool = pool
         torch.cuda.synchronize(device)
 
@@ -166,6 +220,6 @@ class MixedGraphs:
             the tensors are views of static buffers: read them before the next replay.
         """
         seqs = self.inputs.stage(plan, size)
-        graph, logits, ids = self.graphs[size]
-        graph.replay()
-        return logits[: len(seqs)], ids[: len(seqs)], seqs
+        step = self.graphs[size]
+        step.replay()
+        return step.logits[: len(seqs)], step.ids[: len(seqs)], seqs

@@ -95,6 +95,25 @@ class DecodeInputs:
             self._pad(n, rows)
         self.buffers.upload((0, self._table_offset + rows * self.width * 4))
 
+    def advance(self, ids: torch.Tensor, rows: int) -> None:
+        """Turn the first ``rows`` rows, on the device, into the next decode step of the same sequences.
+
+        Live rows take ``ids`` as their input token and move one position on (context + 1, the slot
+        of the new position in the row's table); padding rows stay as they are. The host mirror is
+        not updated: the next ``stage`` rewrites every row it uses. Capturable (Triton on CUDA,
+        plain PyTorch elsewhere; ``kernels.decode_advance``).
+
+        Args:
+            ids: the step's greedy ids, int64 [rows], on the buffers' device.
+            rows: rows of the step (its graph's batch size).
+        """
+        from kernels import decode_advance as adv  # kernels/ needs triton: imported on use
+
+        fn = adv.advance_decode_inputs if self.device.type == "cuda" else adv.advance_decode_inputs_ref
+        d = self.dev
+        fn(ids, d["input_ids"][:rows], d["positions"][:rows], d["slot_mapping"][:rows], d["seq_lens"][:rows],
+           d["block_tables"][:rows], self.block_size)
+
     def meta(self, rows: int) -> StepMetadata:
         """Views of the first ``rows`` rows as a decode-only step (every row samples)."""
         d = self.dev

@@ -7,7 +7,9 @@ graph (decode-only steps of at most the largest captured batch; steps holding
 prefill chunks of at most the largest captured token count and ``max_num_seqs``
 sequences) take the graph path: their inputs are written into static pinned
 buffers (one copy), one graph runs the whole step including the greedy argmax,
-and all-greedy steps read those ids back directly.
+and all-greedy steps read those ids back directly. With ``EngineConfig.decode_lookahead``
+a greedy decode step is followed on the device by the step the scheduler is expected to
+plan next (``engine.lookahead``).
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ from engine.cuda_graphs import DecodeGraphs, MixedGraphs
 from engine.decode_inputs import DecodeInputs
 from engine.fused_choice import FusedChoice, choose_fused
 from engine.gemv_choice import GEMV_DTYPES, GemvTiming, choose_gemv
-from engine.kv_cache import KVCache, block_bytes, storage_dtype
+from engine.kv_cache import KVCache, storage_dtype
+from engine.kv_sizing import blocks_in_free_memory, profile_plan
 from engine.layers import torch_ops, triton_ops
 from engine.loader import load_llama
+from engine.lookahead import DecodeLookahead, IdsReadback
 from engine.mixed_inputs import MixedInputs
 from engine.model import LlamaModel
 from engine.sampler import Sampler
 from engine.step_metadata import MetadataBuilder, StepMetadata
 from policies.sequence import Sequence
-from policies.types import PrefillChunk, Request, SamplingParams, StepPlan, StepResult
+from policies.types import StepPlan, StepResult
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -69,6 +73,7 @@ class ModelRunner:
         fused_choice: the start-up choice of the fused decode layers (None when not made).
         pdl: whether the decode kernels are launched with programmatic dependent launch
             (``EngineConfig.pdl`` on a device that supports it).
+        lookahead: the decode lookahead (``EngineConfig.decode_lookahead``), or None.
         last_launch_s: host seconds from the start of the last graph-path ``execute``
             until its graph was launched (benchmarks).
     """
@@ -108,6 +113,7 @@ class ModelRunner:
         self.gemv_timings: list[GemvTiming] = []
         self.fused_choice: FusedChoice | None = None
         self.last_launch_s = 0.0
+        self.lookahead: DecodeLookahead | None = None
         if self.device.type == "cuda" and backend == "triton":
             if config.small_batch_gemv and config.quantization is None and self.dtype in GEMV_DTYPES:
                 try:
@@ -121,6 +127,8 @@ class ModelRunner:
                         warnings.warn(f"fused decode choice failed, decoding unfused: {exc!r}", stacklevel=2)
             if not config.enforce_eager:
                 self._capture_graphs()
+        if config.decode_lookahead:
+            self._start_lookahead()
 
     def _capture_graphs(self) -> None:
         """Mixed-step graphs (largest first), then decode graphs, all in one memory pool."""
@@ -142,7 +150,19 @@ class ModelRunner:
             # side), so captured graphs of a fixed width replay with fixed splits.
             inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size,
                                   self.kv.scratch_block, self.device)
-            self.graphs = DecodeGraphs(forward, sizes, inputs, self.device, pool)
+            self.graphs = DecodeGraphs(forward, sizes, inputs, self.device, pool, advance=cfg.decode_lookahead)
+
+    def _start_lookahead(self) -> None:
+        """The decode lookahead, over the captured decode graphs or, without them, eager ones."""
+        cfg = self.config
+        if self.graphs is None:
+            sizes = tuple(s for s in cfg.cuda_graph_batch_sizes if s <= cfg.max_num_seqs) or (cfg.max_num_seqs,)
+            inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size, self.kv.scratch_block,
+                                  self.device)
+            self.graphs = DecodeGraphs(lambda meta: self.model.forward(meta, self.attention, fp32=False), sizes,
+                                       inputs, self.device, advance=True, eager=True)
+        readback = IdsReadback(self.graphs.sizes[-1], self.device)
+        self.lookahead = DecodeLookahead(self.graphs, readback, self.block_size)
 
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
@@ -152,54 +172,15 @@ class ModelRunner:
 
     # ---------------------------------------------------------------- sizing
     def profile_plan(self, tokens: int) -> tuple[StepPlan, int]:
-        """A one-step plan prefilling ``tokens`` tokens as prompts of at most ``max_model_len``.
-
-        Returns:
-            The plan (block tables numbered from 0) and the number of KV blocks it uses.
-        """
-        bs, chunks, used = self.block_size, [], 0
-        for i, start in enumerate(range(0, tokens, self.max_model_len)):
-            n = min(self.max_model_len, tokens - start)
-            seq = Sequence(Request(f"profile{i}", 0.0, n, 1, prompt_token_ids=(0,) * n))
-            seq.block_table = list(range(used, used + -(-n // bs)))
-            used += len(seq.block_table)
-            chunks.append(PrefillChunk(seq, 0, n))
-        return StepPlan(0, 0.0, prefills=chunks, num_prefill_tokens=tokens), used
+        """``engine.kv_sizing.profile_plan`` at this runner's ``max_model_len`` and block size."""
+        return profile_plan(tokens, self.max_model_len, self.block_size)
 
     def _profile_num_blocks(self) -> int:
-        """KV blocks that fit in ``gpu_memory_utilization`` of the GPU after a max-size forward pass."""
         if self.device.type != "cuda":
             raise ValueError("EngineConfig.num_gpu_blocks must be given on the CPU "
                              "(the KV pool is sized from free memory only on CUDA)")
-        cfg, s = self.config, self.spec
-        tokens = cfg.max_num_batched_tokens
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
-        free, total = torch.cuda.mem_get_info(self.device)
-        outside_torch = total - free - torch.cuda.memory_reserved(self.device)
-        plan, nblocks = self.profile_plan(tokens)
-        scratch = KVCache(s.num_layers, nblocks, self.block_size, s.num_kv_heads, s.head_dim,
-                          self.kv_dtype, self.device)
-        builder = MetadataBuilder(self.block_size, scratch.scratch_block, self.device)
-        meta = builder.build(plan)
-        rows = min(cfg.max_num_seqs, tokens)
-        meta.logits_indices = torch.arange(rows, device=self.device)
-        logits = self.model.forward(meta, self._attention(scratch))
-        Sampler(self.device).sample(logits, [SamplingParams(temperature=1.0, top_p=0.9)] * rows, [0] * rows)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
-        del scratch, logits, meta
-        torch.cuda.empty_cache()
-        budget = total * cfg.gpu_memory_utilization - peak - outside_torch
-        per_block = block_bytes(s.num_layers, self.block_size, s.num_kv_heads, s.head_dim, self.kv_dtype)
-        n = int(budget // per_block) - 1  # one block is the scratch block
-        if n < 1:
-            raise ValueError(
-                f"no memory left for the KV cache: {total / 2**30:.1f} GiB GPU x gpu_memory_utilization "
-                f"{cfg.gpu_memory_utilization} < peak {peak / 2**30:.2f} GiB (weights + activations of a "
-                f"{tokens}-token step) + {outside_torch / 2**30:.2f} GiB outside torch")
-        return n
+        return blocks_in_free_memory(self.config, self.spec, self.kv_dtype, self.device,
+                                     lambda meta, kv: self.model.forward(meta, self._attention(kv)))
 
     # --------------------------------------------------------------- execute
     def _swap(self, plan: StepPlan) -> None:
@@ -224,6 +205,8 @@ class ModelRunner:
         Returns:
             Logits [n, V] in the model dtype, greedy ids [n], the n sampling sequences.
         """
+        if self.lookahead is not None:
+            self.lookahead.drop()
         self._swap(plan)
         if not plan.prefills:
             assert self.graphs is not None
@@ -234,6 +217,8 @@ class ModelRunner:
 
     def prepare(self, plan: StepPlan) -> StepMetadata:
         """Swaps of ``plan``, then its metadata for an eager forward pass."""
+        if self.lookahead is not None:
+            self.lookahead.drop()
         self._swap(plan)
         return self.builder.build(plan)
 
@@ -266,13 +251,26 @@ class ModelRunner:
             The sampled token per sampling sequence, and the step's measured wall time.
         """
         start = time.perf_counter()
+        ahead = self.lookahead
+        if ahead is not None and (ticket := ahead.take(plan)) is not None:  # already on the GPU
+            assert self.graphs is not None
+            self.last_launch_s = 0.0
+            ahead.launch_after(plan, self.graphs.size_for(len(plan.decodes)))
+            tokens = ahead.readback.wait(ticket)
+            new = {s.seq_id: [t] for s, t in zip(plan.decodes, tokens, strict=True)}
+            return StepResult(time.perf_counter() - start, new)
         size = self._graph_size(plan)
         if size is not None:
             logits, ids, seqs = self._replay(plan, size)
             self.last_launch_s = time.perf_counter() - start
             params = [s.request.sampling for s in seqs]
             if all(p.temperature == 0.0 for p in params):
-                tokens = ids.tolist()  # the step's one synchronisation
+                if ahead is not None and not plan.prefills:
+                    ticket = ahead.readback.start(ids)
+                    ahead.launch_after(plan, size)
+                    tokens = ahead.readback.wait(ticket)
+                else:
+                    tokens = ids.tolist()  # the step's one synchronisation
             else:
                 tokens = self.sampler.sample(logits.float(), params, [s.num_generated for s in seqs]).tolist()
             if not seqs:  # a chunk in the middle of a prompt: nothing to read back, wait for the step

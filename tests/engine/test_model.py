@@ -117,12 +117,3 @@ def test_padded_decode_batch_gives_the_same_rows(tiny_llama):
     assert (meta.slot_mapping[3:] // BS == r.kv.scratch_block).all()
     padded = r.model.forward(meta, r.attention)
     torch.testing.assert_close(padded[:3], eager, atol=1e-5, rtol=1e-5)
-
-
-def test_profile_plan_covers_the_token_budget(tiny_llama):
-    r = runner(tiny_llama, max_model_len=50)
-    plan, nblocks = r.profile_plan(120)
-    assert [c.num_tokens for c in plan.prefills] == [50, 50, 20]
-    assert nblocks == 13 + 13 + 5 and plan.prefills[2].seq.block_table == list(range(26, 31))
-    logits, seqs = r.logits(plan)
-    assert logits.shape == (3, 300) and torch.isfinite(logits).all()

@@ -1,0 +1,92 @@
+"""Decode lookahead: the same tokens and the same plans as without it, with looked-ahead steps used.
+
+On the CPU the decode steps run eagerly through the static buffers (``DecodeGraphs(eager=True)``), so
+the whole mechanism (advance, readback, plan matching) runs here; the GPU test repeats it on graphs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine import SamplingParams
+from policies.scheduler import STEP_LOG_COLUMNS
+from policies.types import Request
+from tests.engine.test_llm import MAX_TOKENS, PROMPTS, llm
+
+CUDA = torch.cuda.is_available()
+
+
+def plans_of(engine) -> list[tuple[float, ...]]:
+    """(prefill tokens, decodes, KV blocks used, preempted) of every step of the engine's last run."""
+    log, width = engine.last_scheduler.step_log, len(STEP_LOG_COLUMNS)
+    cols = [STEP_LOG_COLUMNS.index(c) for c in ("prefill_tokens", "decodes", "kv_blocks_used", "preempted")]
+    return [tuple(log[i + c] for c in cols) for i in range(0, len(log), width)]
+
+
+@pytest.mark.parametrize("kw", [
+    {},                                              # all prompts batched
+    {"token_budget": 7},                             # chunked prefill, mixed steps
+    {"num_gpu_blocks": 14, "token_budget": 16},      # preemption by recompute
+    {"num_gpu_blocks": 14, "token_budget": 16, "preemption_mode": "swap", "num_cpu_blocks": 64},
+])
+def test_same_tokens_and_plans_as_without(tiny_llama, kw):
+    plain = llm(tiny_llama, **kw)
+    ahead = llm(tiny_llama, decode_lookahead=True, **kw)
+    # Different output lengths: sequences leave the batch at different steps.
+    requests = [Request(str(i), 0.0, len(p), 4 + 3 * i, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
+    want = {s.seq_id: s.output_ids for s in plain.run(requests)}
+    got = {s.seq_id: s.output_ids for s in ahead.run(requests)}
+    assert got == want
+    assert plans_of(ahead) == plans_of(plain)
+    assert ahead.runner.lookahead.hits > 0
+
+
+def test_one_sequence_uses_every_looked_ahead_step(tiny_llama):
+    engine = llm(tiny_llama, decode_lookahead=True)
+    out = engine.generate([PROMPTS[1]], max_tokens=MAX_TOKENS)[0]["token_ids"]
+    assert out == llm(tiny_llama).generate([PROMPTS[1]], max_tokens=MAX_TOKENS)[0]["token_ids"]
+    ahead = engine.runner.lookahead
+    # 11 decode steps; a step is looked ahead unless its next token opens a block (block_size 4) or
+    # it is the last one: nothing is ever dropped when nothing can surprise the scheduler.
+    assert ahead.misses == 0
+    assert ahead.hits >= 6
+
+
+def test_a_stop_token_drops_one_looked_ahead_step(tiny_llama):
+    plain = llm(tiny_llama).generate([PROMPTS[1]], max_tokens=MAX_TOKENS)[0]["token_ids"]
+    stop = plain[5]
+    params = SamplingParams(ignore_eos=False, stop_token_ids=(stop,))
+    engine = llm(tiny_llama, decode_lookahead=True)
+    out = engine.generate([PROMPTS[1]], params, max_tokens=MAX_TOKENS)[0]["token_ids"]
+    assert out == plain[: plain.index(stop) + 1]
+    ahead = engine.runner.lookahead
+    assert ahead.misses == 0 and ahead.pending  # the step past the stop token waits for a plan...
+    engine.generate([PROMPTS[0]], max_tokens=2)
+    assert ahead.misses == 1  # ...and the next run's first plan (a prefill) drops it
+
+
+def test_sampled_requests_are_not_looked_ahead(tiny_llama):
+    params = [SamplingParams(temperature=1.0, seed=s) for s in range(3)]
+    engine = llm(tiny_llama, decode_lookahead=True)
+    got = engine.generate(PROMPTS[:3], params, max_tokens=MAX_TOKENS)
+    want = llm(tiny_llama).generate(PROMPTS[:3], params, max_tokens=MAX_TOKENS)
+    assert [o["token_ids"] for o in got] == [o["token_ids"] for o in want]
+    assert engine.runner.lookahead.hits == engine.runner.lookahead.misses == 0
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+def test_graphs_with_lookahead_give_the_same_tokens(tiny_llama):
+    kw = {"dtype": "bfloat16", "device": "cuda", "attention_backend": "triton"}
+    from engine import LLM
+
+    plain = LLM(str(tiny_llama), num_gpu_blocks=128, block_size=4, **kw)
+    ahead = LLM(str(tiny_llama), num_gpu_blocks=128, block_size=4, decode_lookahead=True, **kw)
+    assert ahead.runner.graphs is not None and ahead.runner.graphs.graphs[1].__class__.__name__ == "GraphStep"
+    requests = [Request(str(i), 0.0, len(p), 6 + 5 * i, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
+    want = {s.seq_id: s.output_ids for s in plain.run(requests)}
+    assert {s.seq_id: s.output_ids for s in ahead.run(requests)} == want
+    assert plans_of(ahead) == plans_of(plain)
+    assert ahead.runner.lookahead.hits > 0
+    one = ahead.generate([PROMPTS[3]], max_tokens=40)[0]["token_ids"]
+    assert one == plain.generate([PROMPTS[3]], max_tokens=40)[0]["token_ids"]
