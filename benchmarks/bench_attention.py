@@ -34,7 +34,7 @@ from benchmarks.attention_setup import (
     rand_cache,
     safe,
 )
-from benchmarks.bench_decode_launch import config_rows, merge_rows, mixed_rows, split_rows
+from benchmarks.bench_decode_launch import config_rows, mixed_rows, split_rows
 from benchmarks.common import measure_copy_bandwidth, measure_matmul_peak, row, time_cuda
 from kernels.attention_decode import paged_decode_attention, paged_decode_attention_ref
 from kernels.attention_prefill import paged_prefill_attention, paged_prefill_attention_ref
@@ -228,9 +228,6 @@ def run(quick: bool = False) -> list[dict]:
     for model, batch, ctx in (("1B", 1, 32768), ("1B", 8, 8192), ("3B", 1, 32768)):
         safe(rows, "decode_config", f"{model} B={batch} ctx={ctx}", "us",
               lambda m=model, b=batch, c=ctx: config_rows(m, b, c, copy_bw))
-    for batch, ctx, table in ((1, 256, 8192), (1, 32768, 32768), (8, 8192, 8192)):
-        safe(rows, "decode_merge", f"1B B={batch} ctx={ctx}", "us",
-              lambda b=batch, c=ctx, t=table: merge_rows("1B", b, c, t, copy_bw))
     for ctx, table in ((256, 8192), (32768, 32768)):
         safe(rows, "decode_splits", f"1B B=1 ctx={ctx}", "us", lambda c=ctx, t=table: split_rows("1B", c, t, copy_bw))
     quant_cases = [(1, 32768)] if quick else [(1, 32768), (16, 8192), (64, 4096)]

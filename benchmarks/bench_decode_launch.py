@@ -86,27 +86,3 @@ def config_rows(model: str, batch: int, ctx: int, copy_bw: float) -> list[dict]:
     rows.append(row("decode_pdl", f"{case} default config, pdl", timed(None, pdl=True) * 1e6, "us",
                     reference="without pdl", ref_value=default * 1e6, ceiling="bytes / copy_bw", ceiling_value=floor))
     return rows
-
-
-def merge_rows(model: str, batch: int, ctx: int, table: int, copy_bw: float) -> list[dict]:
-    """Batch ``batch``, ``ctx`` keys each in ``table``-token block tables (the engine's graphs), PDL on as
-    in the engine: the last partition program merging the splits (``semaphores``) against the reduction
-    kernel. At short contexts nothing is split and the reduction kernel only costs its launch."""
-    hq, hkv, d = MODELS[model]
-    paged = Paged(model, batch, table, torch.bfloat16, num_copies(kv_bytes(model, batch * table, torch.bfloat16)))
-    q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
-    lens = torch.full((batch,), ctx, dtype=torch.int32, device="cuda")
-    out = torch.empty_like(q)
-    sem = torch.zeros(batch * hkv, dtype=torch.int32, device="cuda")
-
-    def timed(semaphores: torch.Tensor | None) -> float:
-        return attn_graph_time([lambda bt=bt: paged_decode_attention(q, paged.k_cache, paged.v_cache, bt, lens,
-                                                                     d**-0.5, out=out, pdl=True,
-                                                                     semaphores=semaphores)
-                                for bt in paged.tables])
-
-    two_kernels = timed(None)
-    floor = kv_bytes(model, batch * ctx, torch.bfloat16) / copy_bw * 1e6
-    return [row("decode_merge", f"{model} B={batch} ctx={ctx} table={table} last program merges, pdl",
-                timed(sem) * 1e6, "us", reference="reduction kernel, pdl", ref_value=two_kernels * 1e6,
-                ceiling="bytes / copy_bw", ceiling_value=floor)]

@@ -141,16 +141,13 @@ class TritonAttention:
             the block-table width (host side, so fixed for a captured graph).
         pdl: launch the fused RoPE + KV write and the decode attention kernels with
             programmatic dependent launch (``kernels.pdl``; Hopper GPUs only).
-        max_decodes: decodes per step the split-merge counters cover: steps of at most that many
-            decodes merge their KV splits inside the partition kernel (one launch per layer instead
-            of two); larger ones launch the reduction kernel.
 
     Raises:
         ImportError: a kernel module is missing.
     """
 
     def __init__(self, kv: KVCache, num_heads: int, num_kv_heads: int, head_dim: int,
-                 decode_splits: int | None = None, pdl: bool = False, max_decodes: int = 256) -> None:
+                 decode_splits: int | None = None, pdl: bool = False) -> None:
         try:
             from kernels.attention_decode import paged_decode_attention
             from kernels.attention_prefill import paged_prefill_attention
@@ -163,16 +160,6 @@ class TritonAttention:
         self.scale = head_dim**-0.5
         self.decode_splits = decode_splits
         self.pdl = pdl
-        # Zero counters the decode kernel leaves at zero; shared by all layers (they run one after another).
-        self._semaphores = torch.zeros(max_decodes * num_kv_heads, dtype=torch.int32, device=kv.data.device)
-        self._num_kv_heads = num_kv_heads
-
-    def _decode_attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                          k_scale: torch.Tensor | None, v_scale: torch.Tensor | None, tables: torch.Tensor,
-                          lens: torch.Tensor, out: torch.Tensor) -> None:
-        fits = q.shape[0] * self._num_kv_heads <= self._semaphores.numel()
-        self._decode(q, k_cache, v_cache, tables, lens, self.scale, k_scale, v_scale, num_splits=self.decode_splits,
-                     out=out, pdl=self.pdl, semaphores=self._semaphores if fits else None)
 
     def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
@@ -188,8 +175,8 @@ class TritonAttention:
         out = (torch.zeros if meta.padded else torch.empty)(q.shape, dtype=q.dtype, device=q.device)
         if meta.padded:  # a captured mixed step: decode slots lead, then the chunks (see StepMetadata)
             nd = meta.num_decodes
-            self._decode_attention(q[:nd], k_cache, v_cache, k_scale, v_scale, meta.decode_block_tables,
-                                   meta.decode_seq_lens, out[:nd])
+            self._decode(q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
+                         k_scale, v_scale, num_splits=self.decode_splits, out=out[:nd], pdl=self.pdl)
             self._prefill(q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
                           meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out)
             return out
@@ -198,6 +185,6 @@ class TritonAttention:
             self._prefill(q[:p], k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
                           meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out[:p])
         if meta.num_decodes:
-            self._decode_attention(q[p:], k_cache, v_cache, k_scale, v_scale, meta.decode_block_tables,
-                                   meta.decode_seq_lens, out[p:])
+            self._decode(q[p:], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
+                         k_scale, v_scale, num_splits=self.decode_splits, out=out[p:], pdl=self.pdl)
         return out

@@ -167,8 +167,7 @@ class ModelRunner:
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
         if self.backend == "triton":
-            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl,
-                                   max_decodes=self.config.max_num_seqs)
+            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl)
         return TorchAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim)
 
     # ---------------------------------------------------------------- sizing

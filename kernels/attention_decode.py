@@ -57,46 +57,14 @@ def _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, 
              out.to(out_ptr.dtype.element_ty), mask=io_mask)
 
 
-@triton.jit
-def _merge_if_last(po_ptr, pm_ptr, pl_ptr, sem, out_ptr, s, head, g_ok, offs_d, io_mask, stride_os, stride_oh,
-                   num_q_heads, num_splits, n_s, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_SPLITS: tl.constexpr):
-    """Split-K style ticket: the last of a (sequence, kv head)'s n_s partition programs merges their partials.
-
-    Every program's partial stores are ordered before its ticket (CTA barrier, then an acq_rel atomic at
-    GPU scope); the program drawing ticket n_s - 1 therefore sees all of them. It reads them through L2
-    only (``.cg``: another program's lines may be stale in this SM's L1), writes the output and resets the
-    counter to zero for the next launch.
-    """
-    tl.debug_barrier()
-    ticket = tl.atomic_add(sem, 1, sem="acq_rel", scope="gpu")
-    if ticket == n_s - 1:
-        rows = (s.to(tl.int64) * num_q_heads + head) * num_splits  # [BLOCK_G]: split 0 of each head
-        offs_p = tl.arange(0, BLOCK_SPLITS)
-        p_mask = g_ok[:, None] & (offs_p[None, :] < n_s)
-        m = tl.load(pm_ptr + rows[:, None] + offs_p[None, :], mask=p_mask, other=float("-inf"), cache_modifier=".cg")
-        m_max = tl.max(m, axis=1)
-        m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-        num = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-        den = tl.zeros([BLOCK_G], tl.float32)
-        for p in range(0, n_s):
-            w = tl.exp2(tl.load(pm_ptr + rows + p, mask=g_ok, other=0.0, cache_modifier=".cg") - m_max)
-            den += w * tl.load(pl_ptr + rows + p, mask=g_ok, other=0.0, cache_modifier=".cg")
-            part = tl.load(po_ptr + (rows + p)[:, None] * BLOCK_D + offs_d[None, :], mask=g_ok[:, None],
-                           other=0.0, cache_modifier=".cg")
-            num += part * w[:, None]
-        _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, num, den, io_mask)
-        tl.atomic_xchg(sem, 0, sem="relaxed", scope="gpu")
-
-
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
 def _decode_partition_kernel(
-    q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, seq_lens_ptr, out_ptr, po_ptr, pm_ptr, pl_ptr, sem_ptr,
+    q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, seq_lens_ptr, out_ptr, po_ptr, pm_ptr, pl_ptr,
     qk_scale, stride_qs, stride_qh, stride_os, stride_oh, stride_bt,
     block_size, num_kv_heads, num_q_heads, num_splits, keys_per_split,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, QUANT: tl.constexpr, DOT_DT: tl.constexpr,
-    PDL: tl.constexpr, LAST_MERGES: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     # num_splits (grid size, the most splits per sequence) and keys_per_split (a multiple of BLOCK_N) are
@@ -147,10 +115,6 @@ def _decode_partition_kernel(
             tl.store(po_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
             tl.store(pm_ptr + row, m_i, mask=g_ok)
             tl.store(pl_ptr + row, l_i, mask=g_ok)
-            if LAST_MERGES:
-                _merge_if_last(po_ptr, pm_ptr, pl_ptr, sem_ptr + s * num_kv_heads + kvh, out_ptr, s, head, g_ok,
-                               offs_d, io_mask, stride_os, stride_oh, num_q_heads, num_splits, n_s, BLOCK_G,
-                               BLOCK_D, BLOCK_SPLITS)
     else:
         _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
 
@@ -188,7 +152,6 @@ def _check_args(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     seq_lens: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None,
     num_splits: int | None, out: torch.Tensor | None, config: DecodeConfig | None = None,
-    semaphores: torch.Tensor | None = None,
 ) -> tuple[int, int, int, bool]:
     _, _, hkv, d, quantized = check_kv_cache(k_cache, v_cache, k_scale, v_scale)
     check_tensor("q", q, 3, ACT_DTYPES)
@@ -209,13 +172,8 @@ def _check_args(
     if out is not None:
         check_tensor("out", out, 3, (q.dtype,))
         check_shape("out", out, tuple(q.shape))
-    if semaphores is not None:
-        check_tensor("semaphores", semaphores, 1, (torch.int32,))
-        if semaphores.numel() < num_seqs * hkv:
-            raise ValueError(f"semaphores has {semaphores.numel()} counters, needs num_seqs * kv heads = "
-                             f"{num_seqs * hkv}")
     check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens,
-                      k_scale=k_scale, v_scale=v_scale, out=out, semaphores=semaphores)
+                      k_scale=k_scale, v_scale=v_scale, out=out)
     return num_seqs, hq, hkv, quantized
 
 
@@ -223,7 +181,7 @@ def paged_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     seq_lens: torch.Tensor, softmax_scale: float, k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None, num_splits: int | None = None, out: torch.Tensor | None = None,
-    pdl: bool = False, config: DecodeConfig | None = None, semaphores: torch.Tensor | None = None,
+    pdl: bool = False, config: DecodeConfig | None = None,
 ) -> torch.Tensor:
     """Attention of one new query per sequence over its whole paged context (positions 0..seq_len-1).
 
@@ -240,16 +198,12 @@ def paged_decode_attention(
         pdl: launch both kernels with programmatic dependent launch (``kernels.pdl``; ValueError off
             Hopper).
         config: the partition kernel's launch shape (None: ``default_decode_config``).
-        semaphores: int32 counters, all zero, at least ``S * Hkv`` (the caller keeps them: the kernel
-            leaves them at zero). With them, the last partition program of a split sequence merges the
-            partials itself and no reduction kernel is launched (one launch fewer per call); without
-            them, a second kernel merges.
 
     Returns:
         out [S, Hq, D] in q's dtype.
     """
     num_seqs, hq, hkv, quantized = _check_args(
-        q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, num_splits, out, config, semaphores)
+        q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, num_splits, out, config)
     launch = pdl_launch_options(pdl, q.device)
     if out is None:
         out = torch.empty_like(q)
@@ -272,23 +226,20 @@ def paged_decode_attention(
         pl = torch.empty_like(pm)
     else:
         po = pm = pl = out  # unused dummies
-    last_merges = semaphores is not None and num_splits > 1
-    block_splits = max(16, next_pow2(num_splits))
     _decode_partition_kernel[(num_seqs, hkv, num_splits)](
         q, k_cache, v_cache, k_scale if quantized else k_cache, v_scale if quantized else v_cache,
-        block_tables, seq_lens, out, po, pm, pl, semaphores if last_merges else seq_lens,
+        block_tables, seq_lens, out, po, pm, pl,
         float(softmax_scale) * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.shape[1], hkv, hq, num_splits, split_keys,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=cfg.block_n, SPLIT=num_splits > 1, QUANT=quantized, DOT_DT=dot_dtype(q.dtype, q.device),
-        PDL=pdl, LAST_MERGES=last_merges, BLOCK_SPLITS=block_splits, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages, **launch,
+        PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch,
     )
-    if num_splits > 1 and not last_merges:
+    if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, hq)](
             po, pm, pl, seq_lens, out, out.stride(0), out.stride(1), hq, num_splits, split_keys,
-            HEAD_DIM=d, BLOCK_D=block_d, BLOCK_SPLITS=block_splits,
+            HEAD_DIM=d, BLOCK_D=block_d, BLOCK_SPLITS=max(16, next_pow2(num_splits)),
             PDL=pdl, num_warps=4 if block_d >= 128 else 2, **launch,
         )
     return out

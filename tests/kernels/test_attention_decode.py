@@ -100,37 +100,6 @@ def test_decode_mixed_lengths_dynamic_splits(hq: int, hkv: int, bs: int, dtype: 
     assert_fp32_close(out, paged_decode_attention_ref(*args))
 
 
-@pytest.mark.parametrize(("hq", "hkv", "bs", "dtype", "splits"), [
-    (4, 4, 16, torch.bfloat16, 4),  # GQA 1
-    (8, 2, 8, torch.int8, 4),  # GQA 4, quantized
-    (12, 4, 16, torch.float8_e4m3fn, None),  # non-power-of-two group, default splits
-    (32, 8, 16, torch.bfloat16, 8),  # Llama-3.2-1B head layout
-])
-def test_last_program_merges_with_semaphores(hq: int, hkv: int, bs: int, dtype: torch.dtype,
-                                             splits: int | None) -> None:
-    """With counters the last partition program of a split sequence merges (no reduction kernel): the same
-    result as the two-kernel path, the counters back at zero, and again on a second call (reset works)."""
-    args = _inputs(MIXED_LENS, hq, hkv, 64, bs, dtype, torch.float32, seed=hq + bs)
-    ref = paged_decode_attention_ref(*args)
-    sem = torch.zeros(len(MIXED_LENS) * hkv + 3, dtype=torch.int32, device=DEVICE)
-    two_kernels = paged_decode_attention(*args, num_splits=splits, out=torch.full_like(args[0], float("nan")))
-    for _ in range(2):
-        out = torch.full_like(args[0], float("nan"))  # poison: a merge nobody did fails
-        paged_decode_attention(*args, num_splits=splits, out=out, semaphores=sem)
-        assert_fp32_close(out, ref)
-        assert_fp32_close(out, two_kernels)
-        assert torch.equal(out[1], torch.zeros_like(out[1]))
-        assert int(sem.abs().sum()) == 0
-
-
-def test_bad_semaphores_are_named() -> None:
-    args = _inputs([300, 4], 8, 2, 64, 16, torch.bfloat16, torch.float32, seed=1)
-    with pytest.raises(ValueError, match=r"semaphores has 3 counters, needs num_seqs \* kv heads = 4"):
-        paged_decode_attention(*args, semaphores=torch.zeros(3, dtype=torch.int32, device=DEVICE))
-    with pytest.raises(ValueError, match="semaphores has dtype torch.int64"):
-        paged_decode_attention(*args, semaphores=torch.zeros(4, dtype=torch.int64, device=DEVICE))
-
-
 def test_decode_wide_block_table_matches_one_split() -> None:
     """CUDA-graph layout: 512-block table rows (8192 keys) far wider than the sequences; num_splits=64.
 
