@@ -328,16 +328,25 @@ def decode_variants(variants: tuple[dict, ...], model: str = "llama-3.2-1b") -> 
 
 
 def _parse_variants(args: list[str]) -> tuple[tuple[dict, ...], str]:
-    """``FLAG=V1,V2 [--model NAME]`` -> one flags dict per value (true/false become bools)."""
-    model = "llama-3.2-1b"
-    if "--model" in args:
-        i = args.index("--model")
-        model, args = args[i + 1], args[:i] + args[i + 2:]
+    """``FLAG=V1,V2 [--model NAME] [--set FLAG=V ...]`` -> one flags dict per value (true/false become
+    bools, none None), each holding the ``--set`` flags too."""
+    model, fixed = "llama-3.2-1b", {}
+    parse = {"true": True, "false": False, "none": None}
+    usage = "usage: python -m benchmarks.bench_engine --decode-ab FLAG=V1,V2 [--model NAME] [--set FLAG=V ...]"
+    while "--model" in args or "--set" in args:
+        i = args.index("--model") if "--model" in args else args.index("--set")
+        if i + 1 >= len(args) or (args[i] == "--set" and "=" not in args[i + 1]):
+            raise SystemExit(usage)
+        if args[i] == "--model":
+            model = args[i + 1]
+        else:
+            flag, value = args[i + 1].split("=", 1)
+            fixed[flag] = parse.get(value.lower(), value)
+        args = args[:i] + args[i + 2:]
     if len(args) != 1 or "=" not in args[0]:
-        raise SystemExit("usage: python -m benchmarks.bench_engine --decode-ab FLAG=V1,V2 [--model NAME]")
+        raise SystemExit(usage)
     flag, values = args[0].split("=", 1)
-    parse = {"true": True, "false": False}
-    return tuple({flag: parse.get(v.lower(), v)} for v in values.split(",")), model
+    return tuple({**fixed, flag: parse.get(v.lower(), v)} for v in values.split(",")), model
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from benchmarks.common import graph_time, measure_copy_bandwidth, measure_matmul
 from kernels.activation import silu_and_mul, silu_and_mul_ref
 from kernels.gemv_bf16 import gemv_bf16
 from kernels.norm import fused_add_rms_norm, fused_add_rms_norm_ref, rms_norm, rms_norm_ref
+from kernels.pdl import pdl_supported
 from kernels.quant_linear import (
     Int4Weight,
     Int8Weight,
@@ -90,29 +91,33 @@ def _gemv_cases(rows: list[dict], model: str, layer: str, n: int, k: int, bw: fl
         return row("gemv_bf16", case, t * 1e6, "us", "bf16 F.linear", t_ref * 1e6, "bf16-bytes floor",
                    (_nbytes(w) + io) / bw * 1e6)
 
-    def int4_case() -> dict:
+    def int4_case(pdl: bool, tag: str) -> dict:
         q = quantize_int4(w, 128)
         if _rel_err(int4_linear(x, q), int4_linear_ref(x, q)) > 1e-2:
             raise RuntimeError("int4_linear disagrees with int4_linear_ref")
         size = _nbytes(q.packed, q.scales, q.zeros)
         qs = [q] + [Int4Weight(q.packed.clone(), q.scales.clone(), q.zeros.clone(), 128)
                     for _ in range(_copies(size) - 1)]
-        t = _graph_time([lambda qi=qi: int4_linear(x, qi, out=out) for qi in qs])
-        return row("gemv_int4", case, t * 1e6, "us", "bf16 F.linear", t_ref * 1e6, "quantised-bytes floor",
+        t = _graph_time([lambda qi=qi: int4_linear(x, qi, out=out, pdl=pdl) for qi in qs])
+        return row(f"gemv_int4{tag}", case, t * 1e6, "us", "bf16 F.linear", t_ref * 1e6, "quantised-bytes floor",
                    (size + io) / bw * 1e6)
 
-    def int8_case() -> dict:
+    def int8_case(pdl: bool, tag: str) -> dict:
         q = quantize_int8(w)
         if _rel_err(int8_linear(x, q), int8_linear_ref(x, q)) > 1e-2:
             raise RuntimeError("int8_linear disagrees with int8_linear_ref")
         size = _nbytes(q.qweight, q.scale)
         qs = [q] + [Int8Weight(q.qweight.clone(), q.scale.clone()) for _ in range(_copies(size) - 1)]
-        t = _graph_time([lambda qi=qi: int8_linear(x, qi, out=out) for qi in qs])
-        return row("gemv_int8", case, t * 1e6, "us", "bf16 F.linear", t_ref * 1e6, "quantised-bytes floor",
+        t = _graph_time([lambda qi=qi: int8_linear(x, qi, out=out, pdl=pdl) for qi in qs])
+        return row(f"gemv_int8{tag}", case, t * 1e6, "us", "bf16 F.linear", t_ref * 1e6, "quantised-bytes floor",
                    (size + io) / bw * 1e6)
 
-    _safe(rows, "gemv_int4", case, "us", int4_case)
-    _safe(rows, "gemv_int8", case, "us", int8_case)
+    # As the engine's decode graphs launch them: with programmatic dependent launch on Hopper (each GEMV of
+    # the back-to-back chain starts while the one before drains), and without it everywhere.
+    for pdl in (False, True) if pdl_supported(x.device) else (False,):
+        tag = "_pdl" if pdl else ""
+        _safe(rows, f"gemv_int4{tag}", case, "us", lambda p=pdl, t=tag: int4_case(p, t))
+        _safe(rows, f"gemv_int8{tag}", case, "us", lambda p=pdl, t=tag: int8_case(p, t))
     _safe(rows, "gemv_bf16", case, "us", bf16_case)
 
 

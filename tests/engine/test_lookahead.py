@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from engine import SamplingParams
-from policies.scheduler import STEP_LOG_COLUMNS
+from policies.scheduler import STEP_LOG_COLUMNS, Scheduler
 from policies.types import Request
 from tests.engine.test_llm import MAX_TOKENS, PROMPTS, llm
 
@@ -73,6 +73,41 @@ def test_sampled_requests_are_not_looked_ahead(tiny_llama):
     want = llm(tiny_llama).generate(PROMPTS[:3], params, max_tokens=MAX_TOKENS)
     assert [o["token_ids"] for o in got] == [o["token_ids"] for o in want]
     assert engine.runner.lookahead.hits == engine.runner.lookahead.misses == 0
+
+
+class SteppedClock:
+    """A virtual clock that a step moves on by 1 ms (the executor wrapper) and idling by the sleep."""
+
+    def __init__(self, runner) -> None:
+        self.t, self.runner = 0.0, runner
+
+    def __call__(self) -> float:
+        return self.t
+
+    def sleep(self, dt: float) -> None:
+        self.t += dt
+
+    def execute(self, plan):
+        self.t += 1e-3
+        return self.runner.execute(plan)
+
+
+def test_arrivals_mid_decode_drop_looked_ahead_steps(tiny_llama):
+    """Wall-clock replay: requests arriving while others decode change the next plan, so looked-ahead
+    steps are dropped; the tokens stay those of the run without lookahead."""
+    from experiments.replay import replay
+
+    outs, lookahead = {}, None
+    for flag in (False, True):
+        engine = llm(tiny_llama, decode_lookahead=flag)
+        clock = SteppedClock(engine.runner)
+        sched = Scheduler(engine.scheduler_config, engine.policy)
+        requests = [Request(str(i), 0.0035 * i, len(p), 10, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
+        replay(requests, sched, clock, clock=clock, sleep=clock.sleep)
+        outs[flag] = {s.seq_id: s.output_ids for s in sched.finished}
+        lookahead = engine.runner.lookahead
+    assert outs[True] == outs[False] and len(outs[True]) == len(PROMPTS)
+    assert lookahead.hits > 0 and lookahead.misses > 0
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
