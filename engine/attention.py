@@ -1,15 +1,13 @@
 """Paged attention backends: rotate q/k and write the step's new K/V into the cache, then attend.
 
 A backend (``AttentionBackend``) works on the packed step (prefill tokens first,
-then decodes). The model calls ``rope_write_attend`` once per layer; it is built
-from two steps: ``rope_and_write`` rotates q and k in place (RoPE) and stores k
-and v at the step's slots; ``attend`` returns ``[T, Hq, D]`` from q and the
-cache. ``TorchAttention`` is plain PyTorch (the CPU path and the reference):
-prefill chunks attend one sequence at a time to their gathered context, decodes
-attend in one padded batch. ``TritonAttention`` calls the paged kernels of
-``kernels/`` (imported when the backend is built), RoPE and the cache write
-fused into one launch, and for decode-only steps fused into the decode
-attention itself (``kernels/attention_decode_rope.py``).
+then decodes) in two calls per layer: ``rope_and_write`` rotates q and k in place
+(RoPE) and stores k and v at the step's slots; ``attend`` returns ``[T, Hq, D]``
+from q and the cache. ``TorchAttention`` is plain PyTorch (the CPU path and the
+reference): prefill chunks attend one sequence at a time to their gathered
+context, decodes attend in one padded batch. ``TritonAttention`` calls the
+paged kernels of ``kernels/`` (imported when the backend is built), RoPE and the
+cache write fused into one launch.
 """
 
 from __future__ import annotations
@@ -42,13 +40,7 @@ def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torc
 
 
 class AttentionBackend(Protocol):
-    """What the model calls per layer: ``rope_write_attend`` (``rope_and_write``, then ``attend``)."""
-
-    def rope_write_attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
-        """The layer's attention ``[T, Hq, D]``: the effect of ``rope_and_write`` then ``attend`` (q and k
-        may be left unrotated)."""
-        ...
+    """What the model calls per layer: ``rope_and_write`` first, then ``attend``."""
 
     def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
@@ -95,12 +87,6 @@ class TorchAttention:
         if scale is None:
             return vals.to(dtype)
         return (vals.float() * scale[blocks].flatten(-3, -2)[..., None]).to(dtype)
-
-    def rope_write_attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
-        """See ``AttentionBackend``."""
-        self.rope_and_write(layer, q, k, v, positions, cos_sin, meta)
-        return self.attend(layer, q, meta)
 
     def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
@@ -155,41 +141,25 @@ class TritonAttention:
             the block-table width (host side, so fixed for a captured graph).
         pdl: launch the fused RoPE + KV write and the decode attention kernels with
             programmatic dependent launch (``kernels.pdl``; Hopper GPUs only).
-        rope_in_decode: in decode-only steps, rotate q and k and write the new K/V inside the
-            decode attention kernel (one launch per layer fewer).
 
     Raises:
         ImportError: a kernel module is missing.
     """
 
     def __init__(self, kv: KVCache, num_heads: int, num_kv_heads: int, head_dim: int,
-                 decode_splits: int | None = None, pdl: bool = False, rope_in_decode: bool = True) -> None:
+                 decode_splits: int | None = None, pdl: bool = False) -> None:
         try:
             from kernels.attention_decode import paged_decode_attention
-            from kernels.attention_decode_rope import rope_decode_attention
             from kernels.attention_prefill import paged_prefill_attention
             from kernels.rope_kv_write import rope_and_write_kv
         except ImportError as exc:
             raise ImportError(f"attention_backend 'triton' needs the paged attention kernels: {exc}") from exc
         self._rope_and_write_kv = rope_and_write_kv
         self._prefill, self._decode = paged_prefill_attention, paged_decode_attention
-        self._rope_decode = rope_decode_attention if rope_in_decode else None
         self.kv = kv
         self.scale = head_dim**-0.5
         self.decode_splits = decode_splits
         self.pdl = pdl
-
-    def rope_write_attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                          positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> torch.Tensor:
-        """See ``AttentionBackend``: one launch (plus the split reduction) for decode-only steps with
-        ``rope_in_decode``; otherwise ``rope_and_write`` then ``attend``."""
-        if self._rope_decode is None or meta.num_prefill_tokens or meta.padded or not meta.num_decodes:
-            self.rope_and_write(layer, q, k, v, positions, cos_sin, meta)
-            return self.attend(layer, q, meta)
-        k_cache, v_cache, k_scale, v_scale = self.kv.layer(layer)
-        return self._rope_decode(q, k, v, positions, cos_sin, k_cache, v_cache, meta.slot_mapping,
-                                 meta.decode_block_tables, meta.decode_seq_lens, self.scale, k_scale, v_scale,
-                                 num_splits=self.decode_splits, pdl=self.pdl)
 
     def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:

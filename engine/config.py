@@ -57,9 +57,6 @@ class EngineConfig:
             kernels (bf16 and int8/int4 GEMVs, fused RoPE + KV write, decode attention) with programmatic
             dependent launch, so that each starts while the one before it finishes
             (``kernels.pdl``); ignored on other devices.
-        rope_in_decode_attention: on the Triton backend, decode-only steps rotate q and k and
-            write the new K/V inside the decode attention kernel (one launch per layer instead of
-            two; ``kernels.attention_decode_rope``).
         decode_lookahead: right after a greedy decode-only step whose sequences all decode again,
             queue their next step on the device before the host books this one, and use it when
             the scheduler plans exactly that step (``engine.lookahead``; hides the host's share of
@@ -88,7 +85,6 @@ class EngineConfig:
     small_batch_gemv: bool = True
     fused_decode: bool = True
     pdl: bool = True
-    rope_in_decode_attention: bool = True
     decode_lookahead: bool = False
 
     def __post_init__(self) -> None:

@@ -75,13 +75,14 @@ class LlamaModel:
     def _attend(self, i: int, qkv: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend,
                 meta: StepMetadata) -> torch.Tensor:
         """Layer ``i``'s attention over the packed ``qkv`` [T, q + 2 kv]: RoPE on the views into qkv, k/v
-        into the cache, then attention (``AttentionBackend.rope_write_attend``); returns [T, q_size]."""
+        into the cache (one kernel on the Triton backend), then attention; returns [T, q_size]."""
         spec = self.spec
         q_size, kv_size = spec.q_size, spec.kv_size
         q = qkv[:, :q_size].reshape(-1, spec.num_heads, spec.head_dim)
         k = qkv[:, q_size : q_size + kv_size].reshape(-1, spec.num_kv_heads, spec.head_dim)
         v = qkv[:, q_size + kv_size :].reshape(-1, spec.num_kv_heads, spec.head_dim)
-        return attention.rope_write_attend(i, q, k, v, positions, self.cos_sin, meta).reshape(-1, q_size)
+        attention.rope_and_write(i, q, k, v, positions, self.cos_sin, meta)
+        return attention.attend(i, q, meta).reshape(-1, q_size)
 
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend,
                       meta: StepMetadata) -> torch.Tensor:

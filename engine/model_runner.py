@@ -167,8 +167,7 @@ class ModelRunner:
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
         if self.backend == "triton":
-            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl,
-                                   rope_in_decode=self.config.rope_in_decode_attention)
+            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl)
         return TorchAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim)
 
     # ---------------------------------------------------------------- sizing

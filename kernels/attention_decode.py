@@ -57,59 +57,6 @@ def _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, 
              out.to(out_ptr.dtype.element_ty), mask=io_mask)
 
 
-@triton.jit
-def split_range(seq_lens_ptr, s, split, num_splits, keys_per_split):
-    """(ctx, n_s, lo, hi) of program ``split`` of sequence ``s``; the program has no work when split >= n_s."""
-    ctx = tl.load(seq_lens_ptr + s)
-    n_s = _active_splits(ctx, keys_per_split, num_splits)
-    lo = split * keys_per_split
-    # The last active split takes every remaining key: ragged, and robust to ctx > num_splits * keys_per_split.
-    hi = tl.where(split == n_s - 1, ctx, lo + keys_per_split)
-    return ctx, n_s, lo, hi
-
-
-@triton.jit
-def attend_split(q, qk_scale, lo, hi, ctx, s, kvh, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, stride_bt, block_size,
-                 num_kv_heads, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                 BLOCK_N: tl.constexpr, QUANT: tl.constexpr, DOT_DT: tl.constexpr):
-    """Online softmax of the group's query rows ``q`` [BLOCK_G, BLOCK_D] over keys [lo, hi): (acc, m_i, l_i)."""
-    pos = tl.zeros([BLOCK_G], tl.int32) + (ctx - 1)
-    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_G], tl.float32)
-    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-    bt_row = bt_ptr + s.to(tl.int64) * stride_bt
-    n_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
-    for start_n in range(lo, n_full, BLOCK_N):
-        acc, m_i, l_i = attend_block(
-            acc, m_i, l_i, q, qk_scale, start_n, hi, pos,
-            kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, block_size, num_kv_heads, kvh,
-            HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, False, DOT_DT)
-    for start_n in range(n_full, hi, BLOCK_N):  # at most one ragged tail block
-        acc, m_i, l_i = attend_block(
-            acc, m_i, l_i, q, qk_scale, start_n, hi, pos,
-            kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, block_size, num_kv_heads, kvh,
-            HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, True, DOT_DT)
-    return acc, m_i, l_i
-
-
-@triton.jit
-def store_split(out_ptr, po_ptr, pm_ptr, pl_ptr, s, head, split, n_s, g_ok, offs_d, io_mask, stride_os, stride_oh,
-                num_q_heads, num_splits, acc, m_i, l_i, BLOCK_D: tl.constexpr, SPLIT: tl.constexpr):
-    """The program's result: the normalised output when its sequence is unsplit, else its partials."""
-    if SPLIT:
-        if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
-            _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
-        else:
-            # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits]; only the first
-            # n_s splits of a sequence are written (each holds >= 1 key, so its max is finite).
-            row = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
-            tl.store(po_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
-            tl.store(pm_ptr + row, m_i, mask=g_ok)
-            tl.store(pl_ptr + row, l_i, mask=g_ok)
-    else:
-        _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
-
-
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
 def _decode_partition_kernel(
     q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, seq_lens_ptr, out_ptr, po_ptr, pm_ptr, pl_ptr,
@@ -125,9 +72,14 @@ def _decode_partition_kernel(
     s = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
-    ctx, n_s, lo, hi = split_range(seq_lens_ptr, s, split, num_splits, keys_per_split)
+    ctx = tl.load(seq_lens_ptr + s)
+    n_s = _active_splits(ctx, keys_per_split, num_splits)
     if split >= n_s:
         return  # this sequence needs fewer splits
+    lo = split * keys_per_split
+    # The last active split takes every remaining key: ragged, and robust to ctx > num_splits * keys_per_split.
+    hi = tl.where(split == n_s - 1, ctx, lo + keys_per_split)
+
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
     head = kvh * GROUP + offs_g
@@ -135,10 +87,36 @@ def _decode_partition_kernel(
     io_mask = g_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
     q = tl.load(q_ptr + s.to(tl.int64) * stride_qs + head[:, None] * stride_qh + offs_d[None, :],
                 mask=io_mask, other=0.0).to(DOT_DT)
-    acc, m_i, l_i = attend_split(q, qk_scale, lo, hi, ctx, s, kvh, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, stride_bt,
-                                 block_size, num_kv_heads, BLOCK_G, HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, DOT_DT)
-    store_split(out_ptr, po_ptr, pm_ptr, pl_ptr, s, head, split, n_s, g_ok, offs_d, io_mask, stride_os, stride_oh,
-                num_q_heads, num_splits, acc, m_i, l_i, BLOCK_D, SPLIT)
+    pos = tl.zeros([BLOCK_G], tl.int32) + (ctx - 1)
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    bt_row = bt_ptr + s.to(tl.int64) * stride_bt
+    n_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
+    for start_n in range(lo, n_full, BLOCK_N):
+        acc, m_i, l_i = attend_block(
+            acc, m_i, l_i, q, qk_scale, start_n, hi, pos,
+            kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, block_size, num_kv_heads, kvh,
+            HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, False, DOT_DT)
+    for start_n in range(n_full, hi, BLOCK_N):  # at most one ragged tail block
+        acc, m_i, l_i = attend_block(
+            acc, m_i, l_i, q, qk_scale, start_n, hi, pos,
+            kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, block_size, num_kv_heads, kvh,
+            HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, True, DOT_DT)
+
+    if SPLIT:
+        if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
+            _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
+        else:
+            # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits]; only the first
+            # n_s splits of a sequence are written (each holds >= 1 key, so its max is finite).
+            row = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
+            tl.store(po_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
+            tl.store(pm_ptr + row, m_i, mask=g_ok)
+            tl.store(pl_ptr + row, l_i, mask=g_ok)
+    else:
+        _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
 
 
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
@@ -226,26 +204,12 @@ def paged_decode_attention(
     """
     num_seqs, hq, hkv, quantized = _check_args(
         q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, num_splits, out, config)
+    launch = pdl_launch_options(pdl, q.device)
     if out is None:
         out = torch.empty_like(q)
-    launch_decode(_decode_partition_kernel, (), {}, q, k_cache, v_cache, block_tables, seq_lens, softmax_scale,
-                  k_scale if quantized else None, v_scale if quantized else None, num_splits, out, pdl, config)
-    return out
-
-
-def launch_decode(partition_kernel, head_args: tuple, head_constexprs: dict, q: torch.Tensor, k_cache: torch.Tensor,
-                  v_cache: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor, softmax_scale: float,
-                  k_scale: torch.Tensor | None, v_scale: torch.Tensor | None, num_splits: int | None,
-                  out: torch.Tensor, pdl: bool, config: DecodeConfig | None) -> None:
-    """Launch a partition kernel (``_decode_partition_kernel``'s arguments after ``head_args``, its
-    constexprs plus ``head_constexprs``) over (sequence, kv head, split), then the reduction if split
-    (arguments already checked)."""
-    launch = pdl_launch_options(pdl, q.device)
-    num_seqs, hq, d = q.shape
     if num_seqs == 0:
-        return
-    hkv = k_cache.shape[2]
-    quantized = k_scale is not None
+        return out
+    d = q.shape[2]
     block_d = max(16, next_pow2(d))  # tl.dot needs K >= 16 on GPUs
     max_context = block_tables.shape[1] * k_cache.shape[1]  # host-known bound: no sync, graph-stable
     if num_splits is None:
@@ -262,15 +226,15 @@ def launch_decode(partition_kernel, head_args: tuple, head_constexprs: dict, q: 
         pl = torch.empty_like(pm)
     else:
         po = pm = pl = out  # unused dummies
-    partition_kernel[(num_seqs, hkv, num_splits)](
-        *head_args, q, k_cache, v_cache, k_scale if quantized else k_cache, v_scale if quantized else v_cache,
+    _decode_partition_kernel[(num_seqs, hkv, num_splits)](
+        q, k_cache, v_cache, k_scale if quantized else k_cache, v_scale if quantized else v_cache,
         block_tables, seq_lens, out, po, pm, pl,
         float(softmax_scale) * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.shape[1], hkv, hq, num_splits, split_keys,
         GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=cfg.block_n, SPLIT=num_splits > 1, QUANT=quantized, DOT_DT=dot_dtype(q.dtype, q.device),
-        PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **head_constexprs, **launch,
+        PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, hq)](
@@ -278,6 +242,7 @@ def launch_decode(partition_kernel, head_args: tuple, head_constexprs: dict, q: 
             HEAD_DIM=d, BLOCK_D=block_d, BLOCK_SPLITS=max(16, next_pow2(num_splits)),
             PDL=pdl, num_warps=4 if block_d >= 128 else 2, **launch,
         )
+    return out
 
 
 def paged_decode_attention_ref(
