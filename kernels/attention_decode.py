@@ -215,7 +215,7 @@ def paged_decode_attention(
     if num_splits is None:
         num_splits = default_num_splits(num_seqs, hkv, max_context, q.device)
     group = hq // hkv
-    cfg = config if config is not None else default_decode_config(d, quantized, q.device)
+    cfg = config if config is not None else default_decode_config(d, quantized, q.device, num_seqs)
     split_keys = keys_per_split(max_context, num_splits, cfg.block_n)
     # Splits past cdiv(max_context, keys_per_split) could never be active (seq_len <= max_context): drop
     # them from the grid. Every sequence's split count is unchanged.

@@ -56,11 +56,22 @@ class DecodeConfig:
         return f"n{self.block_n}w{self.num_warps}s{self.num_stages}"
 
 
-def default_decode_config(head_dim: int, quantized: bool, device: torch.device) -> DecodeConfig:
-    """The launch shape used when none is given (small tiles, no pipelining under the CPU interpreter)."""
+#: At most this many sequences count as a small decode batch for the launch shape (batch-1 decode graphs).
+SMALL_BATCH = 8
+
+
+def default_decode_config(head_dim: int, quantized: bool, device: torch.device, num_seqs: int = 0) -> DecodeConfig:
+    """The launch shape used when none is given (small tiles, no pipelining under the CPU interpreter).
+
+    bf16 head_dim 128 at up to ``SMALL_BATCH`` sequences takes 128-key steps on 8 warps with two stages:
+    on an H100 at batch 1 (Llama-3.2-3B heads, PDL) 7.2-7.9 µs against 9.6-9.8 µs for 200-380 keys, and
+    the same 61 µs at 32k keys (``benchmarks/results/h100_lookahead_run9.log``).
+    """
     if torch.device(device).type != "cuda":
         return DecodeConfig(16, 4, 1)
-    return DecodeConfig(64 if head_dim > 64 and not quantized else 128, 4, 3)
+    if head_dim > 64 and not quantized:
+        return DecodeConfig(128, 8, 2) if 0 < num_seqs <= SMALL_BATCH else DecodeConfig(64, 4, 3)
+    return DecodeConfig(128, 4, 3)
 
 
 def default_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, device: torch.device) -> int:

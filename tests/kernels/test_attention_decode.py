@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kernels.attention_decode import paged_decode_attention, paged_decode_attention_ref
-from kernels.decode_launch import DecodeConfig, default_num_splits
+from kernels.decode_launch import DecodeConfig, default_decode_config, default_num_splits
 from tests.kernels.paged_kv_fixtures import BF16_ATOL_REL, DEVICE, assert_fp32_close, make_paged_kv
 
 # (context per sequence, Hq, Hkv, head_dim, block_size, kv dtype, num_splits). A sequence is split only
@@ -23,6 +23,7 @@ CASES = [
     ([570, 3, 23], 32, 8, 64, 16, torch.float8_e4m3fn, 4),  # Llama-3.2-1B head layout, 570 in 4 splits
     ([150, 17], 24, 8, 128, 32, torch.int8, 1),  # Llama-3.2-3B head layout, no split
     ([541], 12, 4, 64, 8, torch.bfloat16, 8),  # non-power-of-two group, more splits asked than usable
+    ([300, 1, 77], 24, 8, 128, 16, torch.bfloat16, None),  # Llama-3.2-3B heads, bf16: the small-batch shape
 ]
 
 
@@ -144,6 +145,15 @@ def test_decode_launch_config_keeps_results(config: DecodeConfig) -> None:
     out = torch.full_like(args[0], float("nan"))
     paged_decode_attention(*args, out=out, config=config)
     assert_fp32_close(out, paged_decode_attention_ref(*args))
+
+
+def test_default_launch_shapes() -> None:
+    cuda = torch.device("cuda")  # only the device type is read
+    assert default_decode_config(128, False, cuda, 1) == DecodeConfig(128, 8, 2)  # 3B heads, small batch
+    assert default_decode_config(128, False, cuda, 64) == DecodeConfig(64, 4, 3)
+    assert default_decode_config(128, True, cuda, 1) == DecodeConfig(128, 4, 3)  # quantised cache
+    assert default_decode_config(64, False, cuda, 1) == DecodeConfig(128, 4, 3)  # 1B heads
+    assert default_decode_config(128, False, torch.device("cpu"), 1) == DecodeConfig(16, 4, 1)  # interpreter
 
 
 @pytest.mark.parametrize("kwargs,match", [
