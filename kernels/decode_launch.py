@@ -56,16 +56,17 @@ class DecodeConfig:
         return f"n{self.block_n}w{self.num_warps}s{self.num_stages}"
 
 
-#: At most this many sequences count as a small decode batch for the launch shape (batch-1 decode graphs).
-SMALL_BATCH = 8
+#: bf16 head_dim-128 decode batches of at most this many sequences take the wide launch shape.
+SMALL_BATCH = 16
 
 
 def default_decode_config(head_dim: int, quantized: bool, device: torch.device, num_seqs: int = 0) -> DecodeConfig:
     """The launch shape used when none is given (small tiles, no pipelining under the CPU interpreter).
 
     bf16 head_dim 128 at up to ``SMALL_BATCH`` sequences takes 128-key steps on 8 warps with two stages:
-    on an H100 at batch 1 (Llama-3.2-3B heads, PDL) 7.2-7.9 µs against 9.6-9.8 µs for 200-380 keys, and
-    the same 61 µs at 32k keys (``benchmarks/results/h100_lookahead_run9.log``).
+    on an H100 (Llama-3.2-3B heads, PDL) 7.2-7.9 µs against 9.6-9.8 µs at batch 1 with 200-380 keys, the
+    same 61 µs at 32k keys, 3.7-4.5% faster at 4 x 4k, 8 x 8k and 16 x 2k; equal at 64 x 4k and 0.7%
+    slower at 256 x 2k, where the 64-key shape stays (``benchmarks/results/h100_lookahead_run9.log``).
     """
     if torch.device(device).type != "cuda":
         return DecodeConfig(16, 4, 1)

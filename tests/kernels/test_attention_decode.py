@@ -150,6 +150,7 @@ def test_decode_launch_config_keeps_results(config: DecodeConfig) -> None:
 def test_default_launch_shapes() -> None:
     cuda = torch.device("cuda")  # only the device type is read
     assert default_decode_config(128, False, cuda, 1) == DecodeConfig(128, 8, 2)  # 3B heads, small batch
+    assert default_decode_config(128, False, cuda, 16) == DecodeConfig(128, 8, 2)
     assert default_decode_config(128, False, cuda, 64) == DecodeConfig(64, 4, 3)
     assert default_decode_config(128, True, cuda, 1) == DecodeConfig(128, 4, 3)  # quantised cache
     assert default_decode_config(64, False, cuda, 1) == DecodeConfig(128, 4, 3)  # 1B heads
