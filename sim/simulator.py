@@ -3,6 +3,11 @@
 Two SimPy processes: arrivals (each request is handed to the scheduler at its
 trace arrival time) and the engine loop (``schedule -> cost model -> timeout ->
 postprocess``), the same step contract the real engine runs on the wall clock.
+A step that ends before the next arrival needs no SimPy event (nothing else can
+happen meanwhile): the engine loop keeps its own clock through such stretches
+and lets SimPy's catch up before anything that involves the arrivals, so a
+step-wise driver (the gym env), which gets one event per step, sees the same
+timeline.
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ class Simulator:
         self._arrivals_done = False
         self._wakeup: simpy.Event | None = None
         self._step_event: simpy.Event | None = None  # set by step-wise drivers (gym env)
+        self._stepwise = False  # a step-wise driver needs one SimPy event per step
+        self._arrived = 0  # requests handed to the scheduler so far
         self._bar = tqdm(total=len(self.requests), unit="req", desc="simulating", leave=False,
                          disable=not progress)
         self.env.process(self._arrivals())
@@ -72,37 +79,62 @@ class Simulator:
             if delay > 0:
                 yield env.timeout(delay)
             sched.add_request(req)
+            self._arrived += 1
             if self._wakeup is not None and not self._wakeup.triggered:
                 self._wakeup.succeed()
         self._arrivals_done = True
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()
 
+    def _next_arrival_s(self) -> float:
+        """Arrival time of the next request not yet handed to the scheduler (inf when none is left)."""
+        i = self._arrived
+        return self.requests[i].arrival_s if i < len(self.requests) else float("inf")
+
+    def _catch_up(self, now: float) -> Generator[simpy.Event, Any, None]:
+        """Bring the SimPy clock to ``now`` (the engine loop ran steps ahead of it)."""
+        if now > self.env.now:
+            yield self.env.timeout(now - self.env.now)
+
     def _engine_loop(self) -> Generator[simpy.Event, Any, None]:
+        # ``now`` is the engine's clock. A step that ends before the next arrival runs without a SimPy event
+        # (nothing else can happen meanwhile): ``now`` moves on by the step's duration exactly as the SimPy
+        # clock would, and the SimPy clock catches up before anything that involves the other process.
         env, sched, cost = self.env, self.scheduler, self.cost_model
+        now = env.now
         while True:
             if not sched.has_unfinished():
+                yield from self._catch_up(now)
                 if self._arrivals_done:
                     return
                 yield from self._sleep(None)
+                now = env.now
                 continue
-            plan = sched.schedule(env.now)
+            plan = sched.schedule(now)
             if plan.is_empty:
                 if plan.preempted:
                     continue  # recompute preemptions only: plan again at once
-                wake = sched.next_wake(env.now)
-                if wake is not None and wake <= env.now:
-                    raise SimulationStalled(f"policy asked to wake at {wake} but planned nothing at {env.now}")
+                yield from self._catch_up(now)
+                now = env.now
+                wake = sched.next_wake(now)
+                if wake is not None and wake <= now:
+                    raise SimulationStalled(f"policy asked to wake at {wake} but planned nothing at {now}")
                 if wake is None and self._arrivals_done:
                     raise SimulationStalled(
-                        f"at t={env.now:.3f}s {len(sched.waiting)} waiting, {len(sched.running)} running and "
+                        f"at t={now:.3f}s {len(sched.waiting)} waiting, {len(sched.running)} running and "
                         f"{len(sched.swapped)} swapped requests, but the scheduler plans nothing"
                     )
                 yield from self._sleep(wake)
+                now = env.now
                 self._decision_done()
                 continue
             duration = cost.step_time(plan)
-            yield env.timeout(duration)
+            if not self._stepwise and now + duration < self._next_arrival_s():
+                now += duration
+            else:
+                yield from self._catch_up(now)
+                yield env.timeout(duration)
+                now = env.now
             done = sched.postprocess(plan, StepResult(duration))
             self.num_steps += 1
             if done:
@@ -140,6 +172,7 @@ class Simulator:
         """
         if not self.loop.is_alive:
             return False
+        self._stepwise = True
         self._step_event = self.env.event()
         self.env.run(until=self._step_event | self.loop)
         return self.loop.is_alive
