@@ -195,6 +195,13 @@ class CalibratedCostModel:
 
     def step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` in seconds."""
+        nd = len(plan.decodes)
+        if not (plan.prefills or plan.swap_in or plan.swap_out) and 0 < nd < len(self._graph_dense):
+            # The hot case, a graphed decode-only step: ``shape_time``'s terms in its order.
+            total = self.step_overhead_s + self._graph_dense[nd]
+            if self._lm is not None:
+                total += self._lm(nd)
+            return total + self._dec(plan.decode_ctx_tokens)
         return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), len(plan.decodes),
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out))

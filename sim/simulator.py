@@ -86,11 +86,6 @@ class Simulator:
         if self._wakeup is not None and not self._wakeup.triggered:
             self._wakeup.succeed()
 
-    def _next_arrival_s(self) -> float:
-        """Arrival time of the next request not yet handed to the scheduler (inf when none is left)."""
-        i = self._arrived
-        return self.requests[i].arrival_s if i < len(self.requests) else float("inf")
-
     def _catch_up(self, now: float) -> Generator[simpy.Event, Any, None]:
         """Bring the SimPy clock to ``now`` (the engine loop ran steps ahead of it)."""
         if now > self.env.now:
@@ -100,7 +95,9 @@ class Simulator:
         # ``now`` is the engine's clock. A step that ends before the next arrival runs without a SimPy event
         # (nothing else can happen meanwhile): ``now`` moves on by the step's duration exactly as the SimPy
         # clock would, and the SimPy clock catches up before anything that involves the other process.
-        env, sched, cost = self.env, self.scheduler, self.cost_model
+        env, sched = self.env, self.scheduler
+        step_time, postprocess = self.cost_model.step_time, sched.postprocess
+        requests, num_requests, inf = self.requests, len(self.requests), float("inf")
         now = env.now
         while True:
             if not sched.has_unfinished():
@@ -128,18 +125,21 @@ class Simulator:
                 now = env.now
                 self._decision_done()
                 continue
-            duration = cost.step_time(plan)
-            if not self._stepwise and now + duration < self._next_arrival_s():
+            duration = step_time(plan)
+            arrived = self._arrived  # the next arrival's time, inline: the simulator's hottest lines
+            if now + duration < (requests[arrived].arrival_s if arrived < num_requests else inf) \
+                    and not self._stepwise:
                 now += duration
             else:
                 yield from self._catch_up(now)
                 yield env.timeout(duration)
                 now = env.now
-            done = sched.postprocess(plan, StepResult(duration))
+            done = postprocess(plan, StepResult(duration))
             self.num_steps += 1
             if done:
                 self._bar.update(len(done))
-            self._decision_done()
+            if self._step_event is not None:
+                self._decision_done()
 
     def _decision_done(self) -> None:
         """Hand control back to a step-wise driver: a step ran, or an idle wait ended."""

@@ -134,6 +134,18 @@ def test_graph_padding_and_eager_steps() -> None:
     assert cm.shape_time(5, 1, 2, 200, 15) == pytest.approx(cm.step_time(mixed), rel=1e-12)
 
 
+def test_step_time_equals_shape_time_exactly() -> None:
+    """``step_time`` has a fast path for graphed decode-only steps; every plan must price exactly as its
+    aggregates do through ``shape_time`` (the step log is re-priced that way)."""
+    cm = load_cost_model("llama-3.2-1b", "h100")
+    for pre, dec in random_batches(7, 300) + [([], [5]), ([], [9000] * 256), ([], [3] * 300)]:
+        for swaps in (0, 2):
+            plan = make_plan(pre, dec, swaps)
+            want = cm.shape_time(plan.num_prefill_tokens, len(plan.prefills), len(plan.decodes),
+                                 plan.decode_ctx_tokens, plan.prefill_attn_pairs, swaps)
+            assert cm.step_time(plan) == want
+
+
 def test_mixed_steps_priced_at_the_padded_graph_token_count() -> None:
     """With graph_token_sizes, a step holding a prefill costs mixed_dense of the next captured count;
     beyond the largest count it runs eagerly and costs mixed_dense of its own tokens."""
