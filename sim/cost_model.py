@@ -185,6 +185,10 @@ class CalibratedCostModel:
         for b in range(1, (self.graph_batch_sizes or [0])[-1] + 1):
             padded = self.graph_batch_sizes[bisect_left(self.graph_batch_sizes, b)]
             self._graph_dense.append(self._dense(padded))
+        # A graphed decode-only step of B sequences without its attention: shape_time's first terms, in order.
+        self._graph_base = [self.step_overhead_s + d for d in self._graph_dense]
+        if self._lm is not None:
+            self._graph_base = [base + self._lm(b) for b, base in enumerate(self._graph_base)]
         # Token counts of captured mixed steps (a step holding a prefill is padded to the next one).
         self.graph_token_sizes: list[int] = list(profile.get("graph_token_sizes") or [])
 
@@ -198,10 +202,7 @@ class CalibratedCostModel:
         nd = len(plan.decodes)
         if not (plan.prefills or plan.swap_in or plan.swap_out) and 0 < nd < len(self._graph_dense):
             # The hot case, a graphed decode-only step: ``shape_time``'s terms in its order.
-            total = self.step_overhead_s + self._graph_dense[nd]
-            if self._lm is not None:
-                total += self._lm(nd)
-            return total + self._dec(plan.decode_ctx_tokens)
+            return self._graph_base[nd] + self._dec(plan.decode_ctx_tokens)
         return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), len(plan.decodes),
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out))

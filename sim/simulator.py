@@ -100,7 +100,7 @@ class Simulator:
         requests, num_requests, inf = self.requests, len(self.requests), float("inf")
         now = env.now
         while True:
-            if not sched.has_unfinished():
+            if not (sched.running or sched.waiting or sched.swapped):  # sched.has_unfinished(), inline
                 yield from self._catch_up(now)
                 if self._arrivals_done:
                     return
@@ -108,7 +108,7 @@ class Simulator:
                 now = env.now
                 continue
             plan = sched.schedule(now)
-            if plan.is_empty:
+            if not (plan.decodes or plan.prefills or plan.swap_out or plan.swap_in):  # plan.is_empty, inline
                 if plan.preempted:
                     continue  # recompute preemptions only: plan again at once
                 yield from self._catch_up(now)
