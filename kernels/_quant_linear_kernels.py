@@ -245,18 +245,28 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 
 
 @triton.jit
+def tile_coords(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    """This program's output tile (grouped order): int64 rows and columns, and their in-bounds masks."""
+    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    return m.to(tl.int64), n.to(tl.int64), m < M, n < N
+
+
+@triton.jit
+def store_tile(out_ptr, m64, n64, mmask, nmask, stride_om, acc):
+    """out[m, n] = acc in out's dtype, inside the bounds."""
+    tl.store(out_ptr + m64[:, None] * stride_om + n64[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=mmask[:, None] & nmask[None, :])
+
+
+@triton.jit
 def int4_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, KG,
                    stride_xm, stride_qn, stride_sn, stride_om,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, WG: tl.constexpr, GROUP_M: tl.constexpr,
                    SYMMETRIC: tl.constexpr, UPCAST: tl.constexpr):
     """Tensor-core INT4 GEMM: one group of K per step, dequantised to x.dtype in registers (int32 words)."""
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = m < M
-    nmask = n < N
-    m64 = m.to(tl.int64)
-    n64 = n.to(tl.int64)
+    m64, n64, mmask, nmask = tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     w_off = tl.arange(0, WG)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for g in range(0, KG):
@@ -275,8 +285,7 @@ def int4_mm_kernel(x_ptr, q_ptr, s_ptr, z_ptr, out_ptr, M, N, KG,
             nib = ((words >> (4 * j)) & 0xF) | 0x4B000000
             wj = (nib.to(tl.float32, bitcast=True) - zc[None, :]) * s[None, :]
             acc = _dot(xj, wj.to(xj.dtype), acc, UPCAST)
-    o_ptrs = out_ptr + m64[:, None] * stride_om + n64[None, :]
-    tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+    store_tile(out_ptr, m64, n64, mmask, nmask, stride_om, acc)
 
 
 @triton.jit
@@ -284,13 +293,7 @@ def int8_mm_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, 
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
                    UPCAST: tl.constexpr):
     """Tensor-core weight-only INT8 GEMM: weights converted to x.dtype (exact), per-channel scale last."""
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = m < M
-    nmask = n < N
-    m64 = m.to(tl.int64)
-    n64 = n.to(tl.int64)
+    m64, n64, mmask, nmask = tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     kk = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
@@ -302,5 +305,4 @@ def int8_mm_kernel(x_ptr, q_ptr, s_ptr, out_ptr, M, N, K, stride_xm, stride_qn, 
         q = tl.load(q_ptr + n64[None, :] * stride_qn + k[:, None], mask=wmask, other=0)
         acc = _dot(xv, _i8_to_f32(q).to(xv.dtype), acc, UPCAST)
     s = tl.load(s_ptr + n64, mask=nmask, other=0.0).to(tl.float32)
-    o_ptrs = out_ptr + m64[:, None] * stride_om + n64[None, :]
-    tl.store(o_ptrs, (acc * s[None, :]).to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+    store_tile(out_ptr, m64, n64, mmask, nmask, stride_om, acc * s[None, :])

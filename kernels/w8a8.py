@@ -21,26 +21,17 @@ from kernels._gemv_util import (
     pick_block_n,
     prepare_out,
 )
-from kernels._quant_linear_kernels import _tile_ids
+from kernels._quant_linear_kernels import store_tile, tile_coords
+from kernels.quant_linear import Int8Weight
 
 _MAX_SINGLE_BLOCK = 16384
 _CHUNK = 4096
 
 
 @dataclass(frozen=True, eq=False)
-class W8A8Weight:
-    """Per-output-channel symmetric INT8 weight for W8A8: w ~= qweight * scale[:, None]."""
-
-    qweight: torch.Tensor  # int8 [N, K]
-    scale: torch.Tensor  # float32 [N]
-
-    def __post_init__(self) -> None:
-        if self.qweight.dtype != torch.int8 or self.qweight.dim() != 2 or not self.qweight.is_contiguous():
-            raise ValueError(f"qweight must be a contiguous int8 [N, K] tensor, got {self.qweight.dtype} "
-                             f"{tuple(self.qweight.shape)}")
-        if self.scale.dtype != torch.float32 or tuple(self.scale.shape) != (self.qweight.shape[0],):
-            raise ValueError(f"scale must be float32 [{self.qweight.shape[0]}], got {self.scale.dtype} "
-                             f"{tuple(self.scale.shape)}")
+class W8A8Weight(Int8Weight):
+    """Per-output-channel symmetric INT8 weight for W8A8: w ~= qweight * scale[:, None] (``Int8Weight``'s
+    layout and checks; its own type so that ``w8a8_linear`` only takes weights quantised for it)."""
 
 
 @triton.jit
@@ -76,13 +67,7 @@ def _act_quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_x, stride_q, BLOCK: tl.cons
 def _w8a8_mm_kernel(xq_ptr, xs_ptr, wq_ptr, ws_ptr, out_ptr, M, N, K, stride_xm, stride_wn, stride_om,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                     GROUP_M: tl.constexpr):
-    pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
-    m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mmask = m < M
-    nmask = n < N
-    m64 = m.to(tl.int64)
-    n64 = n.to(tl.int64)
+    m64, n64, mmask, nmask = tile_coords(M, N, BLOCK_M, BLOCK_N, GROUP_M)
     kk = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
@@ -95,9 +80,7 @@ def _w8a8_mm_kernel(xq_ptr, xs_ptr, wq_ptr, ws_ptr, out_ptr, M, N, K, stride_xm,
         acc = tl.dot(a, b, acc=acc, out_dtype=tl.int32)  # 3.6 asserts acc dtype == out_dtype
     xs = tl.load(xs_ptr + m64, mask=mmask, other=0.0)
     ws = tl.load(ws_ptr + n64, mask=nmask, other=0.0)
-    y = acc.to(tl.float32) * xs[:, None] * ws[None, :]
-    o_ptrs = out_ptr + m64[:, None] * stride_om + n64[None, :]
-    tl.store(o_ptrs, y.to(out_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+    store_tile(out_ptr, m64, n64, mmask, nmask, stride_om, acc.to(tl.float32) * xs[:, None] * ws[None, :])
 
 
 def quantize_w8a8(w: torch.Tensor) -> W8A8Weight:
