@@ -52,6 +52,16 @@ class Int8Weight:
                              f"{tuple(self.scale.shape)}")
 
 
+def check_int8_call(x: torch.Tensor, w: object, kind: type, article: str = "a") -> tuple[int, int]:
+    """Checks of an INT8-weight linear call (``w`` a ``kind``, x [M, K] on its device); returns (N, K)."""
+    if not isinstance(w, kind):
+        raise ValueError(f"w must be {article} {kind.__name__}, got {type(w).__name__}")
+    n, k = w.qweight.shape
+    check_activation(x, k)
+    check_same_device(("x", x), ("w.qweight", w.qweight), ("w.scale", w.scale))
+    return n, k
+
+
 @dataclass(frozen=True, eq=False)
 class Int4Weight:
     """Group-wise INT4 weight, two nibbles per byte (layout in the module docstring)."""
@@ -200,11 +210,7 @@ def int8_linear(x: torch.Tensor, w: Int8Weight, out: torch.Tensor | None = None,
     Returns:
         [M, N] tensor of x.dtype.
     """
-    if not isinstance(w, Int8Weight):
-        raise ValueError(f"w must be an Int8Weight, got {type(w).__name__}")
-    n, k = w.qweight.shape
-    check_activation(x, k)
-    check_same_device(("x", x), ("w.qweight", w.qweight), ("w.scale", w.scale))
+    n, k = check_int8_call(x, w, Int8Weight, "an")
     out = prepare_out(x, n, out)
     m = x.shape[0]
     launch = pdl_launch_options(pdl, x.device)

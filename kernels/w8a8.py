@@ -17,12 +17,11 @@ from kernels._gemv_util import (
     FLOAT_DTYPES,
     SKINNY_MAX_M,
     check_activation,
-    check_same_device,
     pick_block_n,
     prepare_out,
 )
 from kernels._quant_linear_kernels import store_tile, tile_coords
-from kernels.quant_linear import Int8Weight
+from kernels.quant_linear import Int8Weight, check_int8_call
 
 _MAX_SINGLE_BLOCK = 16384
 _CHUNK = 4096
@@ -134,11 +133,7 @@ def w8a8_linear(x: torch.Tensor, w: W8A8Weight, out: torch.Tensor | None = None)
     Returns:
         [M, N] tensor of x.dtype.
     """
-    if not isinstance(w, W8A8Weight):
-        raise ValueError(f"w must be a W8A8Weight, got {type(w).__name__}")
-    n, k = w.qweight.shape
-    check_activation(x, k)
-    check_same_device(("x", x), ("w.qweight", w.qweight), ("w.scale", w.scale))
+    n, k = check_int8_call(x, w, W8A8Weight)
     m = x.shape[0]
     out = prepare_out(x, n, out)
     xq, xs = quantize_act_per_token(x)
