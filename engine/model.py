@@ -12,6 +12,7 @@ from engine.linear import GEMV_MAX_ROWS, Linear
 from engine.loader import LlamaTensors
 from engine.model_config import LlamaSpec
 from engine.step_metadata import StepMetadata
+from kernels.rope_tables import rope_cos_sin  # plain PyTorch: no Triton import
 
 
 @dataclass
@@ -53,7 +54,7 @@ class LlamaModel:
                 t.post_norm, Linear(t.gate_up, quantization, pdl), Linear(t.down, quantization, pdl)))
             self.layers[-1].gate_up.glu_out = True
             t.qkv = t.o = t.gate_up = t.down = None  # type: ignore[assignment]  # free full-precision copies
-        cos_sin = ops.rope_cos_sin(spec.head_dim, max_positions, spec.rope_theta, spec.rope_scaling)
+        cos_sin = rope_cos_sin(spec.head_dim, max_positions, spec.rope_theta, spec.rope_scaling)
         self.cos_sin = cos_sin.to(self.embed.device)
 
     def weight_bytes(self) -> int:
