@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine import SamplingParams
+from engine.cuda_graphs import GraphStep
 from policies.scheduler import STEP_LOG_COLUMNS, Scheduler
 from policies.types import Request
 from tests.engine.test_llm import MAX_TOKENS, PROMPTS, llm
@@ -117,7 +118,7 @@ def test_graphs_with_lookahead_give_the_same_tokens(tiny_llama):
 
     plain = LLM(str(tiny_llama), num_gpu_blocks=128, block_size=4, **kw)
     ahead = LLM(str(tiny_llama), num_gpu_blocks=128, block_size=4, decode_lookahead=True, **kw)
-    assert ahead.runner.graphs is not None and ahead.runner.graphs.graphs[1].__class__.__name__ == "GraphStep"
+    assert ahead.runner.graphs is not None and isinstance(ahead.runner.graphs.graphs[1], GraphStep)  # captured
     requests = [Request(str(i), 0.0, len(p), 6 + 5 * i, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
     want = {s.seq_id: s.output_ids for s in plain.run(requests)}
     assert {s.seq_id: s.output_ids for s in ahead.run(requests)} == want
