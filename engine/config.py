@@ -125,6 +125,10 @@ class EngineConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise bad("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
 
+    def graph_batch_sizes(self) -> tuple[int, ...]:
+        """The decode batch sizes to capture: ``cuda_graph_batch_sizes`` up to ``max_num_seqs``."""
+        return tuple(s for s in self.cuda_graph_batch_sizes if s <= self.max_num_seqs)
+
     def graph_token_sizes(self) -> tuple[int, ...]:
         """The token counts to capture: ``cuda_graph_token_sizes`` up to the first >= the token budget."""
         out = []

@@ -33,8 +33,8 @@ def profile_plan(tokens: int, max_model_len: int, block_size: int) -> tuple[Step
     return StepPlan(0, 0.0, prefills=chunks, num_prefill_tokens=tokens), used
 
 
-def blocks_in_free_memory(cfg: EngineConfig, spec: LlamaSpec, kv_dtype: torch.dtype, device: torch.device,
-                          forward: ForwardFn) -> int:
+def blocks_in_free_memory(cfg: EngineConfig, spec: LlamaSpec, max_model_len: int, kv_dtype: torch.dtype,
+                          device: torch.device, forward: ForwardFn) -> int:
     """KV blocks that fit in ``cfg.gpu_memory_utilization`` of the GPU after a max-size step (CUDA only).
 
     The step prefills ``cfg.max_num_batched_tokens`` tokens into a scratch cache and samples
@@ -44,6 +44,7 @@ def blocks_in_free_memory(cfg: EngineConfig, spec: LlamaSpec, kv_dtype: torch.dt
     Args:
         cfg: the engine configuration.
         spec: the model's shapes.
+        max_model_len: the engine's longest sequence (the profiling step's prompts are at most this long).
         kv_dtype: the KV cache's storage dtype.
         device: the CUDA device.
         forward: the model's forward pass over a given cache.
@@ -57,8 +58,7 @@ def blocks_in_free_memory(cfg: EngineConfig, spec: LlamaSpec, kv_dtype: torch.dt
     torch.cuda.reset_peak_memory_stats(device)
     free, total = torch.cuda.mem_get_info(device)
     outside_torch = total - free - torch.cuda.memory_reserved(device)
-    max_len = cfg.max_model_len or spec.max_position_embeddings
-    plan, nblocks = profile_plan(tokens, max_len, cfg.block_size)
+    plan, nblocks = profile_plan(tokens, max_model_len, cfg.block_size)
     scratch = KVCache(spec.num_layers, nblocks, cfg.block_size, spec.num_kv_heads, spec.head_dim, kv_dtype, device)
     meta = MetadataBuilder(cfg.block_size, scratch.scratch_block, device).build(plan)
     rows = min(cfg.max_num_seqs, tokens)

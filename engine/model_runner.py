@@ -21,7 +21,7 @@ import torch
 
 from engine.attention import TorchAttention, TritonAttention
 from engine.config import EngineConfig
-from engine.cuda_graphs import DecodeGraphs, MixedGraphs
+from engine.cuda_graphs import DecodeGraphs, MixedGraphs, PoolHandle
 from engine.decode_inputs import DecodeInputs
 from engine.fused_choice import FusedChoice, choose_fused
 from engine.gemv_choice import GEMV_DTYPES, GemvTiming, choose_gemv
@@ -130,37 +130,39 @@ class ModelRunner:
         if config.decode_lookahead:
             self._start_lookahead()
 
+    def _graph_forward(self, meta: StepMetadata) -> torch.Tensor:
+        """The forward pass the step graphs run (logits in the model dtype)."""
+        return self.model.forward(meta, self.attention, fp32=False)
+
+    def _decode_graphs(self, sizes: tuple[int, ...], pool: PoolHandle | None, eager: bool) -> DecodeGraphs:
+        """Decode graphs of ``sizes`` over fresh static inputs (the lookahead's advance when configured)."""
+        # The decode kernel picks its split count from the block-table width (host
+        # side), so captured graphs of a fixed width replay with fixed splits.
+        inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size, self.kv.scratch_block,
+                              self.device)
+        return DecodeGraphs(self._graph_forward, sizes, inputs, self.device, pool,
+                            advance=self.config.decode_lookahead, eager=eager)
+
     def _capture_graphs(self) -> None:
         """Mixed-step graphs (largest first), then decode graphs, all in one memory pool."""
         cfg = self.config
-
-        def forward(meta: StepMetadata) -> torch.Tensor:
-            return self.model.forward(meta, self.attention, fp32=False)
-
         pool = None
         tokens = cfg.graph_token_sizes()
         if tokens:
             mixed = MixedInputs(tokens[-1], cfg.max_num_seqs, cfg.max_num_seqs, self.max_blocks_per_seq,
                                 self.block_size, self.kv.scratch_block, self.device)
-            self.mixed_graphs = MixedGraphs(forward, tokens, mixed, self.device)
+            self.mixed_graphs = MixedGraphs(self._graph_forward, tokens, mixed, self.device)
             pool = self.mixed_graphs.pool
-        sizes = tuple(s for s in cfg.cuda_graph_batch_sizes if s <= cfg.max_num_seqs)
+        sizes = cfg.graph_batch_sizes()
         if sizes:
-            # The decode kernel picks its split count from the block-table width (host
-            # side), so captured graphs of a fixed width replay with fixed splits.
-            inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size,
-                                  self.kv.scratch_block, self.device)
-            self.graphs = DecodeGraphs(forward, sizes, inputs, self.device, pool, advance=cfg.decode_lookahead)
+            self.graphs = self._decode_graphs(sizes, pool, eager=False)
 
     def _start_lookahead(self) -> None:
         """The decode lookahead, over the captured decode graphs or, without them, eager ones."""
         cfg = self.config
         if self.graphs is None:
-            sizes = tuple(s for s in cfg.cuda_graph_batch_sizes if s <= cfg.max_num_seqs) or (cfg.max_num_seqs,)
-            inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size, self.kv.scratch_block,
-                                  self.device)
-            self.graphs = DecodeGraphs(lambda meta: self.model.forward(meta, self.attention, fp32=False), sizes,
-                                       inputs, self.device, advance=True, eager=True)
+            sizes = cfg.graph_batch_sizes() or (cfg.max_num_seqs,)
+            self.graphs = self._decode_graphs(sizes, None, eager=True)
         readback = IdsReadback(self.graphs.sizes[-1], self.device)
         self.lookahead = DecodeLookahead(self.graphs, readback, self.block_size)
 
@@ -179,7 +181,7 @@ class ModelRunner:
         if self.device.type != "cuda":
             raise ValueError("EngineConfig.num_gpu_blocks must be given on the CPU "
                              "(the KV pool is sized from free memory only on CUDA)")
-        return blocks_in_free_memory(self.config, self.spec, self.kv_dtype, self.device,
+        return blocks_in_free_memory(self.config, self.spec, self.max_model_len, self.kv_dtype, self.device,
                                      lambda meta, kv: self.model.forward(meta, self._attention(kv)))
 
     # --------------------------------------------------------------- execute
