@@ -85,12 +85,7 @@ def _decode_case(llm, tag: str, bw: float, hf: dict[str, float], profile_kernels
          f"replay + id readback {readback_ms:.3f} ms wall; eager decode step {eager_ms:.3f} ms; "
          f"prefill step (128 tokens) {prefill_ms:.3f} ms, eager {eager_prefill_ms:.3f} ms; "
          f"{len(graph_steps)}/{len(steps_log.steps)} steps on graphs")
-    for g in runner.gemv_timings:
-        first, *rest = g.summary()
-        log(f"  gemv choice {first}")
-        for line in rest:
-            log(f"    {line}")
-    for line in runner.fused_choice.summary() if runner.fused_choice is not None else ["fused decode: not timed"]:
+    for line in runner.choice_summary() or ["kernel choices: none made"]:
         log(f"  {line}")
     if profile_kernels:
         log(f"  {host_breakdown(llm.runner)}")

@@ -8,6 +8,8 @@ all layers: the unfused chain the model runs otherwise (fused add + RMSNorm kern
 ``engine.gemv_choice``, the activation: seven launches) and the fused one (four). The fused kernels are set
 on the layers (``Linear.norm_gemv`` / ``Linear.residual_gemv``, which turn on
 ``LlamaModel.fused_decode``) only when every role has a passing config and the fused chain is faster.
+Both chains are then timed at each of ``engine.linear.GEMV_ROW_COUNTS`` rows, and ``LlamaModel.fused_rows``
+keeps the step sizes up to the first count where the fused chain lost.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from engine.gemv_choice import GEMV_DTYPES, Timer, graph_seconds, time_configs, times_text
+from engine.gemv_choice import GEMV_DTYPES, Timer, graph_seconds, rows_text, time_configs, times_text, widest_rows
 
 if TYPE_CHECKING:
     from engine.model import LlamaModel
@@ -81,6 +83,9 @@ class FusedChoice:
         fused_us: the same chain through the fused kernels (NaN: not timed).
         chosen: whether the layers now carry the fused kernels.
         note: why not, when not.
+        rows: the most tokens a step may have to take the fused layers (``LlamaModel.fused_rows``;
+            0 when not chosen).
+        by_rows: ``(rows, unfused us, fused us)`` per layer at each row count timed above one.
     """
 
     roles: tuple[RoleTiming, ...] = ()
@@ -88,12 +93,16 @@ class FusedChoice:
     fused_us: float = math.nan
     chosen: bool = False
     note: str = ""
+    rows: int = 0
+    by_rows: tuple[tuple[int, float, float], ...] = ()
 
     def summary(self) -> list[str]:
         """Log lines: the verdict, then each role's config and candidates."""
-        verdict = "fused" if self.chosen else "unfused"
+        verdict = f"fused up to {self.rows} rows" if self.chosen else "unfused"
         lines = [f"fused decode layer chain {self.fused_us:.1f} us vs unfused {self.unfused_us:.1f} us per "
                  f"layer -> {verdict} {self.note}".rstrip()]
+        if self.by_rows:
+            lines.append("  by rows (unfused / fused): " + rows_text(self.by_rows))
         for r in self.roles:
             label = r.config.label if r.config is not None else "-"
             lines.append(f"  {r.role:8s} {r.shape}: {r.us:.1f} us [{label}]; candidates: "
@@ -182,7 +191,7 @@ def _choose(model: LlamaModel, device: torch.device, timer: Timer, kernels: Fuse
             fns[attr] = make(best.config)
     count = len(layers)
 
-    def unfused() -> None:
+    def unfused(r0: torch.Tensor, attn0: torch.Tensor) -> None:
         h, residual = r0, r0
         for layer in layers:
             x, residual = ops.fused_add_rms_norm(h, residual, layer.input_norm, eps)
@@ -190,25 +199,31 @@ def _choose(model: LlamaModel, device: torch.device, timer: Timer, kernels: Fuse
             x, residual = ops.fused_add_rms_norm(layer.o(attn0), residual, layer.post_norm, eps)
             h = layer.down(ops.silu_and_mul(layer.gate_up(x)))
 
-    t_unfused = timer("chain:unfused", unfused) / count * 1e6
-    missing = [r.role for r in roles if r.config is None]
-    if missing:
-        return FusedChoice(tuple(roles), t_unfused, note=f"(no passing config for {', '.join(missing)})")
-
-    def fused() -> None:
-        r = r0
+    def fused(r: torch.Tensor, attn0: torch.Tensor) -> None:
         for layer in layers:
             fns["qkv"](r, layer.input_norm, eps, layer.qkv.weight)
             r = fns["o"](attn0, layer.o.weight, r)
             r = fns["down"](fns["gate_up"](r, layer.post_norm, eps, layer.gate_up.weight), layer.down.weight, r)
 
-    t_fused = timer("chain:fused", fused) / count * 1e6
-    chosen = t_fused < t_unfused
-    if chosen:
-        for layer in layers:
-            layer.qkv.norm_gemv, layer.gate_up.norm_gemv = fns["qkv"], fns["gate_up"]
-            layer.o.residual_gemv, layer.down.residual_gemv = fns["o"], fns["down"]
-    return FusedChoice(tuple(roles), t_unfused, t_fused, chosen)
+    t_unfused = timer("chain:unfused", lambda: unfused(r0, attn0)) / count * 1e6
+    missing = [r.role for r in roles if r.config is None]
+    if missing:
+        return FusedChoice(tuple(roles), t_unfused, note=f"(no passing config for {', '.join(missing)})")
+    t_fused = timer("chain:fused", lambda: fused(r0, attn0)) / count * 1e6
+    if not t_fused < t_unfused:
+        return FusedChoice(tuple(roles), t_unfused, t_fused)
+
+    def time_pair(m: int) -> tuple[float, float]:
+        r, attn = (torch.randn(m, n, generator=g, device=device).to(dtype) for n in (hidden, q_size))
+        return (timer(f"chain:unfused:rows={m}", lambda: unfused(r, attn)) / count,
+                timer(f"chain:fused:rows={m}", lambda: fused(r, attn)) / count)
+
+    rows, by_rows = widest_rows(time_pair)
+    for layer in layers:
+        layer.qkv.norm_gemv, layer.gate_up.norm_gemv = fns["qkv"], fns["gate_up"]
+        layer.o.residual_gemv, layer.down.residual_gemv = fns["o"], fns["down"]
+    model.fused_rows = rows
+    return FusedChoice(tuple(roles), t_unfused, t_fused, True, rows=rows, by_rows=by_rows)
 
 
 def _norm_fn(kernel: Callable[..., torch.Tensor], glu: bool, config: GemvConfig) -> Callable[..., torch.Tensor]:

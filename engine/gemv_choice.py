@@ -4,7 +4,11 @@ decode-sized inputs.
 Each candidate is timed the way a captured decode step runs it: a CUDA graph of one pass over every
 layer's weight of that kind (no launch overhead; the weights, read one after the other, do not stay in
 L2), at one input row. The fastest GEMV config (see ``kernels.gemv_bf16.candidate_configs``) is set as
-``Linear.gemv`` where it beats ``F.linear`` (else None). Every candidate is first checked against
+``Linear.gemv`` where it beats ``F.linear`` (else None). It is then timed against ``F.linear`` at each of
+``GEMV_ROW_COUNTS`` (2 and 4 rows, the small decode graphs), and ``Linear.gemv_rows`` keeps the rows up
+to the first count where it lost: a kernel fastest at one row can be far slower than cuBLAS at four
+(on an H100 the 1B decode step of 4 sequences took 2.0 ms on the GEMV path against 1.5 ms for 8 on
+cuBLAS). Every candidate is first checked against
 ``F.linear``; one that fails or disagrees is not chosen. CUDA only (the timer and kernels can be
 replaced, which the CPU tests do). ``engine.fused_choice`` then times the fused variants the same way.
 """
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from engine.linear import Linear
+from engine.linear import GEMV_ROW_COUNTS, Linear
 
 if TYPE_CHECKING:
     from kernels.gemv_bf16 import GemvConfig
@@ -52,6 +56,8 @@ class GemvTiming:
         note: why candidates were not timed or failed, if any were.
         config: the fastest ``gemv_bf16`` config (chosen or not).
         candidates: ``(config label, us)`` of every ``gemv_bf16`` candidate, NaN where it failed.
+        rows: the most input rows the chosen kernel takes (``Linear.gemv_rows``; 0 when not chosen).
+        by_rows: ``(rows, F.linear us, gemv us)`` at each row count timed above one.
     """
 
     kind: str
@@ -62,20 +68,50 @@ class GemvTiming:
     note: str = ""
     config: GemvConfig | None = None
     candidates: tuple[tuple[str, float], ...] = ()
+    rows: int = 0
+    by_rows: tuple[tuple[int, float, float], ...] = ()
 
     def summary(self) -> list[str]:
         """Log lines: the choice and every candidate's time."""
         label = self.config.label if self.config is not None else "-"
         verdict = f"gemv {label}" if self.chosen else "F.linear"
+        if self.chosen:
+            verdict += f" up to {self.rows} rows"
         lines = [f"{self.kind:8s} {self.shape}: F.linear {self.linear_us:.1f} us, gemv_bf16 "
                  f"{self.gemv_us:.1f} us [{label}] -> {verdict} {self.note}".rstrip()]
         if self.candidates:
             lines.append("  candidates: " + times_text(self.candidates))
+        if self.by_rows:
+            lines.append("  by rows (F.linear / gemv): " + rows_text(self.by_rows))
         return lines
 
 
 def times_text(pairs: tuple[tuple[str, float], ...]) -> str:
     return ", ".join(f"{label} {us:.1f}" for label, us in pairs)
+
+
+def rows_text(by_rows: tuple[tuple[int, float, float], ...]) -> str:
+    return ", ".join(f"{m}: {a:.1f} / {b:.1f} us" for m, a, b in by_rows)
+
+
+def widest_rows(time_pair: Callable[[int], tuple[float, float]]) -> tuple[int, tuple[tuple[int, float, float], ...]]:
+    """The most rows a kernel that won at one row keeps winning at, over ``GEMV_ROW_COUNTS`` in order.
+
+    Args:
+        time_pair: rows -> (reference seconds, kernel seconds) at that many input rows.
+
+    Returns:
+        The last row count before the first where the kernel was not faster (1 when it lost at 2), and
+        ``(rows, reference us, kernel us)`` of every count timed (timing stops at the first loss).
+    """
+    rows, seen = 1, []
+    for m in GEMV_ROW_COUNTS:
+        ref, kernel = time_pair(m)
+        seen.append((m, ref * 1e6, kernel * 1e6))
+        if not kernel < ref:
+            break
+        rows = m
+    return rows, tuple(seen)
 
 
 def graph_seconds(fn: Callable[[], object], reps: int = 5) -> float:
@@ -219,6 +255,18 @@ def _choose_kind(kind: str, lins: list[Linear], device: torch.device, timer: Tim
     gemv = time_configs(f"{kind}:gemv", configs, lambda c: functools.partial(kernels.gemv, config=c),
                         lambda i: (x, weights[i]), count, F.linear(x, weights[0]), timer)
     chosen = gemv.config is not None and gemv.us < t_lin
+    fn = functools.partial(kernels.gemv, config=gemv.config) if chosen else None
+    rows, by_rows = 0, ()
+    if fn is not None:
+
+        def time_pair(m: int) -> tuple[float, float]:
+            xm = torch.randn(m, k, dtype=x.dtype, device=device)
+            return (timer(f"{kind}:linear:rows={m}", lambda: [F.linear(xm, w) for w in weights]) / count,
+                    timer(f"{kind}:gemv:rows={m}", lambda: [fn(xm, w) for w in weights]) / count)
+
+        rows, by_rows = widest_rows(time_pair)
     for lin in lins:
-        lin.gemv = functools.partial(kernels.gemv, config=gemv.config) if chosen else None
-    return GemvTiming(kind, (n, k), t_lin, gemv.us, chosen, "; ".join(gemv.errors), gemv.config, gemv.times)
+        lin.gemv = fn
+        lin.gemv_rows = rows
+    return GemvTiming(kind, (n, k), t_lin, gemv.us, chosen, "; ".join(gemv.errors), gemv.config, gemv.times,
+                      rows, by_rows)

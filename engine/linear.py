@@ -8,6 +8,9 @@ import torch
 
 INT4_GROUP = 128
 GEMV_MAX_ROWS = 4  # inputs of at most this many rows may take ``Linear.gemv`` (decode of a few sequences)
+#: The row counts above one at which the start-up choices (``engine.gemv_choice``, ``engine.fused_choice``)
+#: time the GEMV paths against ``F.linear``: the decode graphs' batch sizes up to ``GEMV_MAX_ROWS``.
+GEMV_ROW_COUNTS = (2, 4)
 
 GemvFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``(x, norm_weight, eps, weight) -> rms_norm(x) @ weight.T`` (SwiGLU of it for a ``glu_out`` layer).
@@ -29,8 +32,10 @@ class Linear:
 
     Attributes:
         gemv: for a full-precision weight, a ``(x, weight) -> x @ weight.T`` kernel used
-            for inputs of at most ``GEMV_MAX_ROWS`` rows instead of ``F.linear``
+            for inputs of at most ``gemv_rows`` rows instead of ``F.linear``
             (None: always ``F.linear``; set by ``engine.gemv_choice`` where it is faster).
+        gemv_rows: the most rows ``gemv`` takes (at most ``GEMV_MAX_ROWS``; ``engine.gemv_choice``
+            lowers it to the row counts where the kernel beat ``F.linear``).
         glu_out: this layer is a fused [gate | up] projection whose output goes through SwiGLU
             (set by the model; the fused :meth:`normed` then returns ``silu(gate) * up``).
         norm_gemv: for a full-precision weight, the decode kernel of :meth:`normed` (RMSNorm of
@@ -48,6 +53,7 @@ class Linear:
         self.quantization = quantization
         self.pdl = pdl and quantization in ("int8", "int4")
         self.gemv: GemvFn | None = None
+        self.gemv_rows = GEMV_MAX_ROWS
         self.glu_out = False
         self.norm_gemv: NormGemvFn | None = None
         self.residual_gemv: ResidualGemvFn | None = None
@@ -76,7 +82,7 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
-            if self.gemv is not None and 0 < x.shape[0] <= GEMV_MAX_ROWS:
+            if self.gemv is not None and 0 < x.shape[0] <= self.gemv_rows:
                 return self.gemv(x, self.weight)
             return torch.nn.functional.linear(x, self.weight)
         if self.pdl and 0 < x.shape[0] <= GEMV_MAX_ROWS:
@@ -87,7 +93,7 @@ class Linear:
         """This layer applied to ``rms_norm(x, norm_weight, eps)`` in one kernel (``norm_gemv``).
 
         Args:
-            x: [M, K] residual stream, M <= ``GEMV_MAX_ROWS``.
+            x: [M, K] residual stream, M <= ``LlamaModel.fused_rows``.
             norm_weight: [K] RMSNorm weight.
             eps: RMSNorm epsilon.
 

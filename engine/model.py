@@ -37,12 +37,18 @@ class LlamaModel:
         max_positions: size of the RoPE table (the engine's max_model_len).
         quantization: weight quantization of the decoder's linear layers.
         pdl: launch the quantized decode GEMVs with programmatic dependent launch (see ``Linear``).
+
+    Attributes:
+        fused_rows: steps of at most this many tokens take the fused decode layers when every layer
+            has them (``GEMV_MAX_ROWS``; ``engine.fused_choice`` lowers it to the row counts where the
+            fused chain was timed faster).
     """
 
     def __init__(self, spec: LlamaSpec, tensors: LlamaTensors, ops: LayerOps, max_positions: int,
                  quantization: str | None = None, pdl: bool = False) -> None:
         self.spec = spec
         self.ops = ops
+        self.fused_rows = GEMV_MAX_ROWS
         self.embed = tensors.embed
         self.norm = tensors.norm
         self.lm_head = tensors.lm_head
@@ -66,7 +72,7 @@ class LlamaModel:
         return n
 
     def fused_decode(self) -> bool:
-        """Whether steps of at most ``GEMV_MAX_ROWS`` tokens take the fused decode layers: every layer's
+        """Whether steps of at most ``fused_rows`` tokens take the fused decode layers: every layer's
         qkv and gate_up have a ``norm_gemv`` and its o and down a ``residual_gemv``."""
         return bool(self.layers) and all(
             layer.qkv.norm_gemv is not None and layer.gate_up.norm_gemv is not None
@@ -90,7 +96,7 @@ class LlamaModel:
         """Final normalised hidden states [T, H] of the packed tokens."""
         ops, eps = self.ops, self.spec.rms_norm_eps
         h = self.embed[input_ids]
-        if input_ids.shape[0] <= GEMV_MAX_ROWS and self.fused_decode():
+        if input_ids.shape[0] <= self.fused_rows and self.fused_decode():
             # The residual stream r is what the o and down projections return (residual added in their
             # epilogue); the norms run inside the qkv and gate_up GEMVs, SwiGLU in gate_up's epilogue.
             r = h

@@ -166,6 +166,11 @@ class ModelRunner:
         readback = IdsReadback(self.graphs.sizes[-1], self.device)
         self.lookahead = DecodeLookahead(self.graphs, readback, self.block_size)
 
+    def choice_summary(self) -> list[str]:
+        """Log lines of the start-up kernel choices (``gemv_timings``, ``fused_choice``); empty when none ran."""
+        lines = [line for g in self.gemv_timings for line in g.summary()]
+        return lines + (self.fused_choice.summary() if self.fused_choice is not None else [])
+
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
         if self.backend == "triton":

@@ -207,6 +207,7 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "method": "whole-step loop periods, tables fitted by differences (experiments/profile_fit.py)",
                  "mixed_extra_s": fitted.mixed_extra_s, "engine": dataclasses.asdict(cfg),
+                 "kernel_choices": runner.choice_summary(),
                  "grid": dataclasses.asdict(grid), "calibration_wall_s": time.perf_counter() - t_start,
                  "decode_samples": [dataclasses.asdict(d) for d in decodes],
                  "decode_pass_times_s": [[d.time_s for d in runs] for runs in passes.values()],  # per pass
@@ -267,6 +268,8 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     runner = build_runner(cfg)
     command = "servegym " + shlex.join(getattr(ns, "argv", []))
     name = ns.model_name or cfg.model.rstrip("/").split("/")[-1]
+    for line in runner.choice_summary():
+        print(line)
     profile = calibrate(runner, grid, command, name, progress=not ns.quiet)
     path = write_profile(profile, ns.out)
     print(f"step_overhead_s {profile['step_overhead_s'] * 1e3:.3f} ms, mixed extra "

@@ -67,14 +67,16 @@ def test_fused_layers_are_chosen_and_match_the_unfused_decode(tiny_llama):
     plan = StepPlan(9, 0.0, decodes=seqs)
     unfused = r.logits(plan)[0]
     calls: list[str] = []
-    choice = choose_fused(r.model, DEV, timer=_timer({"chain:unfused": 2e-6, "chain:fused": 1e-6}, calls),
-                          kernels=_kernels())
-    assert choice.chosen and r.model.fused_decode()
+    table = {"chain:unfused": 2e-6, "chain:fused": 1e-6, "chain:unfused:rows=2": 2e-6, "chain:fused:rows=2": 1e-6,
+             "chain:unfused:rows=4": 2e-6, "chain:fused:rows=4": 1e-6}
+    choice = choose_fused(r.model, DEV, timer=_timer(table, calls), kernels=_kernels())
+    assert choice.chosen and r.model.fused_decode() and choice.rows == r.model.fused_rows == GEMV_MAX_ROWS
     assert choice.unfused_us == pytest.approx(1.0) and choice.fused_us == pytest.approx(0.5)  # 2 layers
     assert [t.role for t in choice.roles] == ["qkv", "o", "gate_up", "down"]
     assert all(t.config is not None and t.note == "" for t in choice.roles)
-    assert calls[-2:] == ["chain:unfused", "chain:fused"]
-    assert "-> fused" in choice.summary()[0]
+    assert calls[-6:] == ["chain:unfused", "chain:fused", "chain:unfused:rows=2", "chain:fused:rows=2",
+                          "chain:unfused:rows=4", "chain:fused:rows=4"]
+    assert "-> fused up to 4 rows" in choice.summary()[0]
     _unfused_only(r)
     fused = r.logits(plan)[0]
     assert fused.shape == unfused.shape == (GEMV_MAX_ROWS, 300)
@@ -92,6 +94,25 @@ def test_more_rows_than_the_gemv_path_take_the_unfused_layers(tiny_llama):
             lin.norm_gemv = lambda *a: pytest.fail("fused kernel called for a large step")
     logits = r.logits(StepPlan(3, 0.0, decodes=seqs))[0]
     assert logits.shape == (GEMV_MAX_ROWS + 1, 300) and torch.isfinite(logits).all()
+
+
+def test_fused_rows_end_where_the_fused_chain_loses(tiny_llama):
+    """Fused faster at 1 and 2 rows, slower at 4: steps of 3-4 tokens take the unfused layers."""
+    r = runner(tiny_llama, dtype="bfloat16", device=str(DEV), attention_backend="triton", enforce_eager=True)
+    table = {"chain:fused": 1e-9, "chain:fused:rows=2": 1e-9, "chain:fused:rows=4": 2.0}
+    choice = choose_fused(r.model, DEV, timer=_timer(table), kernels=_kernels())
+    assert choice.chosen and choice.rows == r.model.fused_rows == 2
+    assert [m for m, _, _ in choice.by_rows] == [2, 4]
+    assert choice.summary()[1].startswith("  by rows (unfused / fused): 2: 500000.0 / 0.0 us, 4: 500000.0 / ")
+    fused_calls: list[int] = []
+    for layer in r.model.layers:
+        kernel = layer.qkv.norm_gemv
+        layer.qkv.norm_gemv = lambda x, *a, kernel=kernel: fused_calls.append(x.shape[0]) or kernel(x, *a)
+    for n, fused in ((2, True), (3, False)):
+        fused_calls.clear()
+        logits = r.logits(StepPlan(n, 0.0, decodes=_decoding(r, n)))[0]
+        assert torch.isfinite(logits).all()
+        assert fused_calls == ([n] * len(r.model.layers) if fused else [])
 
 
 def test_slower_fused_chain_is_not_chosen(tiny_llama):
