@@ -112,10 +112,13 @@ def _accumulate(acc, acc_up, w, w_up, x_ptr, nw_ptr, k, K, M, stride_xm, rstd, m
 
 @triton.jit
 def _sum_over_k(acc, BLOCK_M: tl.constexpr):
-    """An elementwise accumulator summed over K: [BLOCK_M, BLOCK_N]."""
-    if BLOCK_M == 1:
-        return tl.sum(acc, axis=1)[None, :]
-    return tl.sum(acc, axis=2)
+    """An elementwise accumulator summed over K: [BLOCK_M, BLOCK_N] (one return: Triton compiles no early
+    return from a static branch)."""
+    if BLOCK_M == 1:  # noqa: SIM108  (a static branch: each side has its own rank)
+        out = tl.sum(acc, axis=1)[None, :]
+    else:
+        out = tl.sum(acc, axis=2)
+    return out
 
 
 @triton.jit
