@@ -11,10 +11,6 @@ One kernel, three optional fusions picked by constexpr flags:
 - ``RES``: the output is ``x @ w.T + residual`` rounded once (the residual add of the next norm folded
   into this projection).
 
-Every row of x is accumulated elementwise in its own fp32 tile (``[BLOCK_M, BLOCK_N, BLOCK_K]``) and
-summed over K once after the loop, so the loop holds no cross-thread reduction; with several rows the
-launcher divides the config's K step by the (power-of-two) row count to keep the registers per thread.
-
 Split-K (several programs per row block, fp32 partials summed in split order by a second small kernel)
 works with NORM and RES (the reduction adds the residual); GLU needs the whole K in one program.
 """
@@ -79,46 +75,23 @@ def _load_w(w_ptr, n64, nmask, k, K, stride_wn, up_off, GLU: tl.constexpr):
 
 
 @triton.jit
-def _rows_tile(x_ptr, nw_ptr, k, kmask, M, stride_xm, rstd, m_idx, NORM: tl.constexpr):
-    """Every activation row's K tile in fp32, [BLOCK_M, BLOCK_K] (rows >= M are zeros); with NORM
-    ``round(x * rstd * nw)`` per row, as :func:`_act_tile`."""
-    mask = (m_idx < M)[:, None] & kmask[None, :]
-    xv = tl.load(x_ptr + m_idx[:, None] * stride_xm + k[None, :], mask=mask, other=0.0).to(tl.float32)
-    if NORM:
-        nw = tl.load(nw_ptr + k, mask=kmask, other=0.0).to(tl.float32)
-        xv = (xv * rstd[:, None] * nw[None, :]).to(x_ptr.dtype.element_ty).to(tl.float32)
-    return xv
-
-
-@triton.jit
-def _accumulate(acc, acc_up, w, w_up, x_ptr, nw_ptr, k, K, M, stride_xm, rstd, m_idx,
+def _accumulate(acc, acc_up, acc1, acc1_up, w, w_up, x_ptr, nw_ptr, k, K, M, stride_xm, rstd, m_idx,
                 BLOCK_M: tl.constexpr, NORM: tl.constexpr, GLU: tl.constexpr):
-    """Add one weight tile's products with the matching activation tile to the elementwise accumulators:
-    [BLOCK_N, BLOCK_K] at one row, [BLOCK_M, BLOCK_N, BLOCK_K] at several (every row's products kept
-    apart, so the loop does no cross-thread reduction; the caller sums over K once, after the loop)."""
+    """Add one weight tile's products with the matching activation tile to the accumulators."""
     kmask = k < K
     if BLOCK_M == 1:
         xv = _act_tile(x_ptr, nw_ptr, k, kmask, tl.sum(rstd, axis=0), NORM)[None, :]
-        acc += w * xv
+        acc1 += w * xv
         if GLU:
-            acc_up += w_up * xv
+            acc1_up += w_up * xv
     else:
-        xv = _rows_tile(x_ptr, nw_ptr, k, kmask, M, stride_xm, rstd, m_idx, NORM)[:, None, :]
-        acc += w[None, :, :] * xv
-        if GLU:
-            acc_up += w_up[None, :, :] * xv
-    return acc, acc_up
-
-
-@triton.jit
-def _sum_over_k(acc, BLOCK_M: tl.constexpr):
-    """An elementwise accumulator summed over K: [BLOCK_M, BLOCK_N] (one return: Triton compiles no early
-    return from a static branch)."""
-    if BLOCK_M == 1:  # noqa: SIM108  (a static branch: each side has its own rank)
-        out = tl.sum(acc, axis=1)[None, :]
-    else:
-        out = tl.sum(acc, axis=2)
-    return out
+        for m in tl.static_range(BLOCK_M):
+            r_m = tl.sum(tl.where(m_idx == m, rstd, 0.0), axis=0)
+            xv = _act_tile(x_ptr + m * stride_xm, nw_ptr, k, kmask & ((k * 0 + m) < M), r_m, NORM)[None, :]
+            acc = tl.where(m_idx[:, None] == m, acc + tl.sum(w * xv, axis=1)[None, :], acc)
+            if GLU:
+                acc_up = tl.where(m_idx[:, None] == m, acc_up + tl.sum(w_up * xv, axis=1)[None, :], acc_up)
+    return acc, acc_up, acc1, acc1_up
 
 
 @triton.jit
@@ -145,37 +118,34 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_ch
         for m in tl.static_range(BLOCK_M):
             r = _row_rstd(x_ptr + m * stride_xm, K, eps, (k_off * 0 + m) < M, BLOCK_K)
             rstd = tl.where(m_idx == m, r, rstd)
-    # Elementwise fp32 accumulators (FMAs only in the loop), reduced over K after it.
-    if BLOCK_M == 1:
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        acc_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-        acc_up = tl.zeros([BLOCK_M, BLOCK_N, BLOCK_K], dtype=tl.float32)
-    acc, acc_up = _accumulate(acc, acc_up, w, w_up, x_ptr, nw_ptr, k_start + k_off, K, M, stride_xm, rstd, m_idx,
-                              BLOCK_M, NORM, GLU)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)  # M == 1: elementwise FMAs, reduced after the loop
+    acc1_up = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
+    acc, acc_up, acc1, acc1_up = _accumulate(acc, acc_up, acc1, acc1_up, w, w_up, x_ptr, nw_ptr, k_start + k_off,
+                                             K, M, stride_xm, rstd, m_idx, BLOCK_M, NORM, GLU)
     for k0 in range(BLOCK_K, k_chunk, BLOCK_K):
         k = k_start + k0 + k_off
         w, w_up = _load_w(w_ptr, n64, nmask, k, K, stride_wn, up_off, GLU)
-        acc, acc_up = _accumulate(acc, acc_up, w, w_up, x_ptr, nw_ptr, k, K, M, stride_xm, rstd, m_idx,
-                                  BLOCK_M, NORM, GLU)
-    out = _sum_over_k(acc, BLOCK_M)
-    out_up = out
-    if GLU:
-        out_up = _sum_over_k(acc_up, BLOCK_M)
+        acc, acc_up, acc1, acc1_up = _accumulate(acc, acc_up, acc1, acc1_up, w, w_up, x_ptr, nw_ptr, k, K, M,
+                                                 stride_xm, rstd, m_idx, BLOCK_M, NORM, GLU)
+    if BLOCK_M == 1:
+        acc = tl.sum(acc1, axis=1)[None, :]
+        if GLU:
+            acc_up = tl.sum(acc1_up, axis=1)[None, :]
     omask = (m_idx[:, None] < M) & nmask[None, :]
     if SPLIT_K == 1:
         if GLU:
             dt = out_ptr.dtype.element_ty
-            out = _silu_mul(out.to(dt).to(tl.float32), out_up.to(dt).to(tl.float32))
+            acc = _silu_mul(acc.to(dt).to(tl.float32), acc_up.to(dt).to(tl.float32))
         if RES:
-            out += tl.load(res_ptr + m_idx[:, None] * stride_rm + n64[None, :], mask=omask,
+            acc += tl.load(res_ptr + m_idx[:, None] * stride_rm + n64[None, :], mask=omask,
                            other=0.0).to(tl.float32)
-        tl.store(out_ptr + m_idx[:, None] * stride_om + n64[None, :], out.to(out_ptr.dtype.element_ty),
+        tl.store(out_ptr + m_idx[:, None] * stride_om + n64[None, :], acc.to(out_ptr.dtype.element_ty),
                  mask=omask)
     else:  # partials laid out [SPLIT_K, M, N] in fp32
         p_ptrs = part_ptr + (tl.program_id(1) * M + m_idx[:, None]).to(tl.int64) * N + n64[None, :]
-        tl.store(p_ptrs, out, mask=omask)
+        tl.store(p_ptrs, acc, mask=omask)
 
 
 @triton.jit
@@ -218,19 +188,15 @@ def launch_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, config: Gem
     n_out = out.shape[1]
     split = config.split_k
     block_n = config.block_n // 2 if glu else config.block_n
-    block_m = triton.next_power_of_2(m)
-    # Several rows keep one accumulator tile each: the K step shrinks so that registers per thread stay
-    # those of the one-row config.
-    block_k = max(16, config.block_k // block_m)
     grid = (triton.cdiv(n_out, block_n), split)
-    k_chunk = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
+    k_chunk = triton.cdiv(triton.cdiv(k, split), config.block_k) * config.block_k
     part = out if split == 1 else torch.empty((split, m, n_out), dtype=torch.float32, device=x.device)
     nw, eps = norm if norm is not None else (x, 1.0)
     res = residual if residual is not None else out
     launch = pdl_launch_options(config.pdl, x.device)
     _gemv_kernel[grid](x, w, out, part, nw, res, m, n_out, k, k_chunk, n_out if glu else 0, float(eps),
                        x.stride(0), w.stride(0), out.stride(0), res.stride(0),
-                       BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                       BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=config.block_k,
                        SPLIT_K=split, NORM=norm is not None, GLU=glu, RES=residual is not None,
                        PDL=config.pdl, num_warps=config.num_warps, **launch)
     if split > 1:
