@@ -1,6 +1,6 @@
 """The one GPU benchmark: checks and times kernels and the engine in one device call.
 
-    python -m benchmarks.gpu --out "$OUT" [--sections attention gemm engine] [--quick]
+    python -m benchmarks.gpu --out "$OUT" [--sections attention gemm engine spec] [--quick]
 
 Writes OUT/results.csv (one row per figure, each beside its reference and
 ceiling measured in the same run) and prints progress; every section is
@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.common import measure_copy_bandwidth, measure_matmul_peak, row
 
-SECTIONS = ("attention", "gemm", "engine")
+SECTIONS = ("attention", "gemm", "engine", "spec")
 
 
 def environment() -> list[dict]:

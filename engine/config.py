@@ -8,6 +8,7 @@ DTYPES = ("bfloat16", "float16", "float32")
 KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
 QUANTIZATIONS = (None, "int8", "int4", "w8a8")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
+SPECULATIVE_METHODS = (None, "ngram", "draft")
 DEFAULT_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 DEFAULT_GRAPH_TOKEN_SIZES = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
@@ -63,6 +64,12 @@ class EngineConfig:
             small decode steps). Outputs and scheduling are unchanged; a plan that differs
             (arrival, stop token, preemption) costs one wasted decode step on the device. Without
             CUDA graphs the decode steps run eagerly through the same static buffers.
+        speculative_method: where the draft tokens of speculative steps come from: None (the engine
+            runs no plan with draft tokens), 'ngram' (prompt lookup, ``engine.ngram_proposer``) or
+            'draft' (a smaller model, ``draft_model``). How many drafts each decode verifies is the
+            scheduler's speculation policy (``policies.speculation``).
+        draft_model: Hugging Face style folder of the draft model (same vocabulary), for 'draft'.
+        ngram_min, ngram_max: suffix lengths the 'ngram' proposer matches (longest first).
     """
 
     model: str
@@ -86,6 +93,10 @@ class EngineConfig:
     fused_decode: bool = True
     pdl: bool = True
     decode_lookahead: bool = False
+    speculative_method: str | None = None
+    draft_model: str | None = None
+    ngram_min: int = 1
+    ngram_max: int = 3
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -124,6 +135,14 @@ class EngineConfig:
             raise bad("quantization", f"must be one of {QUANTIZATIONS}")
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise bad("attention_backend", f"must be one of {ATTENTION_BACKENDS}")
+        if self.speculative_method not in SPECULATIVE_METHODS:
+            raise bad("speculative_method", f"must be one of {SPECULATIVE_METHODS}")
+        if (self.speculative_method == "draft") != (self.draft_model is not None):
+            raise bad("draft_model", "must be given exactly when speculative_method is 'draft'")
+        if not 1 <= self.ngram_min <= self.ngram_max:
+            raise bad("ngram_min", f"must be >= 1 and <= ngram_max ({self.ngram_max})")
+        if self.speculative_method is not None and self.decode_lookahead:
+            raise bad("decode_lookahead", "cannot be combined with speculative decoding (speculative_method)")
 
     def graph_batch_sizes(self) -> tuple[int, ...]:
         """The decode batch sizes to capture: ``cuda_graph_batch_sizes`` up to ``max_num_seqs``."""

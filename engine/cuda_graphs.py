@@ -23,7 +23,7 @@ import torch
 from engine.decode_inputs import DecodeInputs
 from engine.mixed_inputs import MixedInputs
 from engine.sampler import greedy_ids
-from engine.step_metadata import StepMetadata
+from engine.step_metadata import DecodeRows, StepMetadata
 from policies.sequence import Sequence
 from policies.types import StepPlan
 
@@ -142,11 +142,11 @@ class DecodeGraphs:
         i = bisect.bisect_left(self.sizes, num_decodes)
         return self.sizes[i] if i < len(self.sizes) else None
 
-    def run(self, decodes: Seq[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
+    def run(self, decodes: Seq[Sequence] | DecodeRows) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage the decode step of ``decodes`` and replay the graph of its padded size.
 
         Args:
-            decodes: the step's sequences (at most ``max(sizes)``), in row order.
+            decodes: the step's sequences (at most ``max(sizes)``), in row order, or its rows.
 
         Returns:
             ``(logits [n, V] in the model dtype, greedy ids int64 [n])``, views of
@@ -209,17 +209,19 @@ class MixedGraphs:
         """The captured token count ``plan`` runs at, or None (it runs eagerly)."""
         if not self.inputs.fits(plan):
             return None
-        i = bisect.bisect_left(self.sizes, plan.num_prefill_tokens + len(plan.decodes))
+        i = bisect.bisect_left(self.sizes, plan.num_tokens)
         return self.sizes[i] if i < len(self.sizes) else None
 
-    def run(self, plan: StepPlan, size: int) -> tuple[torch.Tensor, torch.Tensor, list[Sequence]]:
-        """Stage ``plan`` padded to ``size`` tokens and replay that graph.
+    def run(self, plan: StepPlan, size: int, decode_rows: DecodeRows | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor, list[Sequence]]:
+        """Stage ``plan`` padded to ``size`` tokens (with ``decode_rows``: ``MixedInputs.stage``) and replay
+        that graph.
 
         Returns:
             ``(logits [n, V] in the model dtype, greedy ids int64 [n], the n sampling sequences)``;
             the tensors are views of static buffers: read them before the next replay.
         """
-        seqs = self.inputs.stage(plan, size)
+        seqs = self.inputs.stage(plan, size, decode_rows)
         step = self.graphs[size]
         step.replay()
         return step.logits[: len(seqs)], step.ids[: len(seqs)], seqs

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from engine.static_buffers import StaticBuffers
-from engine.step_metadata import StepMetadata, last_token, padded_width
+from engine.step_metadata import DecodeRows, StepMetadata, padded_width
 from policies.sequence import Sequence
 
 _FIELDS = (("input_ids", np.int64, 1), ("positions", np.int64, 1), ("slot_mapping", np.int64, 1),
@@ -65,30 +65,30 @@ class DecodeInputs:
         h["seq_lens"][start:stop] = 1
         h["block_tables"][start:stop, 0] = self.scratch_block
 
-    def stage(self, decodes: Seq[Sequence], rows: int) -> None:
-        """Write the decode step of ``decodes`` into rows ``0..rows-1`` (padding after them) and copy it.
+    def stage(self, decodes: Seq[Sequence] | DecodeRows, rows: int) -> None:
+        """Write a decode step into rows ``0..rows-1`` (padding after them) and copy it.
 
         Args:
-            decodes: the step's decoding sequences, in row order.
-            rows: the captured batch size the step runs at (>= len(decodes)).
+            decodes: the step's decoding sequences in row order (one row each), or its rows
+                (speculative verification, draft-model steps).
+            rows: the captured batch size the step runs at (>= the step's rows).
 
         Raises:
-            ValueError: more decodes than rows, or rows above ``max_rows``.
+            ValueError: more rows than ``rows``, or ``rows`` above ``max_rows``.
         """
-        n = len(decodes)
+        step = decodes if isinstance(decodes, DecodeRows) else DecodeRows.of(list(decodes))
+        n = len(step)
         if not n <= rows <= self.max_rows:
             raise ValueError(f"cannot stage {n} decodes in {rows} rows (at most {self.max_rows})")
         self.buffers.wait_for_copy()  # the previous copy must have left the pinned buffer
-        h, bs = self.host, self.block_size
-        tables = h["block_tables"]
-        ids, pos, slots = [0] * n, [0] * n, [0] * n
-        for i, seq in enumerate(decodes):
-            p = seq.num_computed
-            table = seq.block_table
-            ids[i], pos[i], slots[i] = last_token(seq), p, table[p // bs] * bs + p % bs
+        bs, tables = self.block_size, self.host["block_tables"]
+        slots = [0] * n
+        for i, (p, table) in enumerate(zip(step.positions, step.tables, strict=True)):
+            slots[i] = table[p // bs] * bs + p % bs
             tables[i, : len(table)] = table
-        h["input_ids"][:n] = ids
-        h["positions"][:n] = pos
+        h = self.host
+        h["input_ids"][:n] = step.ids
+        h["positions"][:n] = step.positions
         h["slot_mapping"][:n] = slots
         h["seq_lens"][:n] = h["positions"][:n] + 1
         if rows > n:

@@ -17,6 +17,8 @@ from engine.model_runner import ModelRunner
 from policies.batching import make_policy
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.sequence import Sequence
+from policies.spec import parse_speculation
+from policies.speculation import SpeculationPolicy
 from policies.types import Request, SamplingParams
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
@@ -34,14 +36,24 @@ class LLM:
         preemption_mode: 'recompute' or 'swap' (swap needs ``num_cpu_blocks``).
         victim: victim policy name (``policies.preemption.VICTIM_POLICIES``).
         eviction: eviction policy name (``policies.eviction``).
+        speculation: speculative decoding: a speculation policy or its spec (``fixed:num_draft_tokens=4``,
+            ``policies.speculation``); needs ``speculative_method`` ('ngram' or 'draft' with ``draft_model``).
         **engine_config: further ``EngineConfig`` fields (dtype, device, num_gpu_blocks...).
+
+    Raises:
+        ValueError: a speculation policy without a ``speculative_method``, or a bad setting.
     """
 
     def __init__(self, model: str | Path, *, policy: str = "continuous", token_budget: int = 2048,
                  max_num_seqs: int = 256, enable_prefix_caching: bool = True,
                  preemption_mode: str = "recompute", victim: str = "lifo", eviction: str = "lru",
-                 **engine_config: Any) -> None:
+                 speculation: str | SpeculationPolicy | None = None, **engine_config: Any) -> None:
         self.policy = make_policy(policy, max_num_seqs=max_num_seqs, token_budget=token_budget)
+        self.speculation = parse_speculation(speculation) if isinstance(speculation, str) or speculation is None \
+            else speculation
+        if self.speculation is not None and engine_config.get("speculative_method") is None:
+            raise ValueError("LLM: a speculation policy needs speculative_method='ngram' or 'draft' (with "
+                             "draft_model)")
         engine_config.setdefault("max_num_batched_tokens", token_budget)
         engine_config.setdefault("max_num_seqs", max_num_seqs)
         self.config = EngineConfig(model=str(model), **engine_config)
@@ -137,7 +149,7 @@ class LLM:
         Returns:
             The finished sequences, in finish order.
         """
-        sched = Scheduler(self.scheduler_config, self.policy)
+        sched = Scheduler(self.scheduler_config, self.policy, self.speculation)
         self.last_scheduler = sched
         run_offline(sched, self.runner, requests)
         return list(sched.finished)

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from engine.static_buffers import StaticBuffers
-from engine.step_metadata import StepMetadata, last_token, padded_width
+from engine.step_metadata import DecodeRows, StepMetadata, padded_width
 from policies.sequence import Sequence
 from policies.types import StepPlan
 
@@ -75,44 +75,44 @@ class MixedInputs:
 
     def fits(self, plan: StepPlan) -> bool:
         """Whether ``plan`` has room here: tokens, sequences and sampling rows."""
-        seqs = len(plan.prefills) + len(plan.decodes)
-        rows = sum(c.samples for c in plan.prefills) + len(plan.decodes)
-        return plan.num_prefill_tokens + len(plan.decodes) <= self.max_tokens and seqs <= self.max_seqs \
-            and rows <= self.max_rows
+        seqs = len(plan.prefills) + plan.num_decode_rows  # every decode row takes a decode slot
+        rows = sum(c.samples for c in plan.prefills) + plan.num_decode_rows
+        return plan.num_tokens <= self.max_tokens and seqs <= self.max_seqs and rows <= self.max_rows
 
-    def stage(self, plan: StepPlan, tokens: int) -> list[Sequence]:
-        """Write ``plan`` (decodes, then prefill chunks) padded to ``tokens`` and copy it.
+    def stage(self, plan: StepPlan, tokens: int, decode_rows: DecodeRows | None = None) -> list[Sequence]:
+        """Write ``plan`` (decode rows, then prefill chunks) padded to ``tokens`` and copy it.
 
         Args:
             plan: the step (it must ``fit``).
             tokens: the captured token count the step runs at (>= its own tokens).
+            decode_rows: the plan's decode rows (default: one per decode; a speculative step passes
+                its verification rows, ``plan.num_decode_rows`` of them).
 
         Returns:
             The sampling sequences in row order (row ``i`` of the graph's logits is sequence ``i``):
-            the decodes, then the chunks that sample.
+            the decode rows' sequences, then the chunks that sample.
 
         Raises:
             ValueError: the plan does not fit, or ``tokens`` is below its tokens or above ``max_tokens``.
         """
-        own = plan.num_prefill_tokens + len(plan.decodes)
+        own = plan.num_tokens
         if not self.fits(plan) or not own <= tokens <= self.max_tokens:
             raise ValueError(f"cannot stage a step of {own} tokens, {len(plan.prefills) + len(plan.decodes)} "
                              f"sequences in {tokens} tokens (at most {self.max_tokens} tokens, "
                              f"{self.max_seqs} sequences, {self.max_rows} sampling rows)")
+        step = decode_rows if decode_rows is not None else DecodeRows.of(plan.decodes)
         self.buffers.wait_for_copy()  # the previous copy must have left the pinned buffer
         h, bs = self.host, self.block_size
         ids, pos, rows = h["input_ids"], h["positions"], h["logits_indices"]
         d_table, p_table = h["decode_block_tables"], h["block_tables"]
         cu, lens = h["cu_seqlens"], h["seq_lens"]
-        sampling: list[Sequence] = list(plan.decodes)
+        sampling: list[Sequence] = list(step.seqs)
         nd = len(sampling)
-        d_ids, d_pos, d_blocks = [0] * nd, [0] * nd, [0] * nd  # filled in Python, written to numpy at once
-        for i, seq in enumerate(plan.decodes):
-            p = d_pos[i] = seq.num_computed
-            bt = seq.block_table
-            d_ids[i], d_blocks[i] = last_token(seq), bt[p // bs]
+        d_blocks = [0] * nd  # filled in Python, written to numpy at once
+        for i, (p, bt) in enumerate(zip(step.positions, step.tables, strict=True)):
+            d_blocks[i] = bt[p // bs]
             d_table[i, : len(bt)] = bt
-        ids[:nd], pos[:nd] = d_ids, d_pos
+        ids[:nd], pos[:nd] = step.ids, step.positions
         slot_blocks = [np.asarray(d_blocks, dtype=np.int64)]
         h["decode_seq_lens"][:nd] = pos[:nd] + 1
         h["decode_seq_lens"][nd:] = 0

@@ -23,37 +23,21 @@ from engine.attention import TorchAttention, TritonAttention
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs, MixedGraphs, PoolHandle
 from engine.decode_inputs import DecodeInputs
+from engine.devices import TORCH_DTYPES, pdl_available, resolve_device
 from engine.fused_choice import FusedChoice, choose_fused
 from engine.gemv_choice import GEMV_DTYPES, GemvTiming, choose_gemv
 from engine.kv_cache import KVCache, storage_dtype
-from engine.kv_sizing import blocks_in_free_memory, profile_plan
+from engine.kv_sizing import blocks_in_free_memory, draft_reserve, profile_plan
 from engine.layers import torch_ops, triton_ops
 from engine.loader import load_llama
 from engine.lookahead import DecodeLookahead, IdsReadback
 from engine.mixed_inputs import MixedInputs
 from engine.model import LlamaModel
-from engine.sampler import Sampler
-from engine.step_metadata import MetadataBuilder, StepMetadata
+from engine.sampler import Sampler, greedy_ids
+from engine.spec_decode import SpeculativeExecutor, make_speculative
+from engine.step_metadata import DecodeRows, MetadataBuilder, StepMetadata
 from policies.sequence import Sequence
 from policies.types import StepPlan, StepResult
-
-TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def _pdl_supported(device: torch.device) -> bool:
-    from kernels.pdl import pdl_supported  # Triton backend only: kernels/ needs triton
-
-    return pdl_supported(device)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``EngineConfig.device`` as a torch device ('auto': CUDA when available)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"EngineConfig.device is {name!r} but CUDA is not available")
-    return dev
 
 
 class ModelRunner:
@@ -74,6 +58,7 @@ class ModelRunner:
         pdl: whether the decode kernels are launched with programmatic dependent launch
             (``EngineConfig.pdl`` on a device that supports it).
         lookahead: the decode lookahead (``EngineConfig.decode_lookahead``), or None.
+        speculative: runs the plans that verify draft tokens (``EngineConfig.speculative_method``), or None.
         last_launch_s: host seconds from the start of the last graph-path ``execute``
             until its graph was launched (benchmarks).
     """
@@ -86,7 +71,7 @@ class ModelRunner:
         if backend == "auto":
             backend = "triton" if self.device.type == "cuda" else "torch"
         self.backend = backend
-        self.pdl = config.pdl and backend == "triton" and _pdl_supported(self.device)  # False off CUDA
+        self.pdl = config.pdl and backend == "triton" and pdl_available(self.device)  # False off CUDA
         ops = triton_ops() if backend == "triton" else torch_ops()
         spec, tensors = load_llama(config.model, self.dtype, self.device)
         self.spec = spec
@@ -129,6 +114,8 @@ class ModelRunner:
                 self._capture_graphs()
         if config.decode_lookahead:
             self._start_lookahead()
+        self.speculative: SpeculativeExecutor | None = (make_speculative(self) if config.speculative_method
+                                                        is not None else None)
 
     def _graph_forward(self, meta: StepMetadata) -> torch.Tensor:
         """The forward pass the step graphs run (logits in the model dtype)."""
@@ -186,8 +173,9 @@ class ModelRunner:
         if self.device.type != "cuda":
             raise ValueError("EngineConfig.num_gpu_blocks must be given on the CPU "
                              "(the KV pool is sized from free memory only on CUDA)")
+        extra, reserve = draft_reserve(self.config, self.kv_dtype, self.dtype)
         return blocks_in_free_memory(self.config, self.spec, self.max_model_len, self.kv_dtype, self.device,
-                                     lambda meta, kv: self.model.forward(meta, self._attention(kv)))
+                                     lambda meta, kv: self.model.forward(meta, self._attention(kv)), extra, reserve)
 
     # --------------------------------------------------------------- execute
     def _swap(self, plan: StepPlan) -> None:
@@ -197,37 +185,59 @@ class ModelRunner:
             self.kv.swap_in(plan.swap_in)
 
     def _graph_size(self, plan: StepPlan) -> int | None:
-        """The captured size ``plan`` replays at (decode batch or token count), or None (eager)."""
+        """The captured size ``plan`` replays at (decode rows or token count), or None (eager)."""
         if not plan.prefills:
-            return self.graphs.size_for(len(plan.decodes)) if self.graphs is not None and plan.decodes else None
+            return self.graphs.size_for(plan.num_decode_rows) if self.graphs is not None and plan.decodes else None
         return self.mixed_graphs.size_for(plan) if self.mixed_graphs is not None else None
 
     def uses_graph(self, plan: StepPlan) -> bool:
         """Whether ``plan`` runs as a captured graph (decode-only or mixed)."""
         return self._graph_size(plan) is not None
 
-    def _replay(self, plan: StepPlan, size: int) -> tuple[torch.Tensor, torch.Tensor, list[Sequence]]:
+    def _replay(self, plan: StepPlan, size: int, rows: DecodeRows | None = None,
+                ) -> tuple[torch.Tensor, torch.Tensor, list[Sequence]]:
         """Swaps of ``plan``, then the replay of its graph of ``size`` (``_graph_size(plan)``).
 
+        Args:
+            rows: the plan's decode rows (default: one per decode).
+
         Returns:
-            Logits [n, V] in the model dtype, greedy ids [n], the n sampling sequences.
+            Logits [n, V] in the model dtype, greedy ids [n], the n sampling sequences (decode rows first).
         """
         if self.lookahead is not None:
             self.lookahead.drop()
         self._swap(plan)
         if not plan.prefills:
             assert self.graphs is not None
-            logits, ids = self.graphs.run(plan.decodes)
-            return logits, ids, list(plan.decodes)
+            logits, ids = self.graphs.run(rows if rows is not None else plan.decodes)
+            return logits, ids, rows.seqs if rows is not None else list(plan.decodes)
         assert self.mixed_graphs is not None
-        return self.mixed_graphs.run(plan, size)
+        return self.mixed_graphs.run(plan, size, rows)
 
-    def prepare(self, plan: StepPlan) -> StepMetadata:
-        """Swaps of ``plan``, then its metadata for an eager forward pass."""
+    def prepare(self, plan: StepPlan, rows: DecodeRows | None = None) -> StepMetadata:
+        """Swaps of ``plan``, then its metadata for an eager forward pass (decode rows: ``rows``)."""
         if self.lookahead is not None:
             self.lookahead.drop()
         self._swap(plan)
-        return self.builder.build(plan)
+        return self.builder.build(plan, rows=rows)
+
+    def run_rows(self, plan: StepPlan, rows: DecodeRows,
+                 ) -> tuple[torch.Tensor, torch.Tensor, list[Sequence], int]:
+        """The forward pass of ``plan`` with ``rows`` as its decode rows (speculative verification), through
+        a captured graph when one fits.
+
+        Returns:
+            Logits [n, V] (model dtype from a graph, fp32 eager), greedy ids [n] on the device, the n rows'
+            sequences, and the index of the first decode row (its rows are consecutive; the prefill
+            chunks that sample fill the other rows).
+        """
+        size = self._graph_size(plan)
+        if size is not None:
+            logits, ids, seqs = self._replay(plan, size, rows)
+            return logits, ids, seqs, 0
+        meta = self.prepare(plan, rows)
+        logits = self.model.forward(meta, self.attention)
+        return logits, greedy_ids(logits), meta.sampling_seqs, len(meta.sampling_seqs) - len(rows)
 
     def logits(self, plan: StepPlan, all_rows: bool = False) -> tuple[torch.Tensor, list[Sequence]]:
         """Run ``plan``'s forward pass.
@@ -257,6 +267,11 @@ class ModelRunner:
         Returns:
             The sampled token per sampling sequence, and the step's measured wall time.
         """
+        if plan.num_draft_tokens:
+            if self.speculative is None:
+                raise ValueError(f"step {plan.step_id} verifies {plan.num_draft_tokens} draft tokens but the engine "
+                                 "has no proposer (EngineConfig.speculative_method is None)")
+            return self.speculative.execute(plan)
         start = time.perf_counter()
         ahead = self.lookahead
         if ahead is not None and (ticket := ahead.take(plan)) is not None:  # already on the GPU

@@ -82,7 +82,28 @@ class Sampler:
         greedy = [p.temperature == 0.0 for p in params]
         if all(greedy):
             return greedy_ids(logits)
-        n, vocab = logits.shape
+        probs = self.probabilities(logits, params, one_hot_greedy=False)
+        sampled = (probs / self.noise(probs.shape, params, token_index)).argmax(dim=-1)
+        if any(greedy):
+            is_greedy = torch.tensor(greedy, device=logits.device)
+            sampled = torch.where(is_greedy, greedy_ids(logits), sampled)
+        return sampled
+
+    def probabilities(self, logits: torch.Tensor, params: list[SamplingParams],
+                      one_hot_greedy: bool = True) -> torch.Tensor:
+        """The distribution each row samples from: softmax of the logits over the row's temperature,
+        outside its top-k and top-p nucleus set to 0.
+
+        Args:
+            logits: fp32 [N, V].
+            params: per row.
+            one_hot_greedy: greedy rows (temperature 0) get a one-hot row at their argmax
+                (otherwise their row is the softmax at temperature 1, for callers that override them).
+
+        Returns:
+            fp32 [N, V] probabilities.
+        """
+        vocab = logits.shape[1]
         dev = logits.device
         temp = torch.tensor([p.temperature if p.temperature > 0 else 1.0 for p in params], device=dev)
         scaled = logits / temp[:, None]
@@ -91,16 +112,36 @@ class Sampler:
         if min(top_k) < vocab or min(top_p) < 1.0:
             scaled = self._mask(scaled, top_k, top_p)
         probs = torch.softmax(scaled, dim=-1)
-        noise = torch.empty_like(probs).exponential_(generator=self.generator)
+        greedy = [p.temperature == 0.0 for p in params]
+        if one_hot_greedy and any(greedy):
+            hot = torch.zeros_like(probs).scatter_(1, greedy_ids(logits)[:, None], 1.0)
+            probs = torch.where(torch.tensor(greedy, device=dev)[:, None], hot, probs)
+        return probs
+
+    def noise(self, shape: torch.Size, params: list[SamplingParams], token_index: list[int],
+              uniforms: torch.Tensor | None = None) -> torch.Tensor:
+        """Exp(1) noise per row for the exponential race (``argmax(p / E)``); seeded rows draw theirs from
+        a generator seeded by (seed, token index), the others from the shared generator.
+
+        Args:
+            shape: [N, V].
+            params, token_index: per row.
+            uniforms: optional fp32 [N], filled with one U[0, 1) draw per row from the same streams, drawn
+                before the row's noise (speculative verification's acceptance tests).
+
+        Returns:
+            fp32 [N, V] noise.
+        """
+        noise = torch.empty(shape, device=self.device).exponential_(generator=self.generator)
+        if uniforms is not None:
+            uniforms.uniform_(generator=self.generator)
         for i, p in enumerate(params):
-            if p.seed is not None and not greedy[i]:
+            if p.seed is not None and p.temperature > 0.0:
                 self._row_generator.manual_seed(p.seed * _SEED_STRIDE + token_index[i])
+                if uniforms is not None:
+                    uniforms[i : i + 1].uniform_(generator=self._row_generator)
                 noise[i].exponential_(generator=self._row_generator)
-        sampled = (probs / noise).argmax(dim=-1)
-        if any(greedy):
-            is_greedy = torch.tensor(greedy, device=dev)
-            sampled = torch.where(is_greedy, greedy_ids(logits), sampled)
-        return sampled
+        return noise
 
     @staticmethod
     def _mask(logits: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:

@@ -75,6 +75,46 @@ def last_token(seq: Sequence) -> int:
     return ids[-1]
 
 
+@dataclass
+class DecodeRows:
+    """The single-query rows of a step: per row, the token it feeds, its position and the block table
+    of its sequence. A plain decode is one row; a decode verifying ``k`` draft tokens is ``k + 1``
+    consecutive rows (its last token, then each draft one position further) over the same table; a
+    draft model's steps feed its own proposals the same way.
+
+    Attributes:
+        ids, positions, tables: per row.
+        seqs: per row, the sequence it belongs to (a sequence's rows are consecutive).
+    """
+
+    ids: list[int]
+    positions: list[int]
+    tables: list[list[int]]
+    seqs: list[Sequence]
+
+    @classmethod
+    def of(cls, decodes: list[Sequence], drafts: list[list[int]] | None = None) -> DecodeRows:
+        """Rows of ``decodes`` (each one row at ``num_computed``), plus ``drafts[i]`` after decode ``i``."""
+        if drafts is None:
+            return cls([last_token(s) for s in decodes], [s.num_computed for s in decodes],
+                       [s.block_table for s in decodes], list(decodes))
+        ids: list[int] = []
+        pos: list[int] = []
+        tables: list[list[int]] = []
+        seqs: list[Sequence] = []
+        for seq, extra in zip(decodes, drafts, strict=True):
+            n, p = 1 + len(extra), seq.num_computed
+            ids.append(last_token(seq))
+            ids.extend(extra)
+            pos.extend(range(p, p + n))
+            tables.extend([seq.block_table] * n)
+            seqs.extend([seq] * n)
+        return cls(ids, pos, tables, seqs)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 def padded_width(width: int) -> int:
     """``width`` rounded up to a positive multiple of ``TABLE_WIDTH_MULTIPLE``."""
     return max(1, -(-width // TABLE_WIDTH_MULTIPLE)) * TABLE_WIDTH_MULTIPLE
@@ -105,7 +145,8 @@ class MetadataBuilder:
         # Recorded after each copy out of the pinned staging buffer; waited on before rewriting it.
         self._copied = torch.cuda.Event() if device.type == "cuda" else None
 
-    def build(self, plan: StepPlan, pad_decodes_to: int = 0, decode_table_width: int = 0) -> StepMetadata:
+    def build(self, plan: StepPlan, pad_decodes_to: int = 0, decode_table_width: int = 0,
+              rows: DecodeRows | None = None) -> StepMetadata:
         """Lay out ``plan``'s tokens; optionally pad a decode-only batch (CUDA graphs).
 
         Args:
@@ -113,6 +154,8 @@ class MetadataBuilder:
             pad_decodes_to: pad the decode batch to this many rows (padding rows
                 attend to one token of the scratch block and write there).
             decode_table_width: minimum width of the decode block table.
+            rows: the decode rows (default: one per decode of ``plan``; speculative steps pass
+                their verification rows). Every row samples.
         """
         bs = self.block_size
         ids: list[np.ndarray] = []
@@ -140,22 +183,22 @@ class MetadataBuilder:
                 sample_rows.append(offset - 1)
                 sampling_seqs.append(seq)
         num_prefill = offset
-        decodes = plan.decodes
-        nd = len(decodes)
-        rows = max(nd, pad_decodes_to)
-        d_pos = np.zeros(rows, dtype=np.int64)
-        d_ids = np.zeros(rows, dtype=np.int64)
-        d_pos[:nd] = [s.num_computed for s in decodes]
-        d_ids[:nd] = [last_token(s) for s in decodes]
-        d_tables = [s.block_table for s in decodes]
-        width = max([decode_table_width, *map(len, d_tables)])
-        d_bt = _table(d_tables, width, self.scratch_block)
-        if rows > nd:
-            d_bt = np.concatenate([d_bt, np.full((rows - nd, d_bt.shape[1]), self.scratch_block, np.int32)])
-        d_slots = d_bt[np.arange(rows), d_pos // bs].astype(np.int64) * bs + d_pos % bs
+        if rows is None:
+            rows = DecodeRows.of(plan.decodes)
+        nd = len(rows)
+        padded = max(nd, pad_decodes_to)
+        d_pos = np.zeros(padded, dtype=np.int64)
+        d_ids = np.zeros(padded, dtype=np.int64)
+        d_pos[:nd] = rows.positions
+        d_ids[:nd] = rows.ids
+        width = max([decode_table_width, *map(len, rows.tables)])
+        d_bt = _table(rows.tables, width, self.scratch_block)
+        if padded > nd:
+            d_bt = np.concatenate([d_bt, np.full((padded - nd, d_bt.shape[1]), self.scratch_block, np.int32)])
+        d_slots = d_bt[np.arange(padded), d_pos // bs].astype(np.int64) * bs + d_pos % bs
         d_lens = (d_pos + 1).astype(np.int32)
         sample_rows.extend(range(num_prefill, num_prefill + nd))
-        sampling_seqs.extend(decodes)
+        sampling_seqs.extend(rows.seqs)
         cu = np.zeros(len(q_lens) + 1, dtype=np.int32)
         np.cumsum(q_lens, out=cu[1:])
         p_width = max(map(len, tables), default=1)
@@ -171,7 +214,7 @@ class MetadataBuilder:
             "decode_block_tables": d_bt,
         }
         tensors = self._to_device(arrays)
-        return StepMetadata(**tensors, num_prefill_tokens=num_prefill, num_decodes=rows,
+        return StepMetadata(**tensors, num_prefill_tokens=num_prefill, num_decodes=padded,
                             prefill_q_lens=q_lens, prefill_ctx_lens=ctx_lens, sampling_seqs=sampling_seqs)
 
     def _to_device(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:

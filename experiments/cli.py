@@ -37,7 +37,12 @@ DEFAULT_TRACES = (
 DEFAULT_POLICIES = ("static", "dynamic", "continuous", "prefix-aware")
 
 
+SPECULATION_HELP = ("speculative decoding: a speculation policy spec fixed|batch-aware|adaptive[:key=value,...], "
+                    "e.g. adaptive:num_draft_tokens=4 (default: none)")
+
+
 def _add_deployment_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speculation", default=None, help=SPECULATION_HELP)
     add_dataclass_args(p, SimConfig, title="simulated deployment")
     add_dataclass_args(p, SchedulerConfig, skip=("num_gpu_blocks",), title="KV cache and preemption")
     add_dataclass_args(p, SLO, prefix="slo_", title="goodput objectives")
@@ -47,7 +52,8 @@ def _base_job(ns: argparse.Namespace, trace: str = "", policy: str = "continuous
     sim = from_args(SimConfig, ns)
     block_size = from_args(SchedulerConfig, ns, num_gpu_blocks=1).block_size
     sched = from_args(SchedulerConfig, ns, num_gpu_blocks=sim.kv_blocks(block_size))
-    return SimJob(trace=trace, policy=policy, sim=sim, scheduler=sched, slo=from_args(SLO, ns, prefix="slo_"))
+    return SimJob(trace=trace, policy=policy, sim=sim, scheduler=sched, slo=from_args(SLO, ns, prefix="slo_"),
+                  speculation=ns.speculation)
 
 
 def cmd_sim(ns: argparse.Namespace) -> int:
@@ -57,6 +63,8 @@ def cmd_sim(ns: argparse.Namespace) -> int:
     summary = run_job(replace(job, out_dir=ns.out), progress=not ns.quiet)
     keys = ["num_requests", "throughput_output_tok_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s", "tpot_p99_s",
             "e2e_p50_s", "e2e_p99_s", "preemptions", "prefix_cache_hit_rate", "kv_util_mean", "wall_s"]
+    if ns.speculation:
+        keys += ["spec_acceptance_rate", "spec_alpha"]
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     print(f"wrote {ns.out}/requests.parquet, steps.parquet, summary.json")
     return 0

@@ -29,7 +29,8 @@ from experiments.replay import replay, replay_summary
 from policies.batching import BatchingPolicy, ContinuousBatching
 from policies.metrics import SLO, write_results
 from policies.scheduler import Scheduler, SchedulerConfig
-from policies.spec import parse_policy
+from policies.spec import parse_policy, parse_speculation
+from policies.speculation import SpeculationPolicy
 from policies.types import Request
 from traces import load_trace, materialize_trace, parse_trace_spec
 
@@ -52,8 +53,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
-    """Model and engine flags, plus KV/preemption and SLO flags (replay, validate)."""
+    """Model and engine flags, plus speculation, KV/preemption and SLO flags (replay, validate)."""
     add_model_args(p)
+    p.add_argument("--speculation", default=None,
+                   help="speculation policy spec fixed|batch-aware|adaptive[:key=value,...] (needs "
+                        "--speculative-method ngram|draft; default: none)")
     add_dataclass_args(p, SchedulerConfig, skip=SCHEDULER_SKIP, title="KV cache and preemption")
     add_dataclass_args(p, SLO, prefix="slo_", title="goodput objectives")
 
@@ -63,10 +67,13 @@ def engine_config(ns: argparse.Namespace, **defaults: Any) -> EngineConfig:
 
     Raises:
         FileNotFoundError: the model folder does not exist (checked before any weight is read).
+        ValueError: ``--speculation`` without ``--speculative-method``.
     """
     folder = Path(ns.model)
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist (--model)")
+    if parse_speculation(getattr(ns, "speculation", None)) is not None and ns.speculative_method is None:
+        raise ValueError("--speculation needs --speculative-method ngram or draft (with --draft-model)")
     fixed: dict[str, Any] = {"model": str(folder)}
     if ns.cuda_graph_batch_sizes:
         fixed["cuda_graph_batch_sizes"] = tuple(ns.cuda_graph_batch_sizes)
@@ -169,16 +176,20 @@ def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
 
 def replay_on_engine(requests: Sequence[Request], policy: BatchingPolicy, config: SchedulerConfig,
                      runner: ModelRunner, slo: SLO | None = None, progress: bool = True,
-                     desc: str = "replay") -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+                     desc: str = "replay", speculation: SpeculationPolicy | None = None,
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Replay one trace under one policy on the wall clock with a fresh scheduler.
 
     A fresh ``Scheduler`` is all a new run needs: it owns the block bookkeeping and the
     prefix cache, so stale KV contents of earlier runs are never read.
 
+    Args:
+        speculation: the speculation policy (the runner needs a ``speculative_method``).
+
     Returns:
         Per-request rows, the step log and the summary (simulator format).
     """
-    scheduler = Scheduler(config, policy)
+    scheduler = Scheduler(config, policy, speculation)
     with tqdm(total=len(requests), unit="req", desc=desc, leave=False, disable=not progress) as bar:
         wall = replay(requests, scheduler, runner, on_step=lambda n: bar.update(n) if n else None)
     return replay_summary(scheduler, wall, slo)
@@ -190,9 +201,10 @@ def offered_rate(requests: Sequence[Request]) -> float:
 
 
 def labelled(summary: dict[str, Any], *, trace: str, policy: str, model: str, gpu: str, cost_model: str,
-             num_gpu_blocks: int, requests: Sequence[Request]) -> dict[str, Any]:
+             num_gpu_blocks: int, requests: Sequence[Request], speculation: str | None = None) -> dict[str, Any]:
     """The summary with the labels ``sim``'s result files carry (same keys in both worlds)."""
-    return {"trace": trace, "policy": policy, "rate_scale": 1.0, "offered_rate_req_s": offered_rate(requests),
+    return {"trace": trace, "policy": policy, "speculation": speculation, "rate_scale": 1.0,
+            "offered_rate_req_s": offered_rate(requests),
             "model": model, "gpu": gpu, "cost_model": cost_model, "num_gpu_blocks": num_gpu_blocks, **summary}
 
 
@@ -216,13 +228,17 @@ def cmd_replay(ns: argparse.Namespace) -> int:
     sched_cfg = scheduler_config(ns, runner)
     precheck(requests, sched_cfg, policy, f"trace {ns.trace!r}, policy {ns.policy!r}")
     warm_up(runner)
-    reqs, steps, summary = replay_on_engine(requests, policy, sched_cfg, runner, slo, not ns.quiet)
+    reqs, steps, summary = replay_on_engine(requests, policy, sched_cfg, runner, slo, not ns.quiet,
+                                            speculation=parse_speculation(ns.speculation))
     summary = labelled(summary, trace=label, policy=ns.policy, model=ns.model, gpu=device_label(runner),
-                       cost_model="engine", num_gpu_blocks=runner.num_gpu_blocks, requests=requests)
+                       cost_model="engine", num_gpu_blocks=runner.num_gpu_blocks, requests=requests,
+                       speculation=ns.speculation)
     write_results(ns.out, reqs, steps, summary)
     write_engine_config(Path(ns.out), runner.config)
     keys = ["num_requests", "num_finished", "throughput_output_tok_s", "ttft_p50_s", "ttft_p99_s", "tpot_p50_s",
             "tpot_p99_s", "e2e_p50_s", "e2e_p99_s", "preemptions", "prefix_cache_hit_rate", "wall_s"]
+    if ns.speculation:
+        keys += ["spec_acceptance_rate", "spec_alpha"]
     print(json.dumps({k: summary.get(k) for k in keys}, indent=2))
     print(f"wrote {ns.out}/requests.parquet, steps.parquet, summary.json")
     return 0

@@ -9,7 +9,7 @@ from typing import Any
 
 from policies.metrics import SLO, write_results
 from policies.scheduler import SchedulerConfig
-from policies.spec import parse_policy
+from policies.spec import parse_policy, parse_speculation
 from policies.types import Request
 from sim.config import SimConfig
 from sim.simulator import simulate
@@ -28,6 +28,7 @@ class SimJob:
         slo: goodput objectives.
         rate_scale: multiply the trace's arrival rate (load sweeps).
         out_dir: where the result files go (None: write nothing).
+        speculation: a speculation policy spec (``name[:key=value,...]``; None: no speculative decoding).
     """
 
     trace: str
@@ -37,10 +38,12 @@ class SimJob:
     slo: SLO = SLO()
     rate_scale: float = 1.0
     out_dir: str | None = None
+    speculation: str | None = None
 
     def __post_init__(self) -> None:
         if not self.rate_scale > 0:
             raise ValueError(f"rate_scale must be > 0, got {self.rate_scale}")
+        parse_speculation(self.speculation)  # a bad spec fails here, before any worker starts
 
 
 def scale_rate(requests: list[Request], scale: float) -> list[Request]:
@@ -59,12 +62,16 @@ def run_job(job: SimJob, progress: bool = False) -> dict[str, Any]:
     spec = parse_trace_spec(job.trace)
     requests = scale_rate(load_trace(spec), job.rate_scale)
     policy = parse_policy(job.policy)
+    speculation = parse_speculation(job.speculation)
     cost = job.sim.build_cost_model(job.scheduler.block_size)
-    result = simulate(requests, policy, job.scheduler, cost, job.slo, progress=progress)
+    acceptance = job.sim.build_acceptance() if speculation is not None else None
+    result = simulate(requests, policy, job.scheduler, cost, job.slo, progress=progress, speculation=speculation,
+                      acceptance=acceptance)
     span = requests[-1].arrival_s - requests[0].arrival_s if len(requests) > 1 else 0.0
     summary = {
         "trace": spec.label,
         "policy": job.policy,
+        "speculation": job.speculation,
         "rate_scale": job.rate_scale,
         "offered_rate_req_s": (len(requests) - 1) / span if span > 0 else float("nan"),
         "model": job.sim.model,

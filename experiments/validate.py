@@ -41,13 +41,15 @@ from experiments.engine_run import (
 from experiments.step_fit import step_fit
 from policies.metrics import SLO, write_results
 from policies.scheduler import SchedulerConfig
-from policies.spec import parse_policy
+from policies.spec import parse_policy, parse_speculation
 from policies.types import Request
+from sim.acceptance import GeometricAcceptance
 from sim.cost_model import CalibratedCostModel
 from sim.simulator import simulate
 
 METRICS = ("throughput_output_tok_s", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s",
            "tpot_p99_s", "e2e_mean_s", "e2e_p50_s", "e2e_p99_s", "preemptions", "prefix_cache_hit_rate")
+SPEC_METRICS = ("spec_acceptance_rate",)
 ERROR_COLUMNS = ("trace", "policy", "metric", "sim", "real", "rel_error")
 # Engine settings that change step times: a profile measured with other values is a poor fit.
 TIMING_FIELDS = ("dtype", "block_size", "max_model_len", "max_num_seqs", "enforce_eager", "cuda_graph_batch_sizes",
@@ -69,9 +71,17 @@ def rel_error(sim: Any, real: Any) -> float:
 
 
 def error_rows(trace: str, policy: str, sim: dict[str, Any], real: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row of ``ERROR_COLUMNS`` per metric of ``METRICS``."""
+    """One row of ``ERROR_COLUMNS`` per metric of ``METRICS`` (and ``SPEC_METRICS`` when the real run
+    verified draft tokens)."""
+    metrics = METRICS + (SPEC_METRICS if real.get("spec_draft_tokens") else ())
     return [{"trace": trace, "policy": policy, "metric": m, "sim": _number(sim.get(m)),
-             "real": _number(real.get(m)), "rel_error": rel_error(sim.get(m), real.get(m))} for m in METRICS]
+             "real": _number(real.get(m)), "rel_error": rel_error(sim.get(m), real.get(m))} for m in metrics]
+
+
+def _alpha(summary: dict[str, Any]) -> float:
+    """The measured per-token acceptance of a speculative replay (0 when it accepted nothing)."""
+    alpha = summary.get("spec_alpha")
+    return float(alpha) if isinstance(alpha, float) and math.isfinite(alpha) else 0.0
 
 
 def profile_mismatches(profile_engine: dict[str, Any] | None, engine: dict[str, Any]) -> list[str]:
@@ -110,6 +120,7 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     if not Path(ns.profile).is_file():
         raise FileNotFoundError(f"profile {ns.profile} does not exist (--profile); write one with servegym calibrate")
     slo = from_args(SLO, ns, prefix="slo_")
+    speculation = parse_speculation(ns.speculation)
     cfg = engine_config(ns, max_num_batched_tokens=max(p.token_budget for _, p in policies),
                         max_num_seqs=max(p.max_num_seqs for _, p in policies))
     from_args(SchedulerConfig, ns, num_gpu_blocks=1, block_size=cfg.block_size, num_cpu_blocks=cfg.num_cpu_blocks)
@@ -142,9 +153,11 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
             run_dir = out / slug(label) / slug(spec)
             bar.set_postfix_str(f"{label} {spec}")
             r_req, r_steps, r_sum = replay_on_engine(reqs, policy, sched_cfg, runner, slo, not ns.quiet,
-                                                     desc=f"replay {spec}")
-            s = simulate(reqs, policy, sched_cfg, cost, slo)
-            labels_ = {"trace": label, "policy": spec, "rate_scale": 1.0, "model": model,
+                                                     desc=f"replay {spec}", speculation=speculation)
+            # The simulator's acceptance model takes the replay's measured per-token acceptance.
+            acceptance = GeometricAcceptance(_alpha(r_sum)) if speculation is not None else None
+            s = simulate(reqs, policy, sched_cfg, cost, slo, speculation=speculation, acceptance=acceptance)
+            labels_ = {"trace": label, "policy": spec, "speculation": ns.speculation, "rate_scale": 1.0, "model": model,
                        "num_gpu_blocks": runner.num_gpu_blocks}
             rate = offered_rate(reqs)
             real_sum = {**labels_, "offered_rate_req_s": rate, "gpu": gpu, "cost_model": "engine", **r_sum}

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from collections.abc import Sequence as Seq
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from itertools import islice
 from typing import Protocol
 
+from policies.registry import build
 from policies.sequence import Sequence
 
 
@@ -180,12 +181,4 @@ def make_policy(name: str, **params: object) -> BatchingPolicy:
     Raises:
         ValueError: unknown name or parameter, or an invalid value.
     """
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
-    known = {f.name: f for f in fields(cls)}
-    for key in params:
-        if key not in known:
-            raise ValueError(f"policy {name!r} has no parameter {key!r}; it takes {sorted(known)}")
-    return cls(**params)  # type: ignore[arg-type]
+    return build("policy", POLICIES, name, params)

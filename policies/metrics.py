@@ -120,6 +120,7 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame | None = None, slo: SL
     cached = float(requests["cached_prompt_tokens"].sum()) if len(requests) else 0.0
     out["prefix_cache_hit_rate"] = cached / looked if looked else 0.0
     out["preemptions"] = int(requests["num_preemptions"].sum()) if len(requests) else 0
+    _speculation_stats(requests, out)
     if steps is not None and len(steps):
         dur = steps["duration_s"].to_numpy()
         util = steps["kv_util"].to_numpy()
@@ -128,6 +129,19 @@ def summarize(requests: pd.DataFrame, steps: pd.DataFrame | None = None, slo: SL
         out["num_steps"] = int(len(steps))
     out["wall_s"] = wall_s
     return out
+
+
+def _speculation_stats(requests: pd.DataFrame, out: dict[str, Any]) -> None:
+    """Draft tokens verified and accepted; ``spec_acceptance_rate`` (accepted / verified) and ``spec_alpha``
+    (accepted / (accepted + rejections): the per-token acceptance probability of the geometric model,
+    ``sim.acceptance``). Both are NaN without speculation."""
+    cols = ("draft_tokens", "accepted_draft_tokens", "draft_rejections")
+    drafted, accepted, rejected = (float(requests[c].sum()) if len(requests) and c in requests else 0.0
+                                   for c in cols)
+    out["spec_draft_tokens"] = int(drafted)
+    out["spec_accepted_tokens"] = int(accepted)
+    out["spec_acceptance_rate"] = accepted / drafted if drafted else math.nan
+    out["spec_alpha"] = accepted / (accepted + rejected) if accepted + rejected else math.nan
 
 
 def write_results(out_dir: str | Path, requests: pd.DataFrame, steps: pd.DataFrame | None,

@@ -5,63 +5,30 @@ the executor runs it; ``scheduler.postprocess(plan, result)`` books the new
 tokens. Each step: running sequences first (decodes and unfinished prefill
 chunks, preempting victims when KV blocks run out), then swapped-out sequences
 back in, then new admissions as the batching policy allows, all within the
-policy's token budget and sequence limit.
+policy's token budget and sequence limit. With a speculation policy, the
+decodes of a step without preemptions then get their draft tokens (within the
+budget and the free blocks; ``policies.speculation``).
 """
 
 from __future__ import annotations
 
 from array import array
 from collections import deque
-from dataclasses import dataclass
 
 from policies.batching import BatchingPolicy
 from policies.block_manager import BlockManager, chain_keys
 from policies.eviction import make_eviction_policy
 from policies.preemption import VICTIM_POLICIES
+from policies.scheduler_config import SchedulerConfig
 from policies.sequence import SeqStatus, Sequence
+from policies.speculation import SpeculationPolicy, assign_drafts
 from policies.types import PrefillChunk, Request, StepPlan, StepResult
+
+__all__ = ["STEP_LOG_COLUMNS", "Scheduler", "SchedulerConfig"]
 
 STEP_LOG_COLUMNS = ("start_s", "duration_s", "prefill_tokens", "decodes", "kv_blocks_used",
                     "running", "waiting", "swapped", "preempted", "prefills", "decode_ctx_tokens",
-                    "prefill_attn_pairs")
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    """Memory-side configuration of the scheduler.
-
-    Args:
-        num_gpu_blocks: device KV blocks.
-        block_size: tokens per KV block.
-        num_cpu_blocks: host blocks for swap preemption (0 disables swapping).
-        enable_prefix_caching: reuse identical full prompt blocks across requests.
-        preemption_mode: 'recompute' (drop KV, prefill again) or 'swap' (move KV to host).
-        victim: victim choice, a key of ``policies.preemption.VICTIM_POLICIES``.
-        eviction: eviction order of cached blocks, a key of ``policies.eviction.EVICTION_POLICIES``.
-    """
-
-    num_gpu_blocks: int
-    block_size: int = 16
-    num_cpu_blocks: int = 0
-    enable_prefix_caching: bool = True
-    preemption_mode: str = "recompute"
-    victim: str = "lifo"
-    eviction: str = "lru"
-
-    def __post_init__(self) -> None:
-        if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}")
-        if self.num_gpu_blocks < 1:
-            raise ValueError(f"num_gpu_blocks must be >= 1, got {self.num_gpu_blocks}")
-        if self.num_cpu_blocks < 0:
-            raise ValueError(f"num_cpu_blocks must be >= 0, got {self.num_cpu_blocks}")
-        if self.preemption_mode not in ("recompute", "swap"):
-            raise ValueError(f"preemption_mode must be 'recompute' or 'swap', got {self.preemption_mode!r}")
-        if self.preemption_mode == "swap" and self.num_cpu_blocks == 0:
-            raise ValueError("preemption_mode 'swap' needs num_cpu_blocks > 0")
-        if self.victim not in VICTIM_POLICIES:
-            raise ValueError(f"unknown victim policy {self.victim!r}; choose one of {sorted(VICTIM_POLICIES)}")
-        make_eviction_policy(self.eviction)  # raises on an unknown name
+                    "prefill_attn_pairs", "draft_tokens")
 
 
 class Scheduler:
@@ -70,11 +37,14 @@ class Scheduler:
     Args:
         config: memory configuration.
         policy: the batching policy.
+        speculation: how many draft tokens decodes verify (None: no speculative decoding).
     """
 
-    def __init__(self, config: SchedulerConfig, policy: BatchingPolicy) -> None:
+    def __init__(self, config: SchedulerConfig, policy: BatchingPolicy,
+                 speculation: SpeculationPolicy | None = None) -> None:
         self.config = config
         self.policy = policy
+        self.speculation = speculation
         self.block_size = config.block_size
         self.bm = BlockManager(config.num_gpu_blocks, config.block_size,
                                make_eviction_policy(config.eviction), config.num_cpu_blocks,
@@ -182,6 +152,8 @@ class Scheduler:
                 self._add_chunk(plan, seq, computed, n)
             i += 1
         plan.decode_ctx_tokens = decode_ctx
+        if self.speculation is not None and decodes and not plan.preempted:
+            budget = assign_drafts(plan, self.speculation.draft_lens(decodes, self), self.bm, budget)
         if not plan.preempted:
             if self.swapped:
                 budget = self._swap_in(plan, budget)
@@ -244,6 +216,8 @@ class Scheduler:
             if n == 1 and seq.num_computed + 1 == seq.total_len:
                 plan.decodes.append(seq)
                 plan.decode_ctx_tokens += seq.num_computed + 1
+                if plan.draft_lens:  # keep draft_lens parallel to decodes
+                    plan.draft_lens.append(0)
             else:
                 self._add_chunk(plan, seq, seq.num_computed, n)
         return budget
@@ -301,7 +275,9 @@ class Scheduler:
                 bm.commit(seq.block_table, seq.block_keys, seq.num_computed)
             if chunk.samples and self._emit(seq, end, ids):
                 done.append(seq)
-        if ids is None:  # simulator fast path: one token of unknown id per decode
+        if plan.num_draft_tokens:
+            self._book_verified(plan, result, end, done)
+        elif ids is None:  # simulator fast path: one token of unknown id per decode
             for seq in plan.decodes:
                 seq.num_computed += 1
                 seq.num_generated += 1
@@ -325,23 +301,53 @@ class Scheduler:
         self.step_log.extend((plan.now, result.duration_s, plan.num_prefill_tokens, len(plan.decodes),
                               bm.num_used, len(self.running), len(self.waiting), len(self.swapped),
                               len(plan.preempted), len(plan.prefills), plan.decode_ctx_tokens,
-                              plan.prefill_attn_pairs))
+                              plan.prefill_attn_pairs, plan.num_draft_tokens))
         return done
 
-    def _emit(self, seq: Sequence, t: float, ids: dict[str, list[int]] | None) -> bool:
-        """Book new tokens for ``seq`` at time ``t``; True if it is now finished."""
+    def _book_verified(self, plan: StepPlan, result: StepResult, end: float, done: list[Sequence]) -> None:
+        """Book the decodes of a step with draft tokens: decode ``i`` emitted ``a_i + 1`` tokens (its
+        ``a_i`` accepted drafts and one from the target), so ``a_i + 1`` more positions hold valid KV.
+
+        Raises:
+            ValueError: the result gives neither token ids nor accepted counts, or more tokens than verified.
+        """
+        ids, accepted = result.token_ids, result.accepted
+        if ids is None and (accepted is None or len(accepted) != len(plan.decodes)):
+            raise ValueError(f"step {plan.step_id} verified {plan.num_draft_tokens} draft tokens but its result "
+                             "has neither token ids nor one accepted count per decode")
+        for i, (seq, k) in enumerate(zip(plan.decodes, plan.draft_lens, strict=True)):
+            n = len(ids[seq.seq_id]) if ids is not None else accepted[i] + 1  # type: ignore[index]
+            if not 1 <= n <= k + 1:
+                raise ValueError(f"step {plan.step_id}: sequence {seq.seq_id!r} verified {k} draft tokens but "
+                                 f"the result emits {n} tokens")
+            seq.num_computed += n
+            if k:
+                seq.num_draft_tokens += k
+                seq.num_accepted_tokens += n - 1
+                seq.num_rejections += n <= k
+            if self._emit(seq, end, ids, n):
+                done.append(seq)
+
+    def _emit(self, seq: Sequence, t: float, ids: dict[str, list[int]] | None, n: int = 1) -> bool:
+        """Book new tokens for ``seq`` at time ``t`` (its ids, or ``n`` of unknown id when ``ids`` is None);
+        True if it is now finished."""
         if seq.first_token_s is None:
             seq.first_token_s = t
         if ids is None:
-            seq.num_generated += 1
-            seq.total_len += 1
-            seq.token_times.append(t)
+            seq.num_generated += n
+            seq.total_len += n
+            seq.token_times.extend([t] * n)
             return seq.num_generated >= seq.output_len
         tokens = ids[seq.seq_id][: seq.output_len - seq.num_generated]
+        sp = seq.request.sampling
+        stopped = False
+        if not sp.ignore_eos and sp.stop_token_ids:
+            for j, tok in enumerate(tokens):
+                if tok in sp.stop_token_ids:  # tokens after a stop token (accepted drafts) are dropped
+                    tokens, stopped = tokens[: j + 1], True
+                    break
         seq.output_ids.extend(tokens)
         seq.num_generated += len(tokens)
         seq.total_len += len(tokens)
         seq.token_times.extend([t] * len(tokens))
-        sp = seq.request.sampling
-        stopped = not sp.ignore_eos and any(tok in sp.stop_token_ids for tok in tokens)
         return stopped or seq.num_generated >= seq.output_len

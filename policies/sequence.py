@@ -31,7 +31,7 @@ class Sequence:
         "num_generated", "output_ids", "block_table", "block_keys",
         "first_scheduled_s", "first_token_s", "finish_s", "token_times",
         "num_preemptions", "num_cached_tokens", "num_prompt_lookups",
-        "last_admitted_s",
+        "last_admitted_s", "num_draft_tokens", "num_accepted_tokens", "num_rejections",
     )
 
     def __init__(self, request: Request) -> None:
@@ -56,6 +56,10 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (all admissions)
         self.num_prompt_lookups = 0  # prompt tokens looked up in the prefix cache (all admissions)
         self.last_admitted_s: float | None = None
+        # Speculative decoding: draft tokens verified, accepted, and verifications that rejected one.
+        self.num_draft_tokens = 0
+        self.num_accepted_tokens = 0
+        self.num_rejections = 0
 
     @property
     def token_ids(self) -> list[int]:
@@ -93,6 +97,9 @@ class Sequence:
             "num_preemptions": self.num_preemptions,
             "cached_prompt_tokens": self.num_cached_tokens,
             "looked_up_prompt_tokens": self.num_prompt_lookups,
+            "draft_tokens": self.num_draft_tokens,
+            "accepted_draft_tokens": self.num_accepted_tokens,
+            "draft_rejections": self.num_rejections,
             "token_times": list(self.token_times),
         }
 

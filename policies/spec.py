@@ -7,9 +7,13 @@ sweeps; values are converted to the policy dataclass's field types.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeVar
 
-from policies.batching import POLICIES, BatchingPolicy, make_policy
+from policies.batching import POLICIES, BatchingPolicy
+from policies.registry import build
+from policies.speculation import SPECULATION_POLICIES, SpeculationPolicy
+
+T = TypeVar("T")
 
 
 def parse_params(text: str, where: str) -> dict[str, str]:
@@ -59,21 +63,42 @@ def field_types(cls: type) -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(cls)}
 
 
+def parse_named(spec: str, kind: str, registry: dict[str, type[T]]) -> T:
+    """Build a registered dataclass from ``name[:key=value,...]``, values converted to its field types.
+
+    Raises:
+        ValueError: unknown name or parameter, or a value of the wrong type, naming ``spec``.
+    """
+    name, _, params = spec.partition(":")
+    name = name.strip()
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r} in {spec!r}; choose one of {sorted(registry)}")
+    types = field_types(registry[name])
+    raw = parse_params(params, f"{kind} spec {spec!r}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in types:
+            raise ValueError(f"{kind} {name!r} has no parameter {key!r}; it takes {sorted(types)}")
+        values[key] = coerce(value, types[key], f"{kind} spec {spec!r}, {key}")
+    return build(kind, registry, name, values)
+
+
 def parse_policy(spec: str) -> BatchingPolicy:
-    """Build a batching policy from ``name[:key=value,...]``.
+    """Build a batching policy from ``name[:key=value,...]`` (``continuous:max_num_seqs=128``).
 
     Raises:
         ValueError: unknown policy or parameter, or a value of the wrong type.
     """
-    name, _, params = spec.partition(":")
-    name = name.strip()
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r} in {spec!r}; choose one of {sorted(POLICIES)}")
-    types = field_types(POLICIES[name])
-    raw = parse_params(params, f"policy spec {spec!r}")
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key not in types:
-            raise ValueError(f"policy {name!r} has no parameter {key!r}; it takes {sorted(types)}")
-        values[key] = coerce(value, types[key], f"policy spec {spec!r}, {key}")
-    return make_policy(name, **values)
+    return parse_named(spec, "policy", POLICIES)
+
+
+def parse_speculation(spec: str | None) -> SpeculationPolicy | None:
+    """Build a speculation policy from ``name[:key=value,...]`` (``adaptive:num_draft_tokens=6``);
+    None, '' or 'none' mean no speculation.
+
+    Raises:
+        ValueError: unknown policy or parameter, or a value of the wrong type.
+    """
+    if spec is None or spec.strip().lower() in ("", "none"):
+        return None
+    return parse_named(spec, "speculation policy", SPECULATION_POLICIES)

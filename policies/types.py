@@ -161,7 +161,11 @@ class StepPlan:
     """What one iteration runs: the scheduler's output, the executor's input.
 
     ``decodes`` each compute one token at position ``seq.num_computed`` (read
-    it before ``postprocess``) and sample the next. Block tables are
+    it before ``postprocess``) and sample the next. With speculative decoding,
+    ``draft_lens`` (empty otherwise) runs parallel to ``decodes``: decode ``i``
+    also verifies ``draft_lens[i]`` draft tokens that the executor proposes, at
+    the positions after it (their KV blocks are allocated), and may emit up to
+    ``draft_lens[i] + 1`` tokens. Block tables are
     ``seq.block_table``. Swaps are ``(src, dst)`` block-id pairs; the executor
     performs ``swap_out`` (device to host) before ``swap_in`` (host to device)
     and both before the forward pass. The aggregate fields summarise the step
@@ -178,16 +182,25 @@ class StepPlan:
     num_prefill_tokens: int = 0
     prefill_ctx_tokens: int = 0  # sum over chunks of cached context read (chunk.start)
     prefill_attn_pairs: int = 0  # sum over chunks of causal (query, key) pairs
-    decode_ctx_tokens: int = 0  # sum over decodes of context length incl. the new token
+    # Sum over decode rows (each decode and each of its draft tokens) of the context the row reads,
+    # its own token included.
+    decode_ctx_tokens: int = 0
+    draft_lens: list[int] = field(default_factory=list)
+    num_draft_tokens: int = 0  # sum of draft_lens
 
     @property
     def num_decodes(self) -> int:
         return len(self.decodes)
 
     @property
+    def num_decode_rows(self) -> int:
+        """Single-query attention rows: one per decode plus one per draft token it verifies."""
+        return len(self.decodes) + self.num_draft_tokens
+
+    @property
     def num_tokens(self) -> int:
-        """Tokens computed this step (prefill chunk tokens plus one per decode)."""
-        return self.num_prefill_tokens + len(self.decodes)
+        """Tokens computed this step (prefill chunk tokens plus the decode rows)."""
+        return self.num_prefill_tokens + len(self.decodes) + self.num_draft_tokens
 
     @property
     def is_empty(self) -> bool:
@@ -204,7 +217,11 @@ class StepResult:
         token_ids: new token ids per sampling sequence id (a list: speculative
             decoding may accept several). ``None`` means one token of unknown
             id for every sequence that samples, which is all a simulator knows.
+        accepted: with ``token_ids`` None and a plan holding draft tokens, the
+            number of draft tokens accepted per decode (parallel to
+            ``plan.decodes``): decode ``i`` emits ``accepted[i] + 1`` tokens.
     """
 
     duration_s: float
     token_ids: dict[str, list[int]] | None = None
+    accepted: list[int] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sim.acceptance import GeometricAcceptance
 from sim.cost_model import CostModel, load_cost_model
 from sim.hardware import get_gpu
 from sim.model_spec import ModelSpec
@@ -26,6 +27,9 @@ class SimConfig:
         gpu_memory_utilization: fraction of GPU memory the engine may use.
         activation_reserve_gib: memory kept for activations, outside the KV pool.
         num_gpu_blocks: KV blocks; derived from memory when None.
+        spec_acceptance: with a speculation policy, the per-token probability that a draft token is
+            accepted (``sim.acceptance``; the engine's replays report theirs as ``spec_alpha``).
+        spec_seed: seed of the simulated acceptance draws.
     """
 
     model: str = "llama-3.2-1b"
@@ -37,6 +41,8 @@ class SimConfig:
     gpu_memory_utilization: float = 0.9
     activation_reserve_gib: float = 2.0
     num_gpu_blocks: int | None = None
+    spec_acceptance: float = 0.6
+    spec_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.cost_model not in ("calibrated", "roofline"):
@@ -47,6 +53,8 @@ class SimConfig:
             raise ValueError(f"activation_reserve_gib must be >= 0, got {self.activation_reserve_gib}")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks < 1:
             raise ValueError(f"num_gpu_blocks must be >= 1, got {self.num_gpu_blocks}")
+        if not 0.0 <= self.spec_acceptance <= 1.0:
+            raise ValueError(f"spec_acceptance must be in [0, 1], got {self.spec_acceptance}")
 
     def kv_blocks(self, block_size: int) -> int:
         """KV blocks that fit: explicit, or (memory * utilisation - weights - reserve) / block bytes.
@@ -68,6 +76,10 @@ class SimConfig:
                 f"no room for one KV block of {per_block} bytes"
             )
         return blocks
+
+    def build_acceptance(self) -> GeometricAcceptance:
+        """The simulated acceptance of draft tokens (used when a speculation policy is set)."""
+        return GeometricAcceptance(self.spec_acceptance, self.spec_seed)
 
     def build_cost_model(self, block_size: int) -> CostModel:
         """The configured step-time predictor."""

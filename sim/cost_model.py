@@ -2,8 +2,14 @@
 
 A cost model reads only the plan's aggregate fields (``num_prefill_tokens``,
 ``prefill_ctx_tokens``, ``prefill_attn_pairs``, ``decode_ctx_tokens``, the number
-of decodes, prefill chunks and swapped blocks), never its sequences, and costs
-about a microsecond per call (the simulator calls it ~100k times per run).
+of decodes, draft tokens, prefill chunks and swapped blocks), never its sequences,
+and costs about a microsecond per call (the simulator calls it ~100k times per run).
+
+Speculative decoding: the engine verifies a decode's ``k`` draft tokens as ``k``
+more single-query decode rows (each reading its own context, through the same
+decode graphs and kernels), so a step's decode count ``D`` below counts rows,
+``len(decodes) + num_draft_tokens``, and ``decode_ctx_tokens`` already sums every
+row's context.
 
 With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positions
 (decodes + prefill chunks: every chunk is counted as sampling, an upper bound):
@@ -145,7 +151,7 @@ class RooflineCostModel:
 
     def step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` in seconds."""
-        nd, tp = len(plan.decodes), plan.num_prefill_tokens
+        nd, tp = len(plan.decodes) + plan.num_draft_tokens, plan.num_prefill_tokens
         swaps = len(plan.swap_in) + len(plan.swap_out)
         if nd + tp == 0:
             return self.step_overhead_s + swaps * self.swap_block_s if swaps else 0.0
@@ -199,11 +205,11 @@ class CalibratedCostModel:
 
     def step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` in seconds."""
-        nd = len(plan.decodes)
+        nd = len(plan.decodes) + plan.num_draft_tokens  # decode rows: a verified draft is one more row
         if not (plan.prefills or plan.swap_in or plan.swap_out) and 0 < nd < len(self._graph_dense):
             # The hot case, a graphed decode-only step: ``shape_time``'s terms in its order.
             return self._graph_base[nd] + self._dec(plan.decode_ctx_tokens)
-        return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), len(plan.decodes),
+        return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), nd,
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out))
 
@@ -214,7 +220,7 @@ class CalibratedCostModel:
         Args:
             prefill_tokens: tokens of all prefill chunks.
             prefills: number of prefill chunks.
-            decodes: number of decoding sequences.
+            decodes: number of decode rows (decoding sequences plus the draft tokens they verify).
             decode_ctx_tokens: context tokens the decodes read, in all.
             prefill_attn_pairs: causal (query, key) pairs of the chunks.
             swapped_blocks: KV blocks swapped in or out.

@@ -24,9 +24,11 @@ from tqdm import tqdm
 from policies.batching import BatchingPolicy
 from policies.metrics import SLO, requests_frame, steps_frame, summarize
 from policies.scheduler import Scheduler, SchedulerConfig
+from policies.speculation import SpeculationPolicy
 from policies.types import Request, StepResult
 
 if TYPE_CHECKING:  # pragma: no cover
+    from sim.acceptance import GeometricAcceptance
     from sim.cost_model import CostModel
 
 
@@ -52,13 +54,21 @@ class Simulator:
         scheduler: the scheduler (policies, KV pool), fresh.
         cost_model: predicts each step's duration from its ``StepPlan``.
         progress: show a tqdm bar of finished requests.
+        acceptance: accepted draft counts of verifications (required when the scheduler speculates).
+
+    Raises:
+        ValueError: a speculating scheduler without an acceptance model.
     """
 
     def __init__(self, requests: Iterable[Request], scheduler: Scheduler, cost_model: CostModel,
-                 progress: bool = False) -> None:
+                 progress: bool = False, acceptance: GeometricAcceptance | None = None) -> None:
+        if scheduler.speculation is not None and acceptance is None:
+            raise ValueError("the scheduler speculates but the simulator has no acceptance model "
+                             "(sim.acceptance.GeometricAcceptance)")
         self.requests = sorted(requests, key=lambda r: r.arrival_s)
         self.scheduler = scheduler
         self.cost_model = cost_model
+        self.acceptance = acceptance
         self.env = simpy.Environment()
         self.num_steps = 0
         self._arrivals_done = False
@@ -134,7 +144,11 @@ class Simulator:
                 yield from self._catch_up(now)
                 yield env.timeout(duration)
                 now = env.now
-            done = postprocess(plan, StepResult(duration))
+            if plan.num_draft_tokens:
+                result = StepResult(duration, accepted=self.acceptance.draw(plan.draft_lens))  # type: ignore[union-attr]
+            else:
+                result = StepResult(duration)
+            done = postprocess(plan, result)
             self.num_steps += 1
             if done:
                 self._bar.update(len(done))
@@ -191,7 +205,9 @@ class Simulator:
 
 
 def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_config: SchedulerConfig,
-             cost_model: CostModel, slo: SLO | None = None, progress: bool = False) -> SimResult:
+             cost_model: CostModel, slo: SLO | None = None, progress: bool = False,
+             speculation: SpeculationPolicy | None = None,
+             acceptance: GeometricAcceptance | None = None) -> SimResult:
     """Simulate one trace under one policy.
 
     Args:
@@ -201,12 +217,14 @@ def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_conf
         cost_model: step-time predictor.
         slo: objectives for goodput.
         progress: show a progress bar.
+        speculation: the speculation policy (None: no speculative decoding).
+        acceptance: accepted-draft model (required with ``speculation``).
 
     Returns:
         Per-request rows, the step log and the summary (``wall_s`` included).
     """
     t0 = time.perf_counter()
-    sim = Simulator(requests, Scheduler(scheduler_config, policy), cost_model, progress)
+    sim = Simulator(requests, Scheduler(scheduler_config, policy, speculation), cost_model, progress, acceptance)
     sim.run()
     result = sim.result(slo=slo)
     result.summary["wall_s"] = time.perf_counter() - t0  # the run and its metrics

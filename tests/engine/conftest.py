@@ -19,13 +19,13 @@ ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq
         "original_max_position_embeddings": 64, "rope_theta": 500000.0}
 
 
-def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64) -> Path:
+def build_tiny_llama(folder: Path, seed: int = 0, hidden: int = 64, vocab: int = VOCAB) -> Path:
     """Save a random 2-layer Llama-3-style model (GQA 8/2 heads, llama3 rope, tied embeddings)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     cfg = LlamaConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=8,
-                      num_key_value_heads=2, vocab_size=VOCAB, tie_word_embeddings=True,
+                      num_key_value_heads=2, vocab_size=vocab, tie_word_embeddings=True,
                       max_position_embeddings=512, rope_parameters=dict(ROPE), initializer_range=0.1,
                       bos_token_id=1, eos_token_id=2)
     LlamaForCausalLM(cfg).save_pretrained(folder)

@@ -57,6 +57,9 @@ def test_compare_writes_table_and_plots(tmp_path: Path, capsys: pytest.CaptureFi
     (["--trace", "synthetic:poisson,rate=-1"], "rate"),
     (["--gpu", "tpu9"], "tpu9"),
     (["--preemption-mode", "swap"], "needs num_cpu_blocks"),
+    (["--speculation", "often"], "unknown speculation policy 'often'"),
+    (["--speculation", "fixed:num_draft_tokens=0"], "num_draft_tokens must be >= 1"),
+    (["--speculation", "fixed", "--spec-acceptance", "2"], "spec_acceptance must be in [0, 1]"),
 ])
 def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                                           message: str) -> None:

@@ -100,11 +100,29 @@ def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_p
         assert whole["steps"] == len(busy) and whole["real_s"] == pytest.approx(busy["duration_s"].sum())
 
 
+def test_validate_with_speculation_compares_acceptance(tiny_model: Path, profile: Path, tmp_path: Path) -> None:
+    """The replay speculates with n-gram drafts; the simulator draws acceptances at the replay's spec_alpha."""
+    assert main(["validate", "--traces", TRACE, "--policies", "continuous", "--model", str(tiny_model),
+                 "--profile", str(profile), "--out", str(tmp_path), "--quiet", "--speculation",
+                 "fixed:num_draft_tokens=3", "--speculative-method", "ngram", *ENGINE]) == 0
+    errors = pd.read_csv(tmp_path / "errors.csv")
+    assert list(errors["metric"]) == [*METRICS, "spec_acceptance_rate"]
+    real = json.loads((tmp_path / "poisson-r50" / "continuous" / "real" / "summary.json").read_text())
+    sim = json.loads((tmp_path / "poisson-r50" / "continuous" / "sim" / "summary.json").read_text())
+    assert real["spec_draft_tokens"] > 0 and sim["spec_draft_tokens"] > 0
+    assert real["num_finished"] == sim["num_finished"] == 12
+    spec_row = errors[errors["metric"] == "spec_acceptance_rate"].iloc[0]
+    assert spec_row["real"] == pytest.approx(real["spec_acceptance_rate"])
+
+
 @pytest.mark.parametrize(("command", "args", "message"), [
     ("replay", ["--model", "/no/such/model"], "model folder /no/such/model does not exist"),
     ("replay", ["--policy", "fastest"], "unknown policy 'fastest'"),
     ("replay", ["--max-model-len", "16"], "max_model_len is 16"),
     ("replay", ["--num-gpu-blocks", "2"], "pool has only 2 blocks"),
+    ("replay", ["--speculation", "fixed"], "--speculation needs --speculative-method ngram or draft"),
+    ("replay", ["--speculative-method", "draft"], "draft_model: must be given exactly when"),
+    ("replay", ["--speculation", "sometimes", "--speculative-method", "ngram"], "unknown speculation policy"),
     ("calibrate", ["--model", "/no/such/model"], "model folder /no/such/model does not exist"),
     ("validate", ["--profile", "/no/profile.json"], "profile /no/profile.json does not exist"),
     ("validate", ["--policies", "nope"], "unknown policy 'nope'"),  # reported before the missing profile

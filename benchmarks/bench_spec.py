@@ -1,0 +1,142 @@
+"""GPU benchmark of speculative decoding on the Llama-3.2-1B shapes with random bf16 weights (CUDA only).
+
+    python -m benchmarks.gpu --out "$OUT" --sections spec
+
+* verification cost: one decode graph replay per captured row count up to 16 (a decode verifying ``k``
+  drafts is ``k + 1`` rows, padded to the next captured count), against the 1-row replay;
+* decode at batch 1 (prompt 128, 256 new tokens, greedy) and at batch 16 (prompts of 128, 128 new
+  tokens each): the plain engine, then the same engine with n-gram drafts under the fixed, batch-aware
+  and adaptive speculation policies, then a draft model: the target's own first 4 layers with its
+  embedding, final norm and LM head (an early-exit draft of the same weights; a separately trained
+  small model is not available here). Each row gives tokens/s beside the plain engine's in the same
+  process, the acceptance rate, tokens per decode step, and whether the outputs equal the plain ones.
+
+Random weights make the acceptance rates workload artefacts (a random model's greedy output falls
+into loops that n-gram drafts predict), so the figures that carry over to real models are the
+verification cost and the machinery's overhead; the speed-ups are what this engine turns a given
+acceptance into.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import row, time_cuda
+from benchmarks.engine_setup import MAX_MODEL_LEN, log, write_checkpoint
+from policies.scheduler import STEP_LOG_COLUMNS
+
+BENCH = "spec"
+POLICIES = ("fixed:num_draft_tokens=4", "batch-aware:num_draft_tokens=4,max_batch=8",
+            "adaptive:num_draft_tokens=6,row_cost=0.05")
+DRAFT_LAYERS = 4
+
+
+def write_early_exit(target: Path, folder: Path, layers: int) -> None:
+    """A draft checkpoint of ``target``'s first ``layers`` layers with its embedding, norm and LM head."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(target / "model.safetensors"))
+    keep = {k: v for k, v in tensors.items()
+            if not k.startswith("model.layers.") or int(k.split(".")[2]) < layers}
+    save_file(keep, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    cfg = json.loads((target / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(cfg | {"num_hidden_layers": layers}))
+
+
+def _verification_cost(runner) -> list[dict]:
+    graphs = runner.graphs
+    sizes = [s for s in graphs.sizes if s <= 16]
+    base = time_cuda(lambda: graphs.replay_static(1), iters=50) * 1e3
+    out = []
+    for s in sizes:
+        ms = time_cuda(lambda s=s: graphs.replay_static(s), iters=50) * 1e3
+        log(f"decode graph of {s} rows: {ms:.3f} ms ({ms / base:.2f}x one row)")
+        out.append(row(BENCH, f"1B decode graph replay, {s} rows (k = {s - 1} drafts at batch 1)", ms, "ms",
+                       "1 row, same run", base))
+    return out
+
+
+def _decode(llm, prompts: list[list[int]], new: int, spec: str | None) -> tuple[float, list, float]:
+    """Tokens/s of one generate call under speculation policy ``spec`` (None: plain), its outputs, and
+    tokens per step of the decoding sequences."""
+    from policies.spec import parse_speculation
+
+    llm.speculation = parse_speculation(spec)
+    llm.generate(prompts, max_tokens=8)  # warm-up of this policy's shapes
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = llm.generate(prompts, max_tokens=new)
+    wall = time.perf_counter() - t
+    steps = len(llm.last_scheduler.step_log) // len(STEP_LOG_COLUMNS)
+    return len(prompts) * new / wall, out, len(prompts) * new / max(steps, 1)
+
+
+def _cases(llm, label: str, prompts: list[list[int]], new: int, policies: tuple[str, ...]) -> list[dict]:
+    """The plain engine, then each speculation policy, on the same engine and prompts."""
+    tps, out, _ = _decode(llm, prompts, new, None)
+    plain = (tps, out)
+    log(f"{label} plain: {tps:.0f} tok/s")
+    rows = [row(BENCH, f"{label} plain engine", tps, "tok/s")]
+    for spec in policies:
+        tps, out, per_step = _decode(llm, prompts, new, spec)
+        recs = [o["record"] for o in out]
+        drafted = sum(r["draft_tokens"] for r in recs)
+        rate = sum(r["accepted_draft_tokens"] for r in recs) / drafted if drafted else float("nan")
+        same = sum(o["token_ids"] == p["token_ids"] for o, p in zip(out, plain[1], strict=True))
+        log(f"{label} {spec}: {tps:.0f} tok/s ({tps / plain[0]:.2f}x plain), acceptance {rate:.2f}, "
+            f"{per_step:.2f} tokens per step, {same}/{len(out)} outputs equal to plain")
+        rows += [row(BENCH, f"{label} {spec}", tps, "tok/s", "plain engine, same run", plain[0]),
+                 row(BENCH, f"{label} {spec} acceptance rate", rate, "ratio"),
+                 row(BENCH, f"{label} {spec} tokens per step", per_step, "tok"),
+                 row(BENCH, f"{label} {spec} outputs equal to plain", same / len(out), "ratio")]
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    """Benchmark speculative decoding (``quick``: batch 1 only).
+
+    Returns:
+        Rows of ``benchmarks.common.row``.
+    """
+    from engine import LLM
+
+    if not torch.cuda.is_available():
+        raise RuntimeError("bench_spec needs a CUDA device")
+    rows: list[dict] = []
+    single = [list(range(1000, 1128))]
+    batch = [[(1000 + 37 * i + 11 * j) % 128000 for j in range(128)] for i in range(16)]
+    with tempfile.TemporaryDirectory(prefix="bench_spec_") as tmp:
+        target, draft = Path(tmp) / "target", Path(tmp) / "draft"
+        target.mkdir()
+        draft.mkdir()
+        write_checkpoint("llama-3.2-1b", target)
+        write_early_exit(target, draft, DRAFT_LAYERS)
+        t0 = time.perf_counter()
+        llm = LLM(str(target), dtype="bfloat16", max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=0.6,
+                  speculative_method="ngram")
+        log(f"ngram engine loaded in {time.perf_counter() - t0:.1f}s")
+        rows += _verification_cost(llm.runner)
+        rows += _cases(llm, "1B b1 ngram", single, 256, POLICIES)
+        if not quick:
+            rows += _cases(llm, "1B b16 ngram", batch, 128, POLICIES)
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+        t0 = time.perf_counter()
+        llm = LLM(str(target), dtype="bfloat16", max_model_len=MAX_MODEL_LEN, gpu_memory_utilization=0.6,
+                  speculative_method="draft", draft_model=str(draft))
+        log(f"draft engine ({DRAFT_LAYERS}-layer early exit) loaded in {time.perf_counter() - t0:.1f}s")
+        label = f"1B b1 draft ({DRAFT_LAYERS}-layer early exit)"
+        rows += _cases(llm, label, single, 256, ("fixed:num_draft_tokens=4", "adaptive:num_draft_tokens=6"))
+        if not quick:
+            rows += _cases(llm, "1B b16 draft", batch, 128, ("fixed:num_draft_tokens=3",))
+        del llm
+        gc.collect()
+        torch.cuda.empty_cache()
+    return rows

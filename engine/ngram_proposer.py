@@ -1,0 +1,127 @@
+"""N-gram (prompt lookup) drafts for speculative decoding.
+
+The draft for a sequence continues the most recent earlier occurrence of its last
+``n`` tokens (longest ``n`` first, from ``max_n`` down to ``min_n``): if the text so
+far is ``... a b c X Y ... a b c`` the draft is ``X Y ...``. It costs no model and
+wins where outputs repeat their input (summaries, code edits, retrieval answers).
+
+Each sequence keeps a dictionary per ``n`` from n-gram to its latest start, extended
+only by the tokens added since the last step, so a proposal costs ``O(max_n)``
+dictionary operations per new token, not a scan of the history. A draft always has
+the length the scheduler planned (its KV slots are allocated and the simulator prices
+that many rows): with no match it repeats the last token, and a continuation that runs
+into the end of the text wraps around the period it found.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from policies.sequence import Sequence
+from policies.types import StepPlan
+
+_SWEEP_EVERY = 64  # proposals between sweeps of finished sequences' state
+
+
+@dataclass(frozen=True)
+class NgramConfig:
+    """Prompt-lookup proposer settings.
+
+    Args:
+        min_n: shortest suffix matched.
+        max_n: longest suffix matched (tried first).
+    """
+
+    min_n: int = 1
+    max_n: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_n <= self.max_n:
+            raise ValueError(f"NgramConfig: need 1 <= min_n <= max_n, got min_n={self.min_n}, max_n={self.max_n}")
+
+
+class _History:
+    """A sequence's tokens and, per n, the latest start of every n-gram that ends before its last token."""
+
+    def __init__(self, seq: Sequence, ns: range) -> None:
+        prompt = seq.request.prompt_token_ids
+        if prompt is None:
+            raise ValueError(f"request {seq.seq_id!r} has no prompt token ids; n-gram drafts need them")
+        self.seq = seq
+        self.tokens: list[int] = list(prompt)
+        self.num_outputs = 0
+        self.ns = ns
+        self.index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in ns}
+        self.next_start = dict.fromkeys(ns, 0)
+
+    def update(self) -> None:
+        """Take in the tokens the sequence generated since the last call."""
+        out = self.seq.output_ids
+        if len(out) > self.num_outputs:
+            self.tokens.extend(out[self.num_outputs :])
+            self.num_outputs = len(out)
+        toks = self.tokens
+        last = len(toks) - 1
+        for n in self.ns:  # invariant: index[n] holds every start j with j + n <= last
+            table, j = self.index[n], self.next_start[n]
+            while j + n <= last:
+                table[tuple(toks[j : j + n])] = j
+                j += 1
+            self.next_start[n] = j
+
+    def draft(self, k: int) -> list[int]:
+        """``k`` tokens continuing the latest earlier occurrence of the longest matching suffix."""
+        toks = self.tokens
+        length = len(toks)
+        for n in reversed(self.ns):
+            if length <= n:
+                continue
+            j = self.index[n].get(tuple(toks[length - n :]))
+            if j is None:
+                continue
+            out: list[int] = []
+            src = j + n
+            for i in range(k):  # past the end, the continuation repeats the period it found
+                pos = src + i
+                out.append(toks[pos] if pos < length else out[pos - length])
+            return out
+        return [toks[-1]] * k
+
+
+class NgramProposer:
+    """Drafts for the decodes of speculative steps, from each sequence's own tokens.
+
+    Args:
+        config: match lengths.
+    """
+
+    def __init__(self, config: NgramConfig) -> None:
+        self.config = config
+        self._ns = range(config.min_n, config.max_n + 1)
+        # Keyed by object identity (request ids repeat across schedulers); each entry holds its sequence,
+        # so an id is never reused while its entry lives.
+        self._histories: dict[int, _History] = {}
+        self._calls = 0
+
+    def propose(self, plan: StepPlan) -> list[list[int]]:
+        """Draft tokens per decode of ``plan``: exactly ``plan.draft_lens[i]`` for decode ``i``.
+
+        Raises:
+            ValueError: a sequence without prompt token ids.
+        """
+        out: list[list[int]] = []
+        histories = self._histories
+        for seq, k in zip(plan.decodes, plan.draft_lens, strict=True):
+            h = histories.get(id(seq))
+            if h is None or h.seq is not seq:
+                h = histories[id(seq)] = _History(seq, self._ns)
+            h.update()
+            out.append(h.draft(k) if k else [])
+        self._calls += 1
+        if self._calls % _SWEEP_EVERY == 0:
+            self._histories = {key: h for key, h in histories.items() if not h.seq.is_finished}
+        return out
+
+    def __len__(self) -> int:
+        """Sequences whose history is held."""
+        return len(self._histories)
