@@ -19,6 +19,12 @@ Poisson trace with continuous batching twice and prefix-aware: the engine's own 
 beside the simulator's error), ``kv1500`` (the two real-trace slices, all four policies, a KV pool of
 1500 blocks of 16 tokens: preemptions and prefix-cache evictions) and ``kv8000`` (the Poisson trace,
 continuous and prefix-aware, 8000 blocks).
+
+``--suite speculation`` replaces step 4 with continuous batching on a light Poisson trace
+(``--spec-load`` of the capacity) and the Azure slice, three times: without speculation
+(``validate_plain``), with n-gram drafts under ``fixed:num_draft_tokens=4`` (``validate_spec_fixed``)
+and under ``adaptive:num_draft_tokens=6`` (``validate_spec_adaptive``); the simulator of each
+speculative run draws acceptances at the per-token rate its replay measured.
 """
 
 from __future__ import annotations
@@ -76,9 +82,11 @@ def main() -> None:
     p.add_argument("--gamma-load", type=float, default=0.7)
     p.add_argument("--policies", nargs="+", default=list(POLICIES))
     p.add_argument("--calibrate-args", default="", help="extra calibrate flags, e.g. '--quick'")
-    p.add_argument("--suite", choices=("main", "preemption", "none"), default="main",
-                   help="main: 4 traces x the policies; preemption: repeat runs and small KV pools; none: no "
-                        "validation (calibration only, e.g. with --extra-profiles)")
+    p.add_argument("--spec-load", type=float, default=0.3, help="Poisson load of --suite speculation")
+    p.add_argument("--suite", choices=("main", "preemption", "speculation", "none"), default="main",
+                   help="main: 4 traces x the policies; preemption: repeat runs and small KV pools; speculation: "
+                        "n-gram speculative decoding against plain decoding; none: no validation (calibration "
+                        "only, e.g. with --extra-profiles)")
     p.add_argument("--extra-profiles", action="store_true",
                    help="after the validation, also calibrate 1B with INT4 weights, 1B with FP8 KV and 3B (bf16)")
     args = p.parse_args()
@@ -117,6 +125,14 @@ def main() -> None:
                         "--traces", azure, mooncake, "--policies", *args.policies], log)
         run(validate + ["--out", str(out / "validate_kv8000"), "--num-gpu-blocks", "8000",
                         "--traces", poisson, "--policies", "continuous", "prefix-aware"], log)
+    elif args.suite == "speculation":
+        light = f"synthetic:poisson,rate={args.spec_load * cap:.1f},n={args.n},seed=3,{lengths}"
+        for name, flags in (("plain", []),
+                            ("spec_fixed", ["--speculation", "fixed:num_draft_tokens=4"]),
+                            ("spec_adaptive", ["--speculation", "adaptive:num_draft_tokens=6"])):
+            spec = ["--speculative-method", "ngram"] if flags else []
+            run(validate + ["--out", str(out / f"validate_{name}"), "--traces", light, azure,
+                            "--policies", "continuous", *flags, *spec], log, check=False)
     if args.extra_profiles:
         for suffix, flags in (("int4", ["--quantization", "int4"]), ("fp8kv", ["--kv-cache-dtype", "fp8"])):
             run(calibrate + ["--model", str(model), "--out", str(out / f"profile_1b_{suffix}.json"),
