@@ -316,6 +316,8 @@ class Scheduler:
                     done.append(seq)
         if done:
             for seq in done:
+                if seq.finish_reason is None:  # _emit marks stop tokens; everything else ran to its length
+                    seq.finish_reason = "length"
                 seq.status = SeqStatus.FINISHED
                 seq.finish_s = end
                 seq.block_keys = None
@@ -343,5 +345,44 @@ class Scheduler:
         seq.total_len += len(tokens)
         seq.token_times.extend([t] * len(tokens))
         sp = seq.request.sampling
-        stopped = not sp.ignore_eos and any(tok in sp.stop_token_ids for tok in tokens)
-        return stopped or seq.num_generated >= seq.output_len
+        if not sp.ignore_eos and any(tok in sp.stop_token_ids for tok in tokens):
+            seq.finish_reason = "stop"
+            return True
+        return seq.num_generated >= seq.output_len
+
+    # ---------------------------------------------------------------- abort
+    def abort_request(self, request_id: str, now: float | None = None) -> Sequence | None:
+        """Drop a request in flight (client gone, stop string matched): call between steps only.
+
+        A waiting, running or swapped sequence leaves its queue, gives back its device (or
+        host) blocks, and is marked finished with ``finish_reason`` "abort" (in ``finished``).
+        Full prompt blocks it computed stay in the prefix cache, evictable like any others.
+
+        Args:
+            request_id: id of a request given to ``add_request``.
+            now: the time of the abort, recorded as its ``finish_s`` (None: not recorded).
+
+        Returns:
+            The aborted sequence, or None if the request had already finished.
+
+        Raises:
+            KeyError: no request of that id was ever added.
+        """
+        if request_id not in self._ids:
+            raise KeyError(f"no request {request_id!r} was added to this scheduler")
+        for queue in (self.running, self.waiting, self.swapped):
+            seq = next((s for s in queue if s.seq_id == request_id), None)
+            if seq is None:
+                continue
+            queue.remove(seq)
+            if queue is self.swapped:
+                self.bm.free_host(seq.block_table)  # its table lists host blocks while swapped out
+            else:
+                self.bm.free(seq.block_table)  # empty for a waiting sequence: a no-op
+            seq.status = SeqStatus.FINISHED
+            seq.finish_reason = "abort"
+            seq.finish_s = now
+            seq.block_keys = None
+            self.finished.append(seq)
+            return seq
+        return None

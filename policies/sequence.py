@@ -31,7 +31,7 @@ class Sequence:
         "num_generated", "output_ids", "block_table", "block_keys",
         "first_scheduled_s", "first_token_s", "finish_s", "token_times",
         "num_preemptions", "num_cached_tokens", "num_prompt_lookups",
-        "last_admitted_s",
+        "last_admitted_s", "finish_reason",
     )
 
     def __init__(self, request: Request) -> None:
@@ -56,6 +56,9 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (all admissions)
         self.num_prompt_lookups = 0  # prompt tokens looked up in the prefix cache (all admissions)
         self.last_admitted_s: float | None = None
+        # Why it finished, set by the scheduler: "stop" (a stop token), "length" (its output
+        # length) or "abort" (``Scheduler.abort_request``); None while in flight.
+        self.finish_reason: str | None = None
 
     @property
     def token_ids(self) -> list[int]:
