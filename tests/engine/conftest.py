@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from engine.async_engine import AsyncEngine
+    from engine.tokenizer import Tokenizer
 
 # The triton backend's kernels run on the CPU interpreter when there is no GPU; the
 # variable must be set before any kernel module is imported (at decoration time).
@@ -95,3 +104,31 @@ def hf_model(tiny_llama: Path):
 
     return LlamaForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
 
+
+@pytest.fixture(scope="session")
+def tiny_tok(tiny_llama_tok: Path) -> Tokenizer:
+    from engine.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("auto", tiny_llama_tok)
+    assert tok is not None
+    return tok
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tiny_llama_tok: Path, tiny_tok: Tokenizer) -> Iterator[tuple[FastAPI, AsyncEngine]]:
+    """``(app, engine)``: the tiny model with its byte-level tokenizer behind the HTTP API (EOS id 2)."""
+    from engine.api_server import build_app
+    from tests.engine.serving_helpers import make_engine, runner, served
+
+    r = runner(tiny_llama_tok)
+    engine = make_engine(r)
+    yield build_app(engine, served(r, (2, *tiny_tok.stop_ids)), tiny_tok), engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_client(tiny_server: tuple[FastAPI, AsyncEngine]) -> Iterator[TestClient]:
+    from fastapi.testclient import TestClient
+
+    with TestClient(tiny_server[0]) as client:
+        yield client
