@@ -53,10 +53,13 @@ class APIError(Exception):
         self.kind = kind
 
     def body(self) -> dict[str, Any]:
+        """The JSON body of the reply."""
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
 class StreamOptions(BaseModel):
+    """``stream_options``: ``include_usage`` adds a last chunk with the usage."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
     include_usage: bool = False
@@ -96,6 +99,7 @@ class _GenerationRequest(BaseModel):
         return v
 
     def stop_strings(self) -> list[str]:
+        """``stop`` as a list (empty when not given)."""
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def check_options(self) -> None:

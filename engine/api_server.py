@@ -84,11 +84,17 @@ class _Api:
                 self.chat_problem = f"the tokenizer lacks the Llama 3 chat tokens ({exc})"
 
     def check_model(self, name: str) -> None:
+        """Raises APIError (404) unless ``name`` is the served model's."""
         if name != self.model.name:
             raise APIError(404, f"model: the model {name!r} does not exist; this server serves {self.model.name!r}",
                            "model", "model_not_found")
 
     def encode_prompts(self, req: CompletionRequest) -> list[list[int]]:
+        """Token ids of every prompt of a completion request (texts start with the bos id).
+
+        Raises:
+            APIError: a text prompt on a server without a tokenizer.
+        """
         out = []
         for p in req.prompts():
             if isinstance(p, str):

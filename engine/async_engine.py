@@ -32,6 +32,8 @@ _IDLE_RETRY_S = 0.001  # a timer already due that planned nothing is asked again
 
 
 class Executor(Protocol):
+    """Runs step plans (``engine.model_runner.ModelRunner``, or a test double)."""
+
     def execute(self, plan: StepPlan) -> StepResult: ...
 
 
@@ -76,6 +78,7 @@ class AsyncEngine:
 
     @property
     def is_running(self) -> bool:
+        """Whether the loop runs and takes requests (False after ``shutdown`` or a failure)."""
         return self._thread.is_alive() and not self._stopping
 
     def _post(self, command: tuple) -> None:

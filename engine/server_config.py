@@ -16,12 +16,15 @@ class ServerConfig:
         tokenizer: "auto" (the model folder's tokenizer files if any, else none: token-id
             prompts only), "llama3" (Meta's Llama 3 tokenizer from ``llama-models``), or a path
             (a folder of tokenizer files or a Llama 3 tiktoken BPE file).
+        warmup: run a few warm-up steps before listening (kernel compilation and allocator
+            caches are then not paid by the first requests).
     """
 
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_name: str | None = None
     tokenizer: str = "auto"
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         if not self.host:

@@ -140,6 +140,7 @@ class Generation:
         self._stop_ids = frozenset(spec.sampling.stop_token_ids)
 
     def abort(self) -> None:
+        """Stop the engine request (a no-op once it finished)."""
         self.stream.abort()
 
     async def deltas(self) -> AsyncIterator[Delta]:

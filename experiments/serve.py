@@ -2,7 +2,7 @@
 
 Flags: ``--model`` and the engine flags (``EngineConfig``, as ``servegym replay``), ``--policy
 name[:k=v]``, the KV/preemption flags (``SchedulerConfig`` minus what the engine decides) and
-the server flags (``ServerConfig``: ``--host --port --served-model-name --tokenizer``). Every
+the server flags (``ServerConfig``: ``--host --port --served-model-name --tokenizer --warmup``). Every
 flag, the tokenizer and its fit to the model's vocabulary are checked before weights load.
 """
 
@@ -27,8 +27,6 @@ if TYPE_CHECKING:  # pragma: no cover
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Model, engine, policy, KV/preemption and server flags."""
     p.add_argument("--policy", default="continuous", help="policy spec name[:key=value,...]")
-    p.add_argument("--warmup", default="true", choices=("true", "false"),
-                   help="run a few warm-up steps before listening (compiles kernels; default true)")
     add_model_args(p)
     add_dataclass_args(p, SchedulerConfig, skip=SCHEDULER_SKIP, title="KV cache and preemption")
     add_dataclass_args(p, ServerConfig, title="server")
@@ -59,7 +57,7 @@ def build_server(ns: argparse.Namespace) -> tuple[Any, AsyncEngine, ServerConfig
     from experiments.engine_run import warm_up
 
     runner = build_runner(cfg)
-    if ns.warmup == "true":
+    if server.warmup:
         warm_up(runner, rounds=1)
     stops = tuple(dict.fromkeys((*runner.spec.eos_token_ids, *(tokenizer.stop_ids if tokenizer else ()))))
     model = ServedModel(server.served_model_name or ns.model, runner.spec.vocab_size, runner.max_model_len, stops,
