@@ -35,6 +35,8 @@ class ServedModel:
         stop_token_ids: ids that end a generation unless ``ignore_eos`` (the model's EOS ids
             and the tokenizer's end-of-text / end-of-turn ids).
         created: creation time reported by ``/v1/models`` (Unix seconds).
+        kv_capacity: tokens the KV pool holds (blocks times block size), which caps the default
+            completion length; None: not capped.
     """
 
     name: str
@@ -42,6 +44,7 @@ class ServedModel:
     max_model_len: int
     stop_token_ids: tuple[int, ...] = ()
     created: int = 0
+    kv_capacity: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -52,6 +55,8 @@ class ServedModel:
         bad = [t for t in self.stop_token_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise ValueError(f"ServedModel: stop token ids {bad} are outside the vocabulary [0, {self.vocab_size})")
+        if self.kv_capacity is not None and self.kv_capacity < 1:
+            raise ValueError(f"ServedModel.kv_capacity must be >= 1 or None, got {self.kv_capacity}")
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,8 @@ def make_spec(req: Any, prompt_ids: Sequence[int], max_tokens: int | None, limit
     Args:
         req: the parsed request (``api_protocol._GenerationRequest``).
         prompt_ids: the prompt's token ids.
-        max_tokens: the requested completion length (None: up to the context window).
+        max_tokens: the requested completion length (None: up to the context window, or as much
+            as the KV pool holds beside the prompt if that is less).
         limit_param: the field ``max_tokens`` came from (for messages).
         model: the served model.
         tokenizer: the server's tokenizer, if any.
@@ -96,7 +102,8 @@ def make_spec(req: Any, prompt_ids: Sequence[int], max_tokens: int | None, limit
         raise APIError(400, f"{prompt_param}: the prompt has {n} tokens but this model's context window is {window} "
                             "tokens (prompt plus at least one new token)", prompt_param, "context_length_exceeded")
     if max_tokens is None:
-        max_tokens = window - n
+        room = window if model.kv_capacity is None or model.kv_capacity <= n else min(window, model.kv_capacity)
+        max_tokens = room - n  # a prompt the pool cannot hold at all is left for the scheduler to reject
     elif n + max_tokens > window:
         raise APIError(400, f"{limit_param}: {n} prompt tokens + {max_tokens} completion tokens = {n + max_tokens} "
                             f"exceed this model's context window of {window} tokens", limit_param,

@@ -61,7 +61,7 @@ def build_server(ns: argparse.Namespace) -> tuple[Any, AsyncEngine, ServerConfig
         warm_up(runner, rounds=1)
     stops = tuple(dict.fromkeys((*runner.spec.eos_token_ids, *(tokenizer.stop_ids if tokenizer else ()))))
     model = ServedModel(server.served_model_name or ns.model, runner.spec.vocab_size, runner.max_model_len, stops,
-                        created=int(time.time()))
+                        created=int(time.time()), kv_capacity=runner.num_gpu_blocks * runner.block_size)
     engine = AsyncEngine(Scheduler(scheduler_config(ns, runner), policy), runner)
     try:
         app = build_app(engine, model, tokenizer)

@@ -32,7 +32,8 @@ def make_engine(executor: Any, blocks: int = BLOCKS, policy: str = "continuous",
 
 
 def served(r: ModelRunner, stops: tuple[int, ...] = ()) -> ServedModel:
-    return ServedModel("tiny", r.spec.vocab_size, r.max_model_len, stops)
+    return ServedModel("tiny", r.spec.vocab_size, r.max_model_len, stops,
+                       kv_capacity=r.num_gpu_blocks * r.block_size)
 
 
 def events(text: str) -> list[dict[str, Any]]:

@@ -107,6 +107,10 @@ def test_small_pool_and_no_tokenizer(tiny_llama: Path) -> None:
             assert stop.status_code == 400 and stop.json()["error"]["param"] == "stop"
             ok = c.post("/v1/completions", json={"model": "tiny", "prompt": [1, 2], "max_tokens": 3, **GREEDY}).json()
             assert ok["choices"][0]["text"] == "" and len(ok["choices"][0]["token_ids"]) == 3
+            # no max_tokens: as many as the 32-token pool holds beside the prompt (the window is 512)
+            fill = c.post("/v1/completions", json={"model": "tiny", "prompt": [1, 2], "max_tokens": None,
+                                                   **GREEDY}).json()
+            assert len(fill["choices"][0]["token_ids"]) == 30 and fill["choices"][0]["finish_reason"] == "length"
     finally:
         engine.shutdown()
 
