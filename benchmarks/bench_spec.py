@@ -11,10 +11,17 @@
   small model is not available here). Each row gives tokens/s beside the plain engine's in the same
   process, the acceptance rate, tokens per decode step, and whether the outputs equal the plain ones.
 
-Random weights make the acceptance rates workload artefacts (a random model's greedy output falls
-into loops that n-gram drafts predict), so the figures that carry over to real models are the
-verification cost and the machinery's overhead; the speed-ups are what this engine turns a given
-acceptance into.
+* scripted drafts of a controlled acceptance (benchmark only, ``ScriptedProposer``): each draft token
+  is the plain engine's own next output with probability ``alpha``, else a wrong token; so the
+  speed-up the engine turns a given per-token acceptance into, beside the expected tokens per step
+  ``1 + alpha + ... + alpha^k``.
+
+Random weights give n-gram and early-exit drafts next to no acceptance (a random model's output
+neither copies its prompt nor survives losing 12 of 16 layers), so those rows measure the machinery's
+overhead; the scripted rows measure what acceptance buys. In bf16 a row's logits depend a little on how
+many rows its GEMMs hold, so a speculative run can leave the plain run's greedy path at a near-tie; the
+"outputs equal" rows count how often, and scripted drafts then stop matching (measured acceptance below
+``alpha``).
 """
 
 from __future__ import annotations
@@ -49,6 +56,73 @@ def write_early_exit(target: Path, folder: Path, layers: int) -> None:
     (folder / "config.json").write_text(json.dumps(cfg | {"num_hidden_layers": layers}))
 
 
+class ScriptedProposer:
+    """Drafts of a controlled acceptance: draft ``j`` of a decode is the reference output's next token with
+    probability ``alpha`` (independently), else another token (benchmark only).
+
+    Args:
+        reference: per request id, the plain engine's greedy output.
+        alpha: per-token probability that a draft is the reference token.
+        vocab: vocabulary size (a wrong draft is the reference token + 1, modulo it).
+        seed: seed of the draws.
+    """
+
+    def __init__(self, reference: dict[str, list[int]], alpha: float, vocab: int, seed: int = 0) -> None:
+        import random
+
+        self.reference, self.alpha, self.vocab = reference, alpha, vocab
+        self.rng = random.Random(seed)
+
+    def propose(self, plan) -> list[list[int]]:
+        out = []
+        for seq, k in zip(plan.decodes, plan.draft_lens, strict=True):
+            ref, g = self.reference[seq.seq_id], seq.num_generated  # draft 1 stands for output token g
+            drafts = []
+            for j in range(k):
+                true = ref[g + j] if g + j < len(ref) else 0
+                drafts.append(true if self.rng.random() < self.alpha else (true + 1) % self.vocab)
+            out.append(drafts)
+        return out
+
+
+def _scripted_cases(llm, label: str, prompts: list[list[int]], new: int, alphas: tuple[float, ...],
+                    policies: tuple[str, ...]) -> list[dict]:
+    """Plain, then each (alpha, policy) with scripted drafts, on one engine."""
+    from policies.speculation import expected_tokens
+
+    tps, plain, _ = _decode(llm, prompts, new, None)
+    reference = {str(i): o["token_ids"] for i, o in enumerate(plain)}
+    log(f"{label} plain: {tps:.0f} tok/s")
+    rows = [row(BENCH, f"{label} plain engine", tps, "tok/s")]
+    executor = llm.runner.speculative
+    original = executor.proposer
+    try:
+        for alpha in alphas:
+            executor.proposer = ScriptedProposer(reference, alpha, llm.runner.spec.vocab_size)
+            for spec in policies:
+                s_tps, out, per_step = _decode(llm, prompts, new, spec)
+                recs = [o["record"] for o in out]
+                drafted = sum(r["draft_tokens"] for r in recs)
+                ok = sum(r["accepted_draft_tokens"] for r in recs)
+                bad = sum(r["draft_rejections"] for r in recs)
+                measured = ok / (ok + bad) if ok + bad else float("nan")
+                k = int(spec.split("num_draft_tokens=")[1].split(",")[0])
+                same = sum(o["token_ids"] == p["token_ids"] for o, p in zip(out, plain, strict=True))
+                log(f"{label} alpha {alpha} {spec}: {s_tps:.0f} tok/s ({s_tps / tps:.2f}x plain), per-token "
+                    f"acceptance {measured:.2f}, {per_step:.2f} tokens per step (fixed k={k} at alpha: "
+                    f"{expected_tokens(alpha, k):.2f}), {same}/{len(out)} outputs equal, {drafted} drafts")
+                name = f"{label} scripted alpha={alpha} {spec}"
+                rows += [row(BENCH, name, s_tps, "tok/s", "plain engine, same run", tps),
+                         row(BENCH, f"{name} per-token acceptance (spec_alpha)", measured, "ratio",
+                             "scripted alpha", alpha),
+                         row(BENCH, f"{name} tokens per step", per_step, "tok", "1 + alpha + ... + alpha^k",
+                             expected_tokens(alpha, k)),
+                         row(BENCH, f"{name} outputs equal to plain", same / len(out), "ratio")]
+    finally:
+        executor.proposer = original
+    return rows
+
+
 def _verification_cost(runner) -> list[dict]:
     graphs = runner.graphs
     sizes = [s for s in graphs.sizes if s <= 16]
@@ -63,8 +137,8 @@ def _verification_cost(runner) -> list[dict]:
 
 
 def _decode(llm, prompts: list[list[int]], new: int, spec: str | None) -> tuple[float, list, float]:
-    """Tokens/s of one generate call under speculation policy ``spec`` (None: plain), its outputs, and
-    tokens per step of the decoding sequences."""
+    """Tokens/s of one generate call under speculation policy ``spec`` (None: plain), its outputs, and the
+    tokens a sequence gains per step."""
     from policies.spec import parse_speculation
 
     llm.speculation = parse_speculation(spec)
@@ -74,7 +148,7 @@ def _decode(llm, prompts: list[list[int]], new: int, spec: str | None) -> tuple[
     out = llm.generate(prompts, max_tokens=new)
     wall = time.perf_counter() - t
     steps = len(llm.last_scheduler.step_log) // len(STEP_LOG_COLUMNS)
-    return len(prompts) * new / wall, out, len(prompts) * new / max(steps, 1)
+    return len(prompts) * new / wall, out, new / max(steps, 1)  # all sequences run in every step
 
 
 def _cases(llm, label: str, prompts: list[list[int]], new: int, policies: tuple[str, ...]) -> list[dict]:
@@ -125,6 +199,10 @@ def run(quick: bool = False) -> list[dict]:
         rows += _cases(llm, "1B b1 ngram", single, 256, POLICIES)
         if not quick:
             rows += _cases(llm, "1B b16 ngram", batch, 128, POLICIES)
+        scripted = ("fixed:num_draft_tokens=4", "adaptive:num_draft_tokens=6,row_cost=0.05")
+        rows += _scripted_cases(llm, "1B b1", single, 256, (0.5, 0.8, 0.95), scripted)
+        if not quick:
+            rows += _scripted_cases(llm, "1B b16", batch, 128, (0.5, 0.8, 0.95), scripted)
         del llm
         gc.collect()
         torch.cuda.empty_cache()

@@ -1,8 +1,9 @@
 """The real engine: Llama 3.x in PyTorch + Triton behind the scheduler's step contract.
 
 ``from engine import LLM, SamplingParams`` for offline generation; ``ModelRunner``
-is the executor (``execute(plan) -> StepResult``). Heavy modules (torch) are
-imported on first use.
+is the executor (``execute(plan) -> StepResult``); ``engine.async_engine.AsyncEngine``
+plus ``engine.api_server.build_app`` serve it online (OpenAI-compatible HTTP). Heavy
+modules (torch) are imported on first use.
 """
 
 from __future__ import annotations

@@ -14,14 +14,13 @@ from typing import Any
 
 from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
+from engine.tokenizer import TOKENIZER_FILES, check_vocab, load_tokenizer
 from policies.batching import make_policy
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.sequence import Sequence
 from policies.spec import parse_speculation
 from policies.speculation import SpeculationPolicy
 from policies.types import Request, SamplingParams
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
 class LLM:
@@ -38,6 +37,8 @@ class LLM:
         eviction: eviction policy name (``policies.eviction``).
         speculation: speculative decoding: a speculation policy or its spec (``fixed:num_draft_tokens=4``,
             ``policies.speculation``); needs ``speculative_method`` ('ngram' or 'draft' with ``draft_model``).
+        tokenizer: ``engine.tokenizer.load_tokenizer`` spec: "auto" (the model folder's
+            tokenizer files, if any), "llama3", or a path.
         **engine_config: further ``EngineConfig`` fields (dtype, device, num_gpu_blocks...).
 
     Raises:
@@ -47,7 +48,8 @@ class LLM:
     def __init__(self, model: str | Path, *, policy: str = "continuous", token_budget: int = 2048,
                  max_num_seqs: int = 256, enable_prefix_caching: bool = True,
                  preemption_mode: str = "recompute", victim: str = "lifo", eviction: str = "lru",
-                 speculation: str | SpeculationPolicy | None = None, **engine_config: Any) -> None:
+                 speculation: str | SpeculationPolicy | None = None, tokenizer: str = "auto",
+                 **engine_config: Any) -> None:
         self.policy = make_policy(policy, max_num_seqs=max_num_seqs, token_budget=token_budget)
         self.speculation = parse_speculation(speculation) if isinstance(speculation, str) or speculation is None \
             else speculation
@@ -62,12 +64,9 @@ class LLM:
             num_gpu_blocks=self.runner.num_gpu_blocks, block_size=self.config.block_size,
             num_cpu_blocks=self.config.num_cpu_blocks, enable_prefix_caching=enable_prefix_caching,
             preemption_mode=preemption_mode, victim=victim, eviction=eviction)
-        self.tokenizer = None
-        folder = Path(model)
-        if any((folder / f).is_file() for f in TOKENIZER_FILES):
-            from transformers import AutoTokenizer
-
-            self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer = load_tokenizer(tokenizer, Path(model))
+        if self.tokenizer is not None:
+            check_vocab(self.tokenizer, self.runner.spec.vocab_size)
         self.last_scheduler: Scheduler | None = None
 
     def _encode(self, prompts: Seq[str] | Seq[Seq[int]]) -> list[list[int]]:
@@ -77,7 +76,7 @@ class LLM:
                 if self.tokenizer is None:
                     raise ValueError(f"prompt {i} is text but {self.config.model} has no tokenizer files "
                                      f"({', '.join(TOKENIZER_FILES)}); pass token ids instead")
-                ids = list(self.tokenizer.encode(p))
+                ids = self.tokenizer.encode(p, bos=True)
             else:
                 ids = [int(t) for t in p]
             if not ids:
@@ -104,14 +103,16 @@ class LLM:
         """Generate a completion for every prompt.
 
         Args:
-            prompts: texts (needs tokenizer files) or token-id lists.
+            prompts: texts (needs a tokenizer; encoded with its beginning-of-text id first)
+                or token-id lists.
             sampling_params: one for all prompts or one per prompt (default greedy;
                 note ``SamplingParams.ignore_eos`` defaults to True, replay-style).
             max_tokens: most new tokens per prompt (fewer if the sequence would pass
                 ``max_model_len``, or on a stop token when EOS is not ignored).
 
         Returns:
-            Per prompt, in order: ``{"text": str | None, "token_ids": list[int], "record": dict}``.
+            Per prompt, in order: ``{"text": str | None, "token_ids": list[int], "record": dict}``
+            (``text`` without special tokens; None without a tokenizer).
 
         Raises:
             ValueError: text prompts without a tokenizer, an empty or too long prompt,
@@ -138,8 +139,7 @@ class LLM:
         results = []
         for r in requests:
             seq = by_id[r.id]
-            text = None if self.tokenizer is None else self.tokenizer.decode(seq.output_ids,
-                                                                              skip_special_tokens=True)
+            text = None if self.tokenizer is None else self.tokenizer.decode(seq.output_ids)
             results.append({"text": text, "token_ids": list(seq.output_ids), "record": seq.record()})
         return results
 

@@ -7,6 +7,7 @@
     servegym random-checkpoint --config sim/models/llama-3.2-1b.json --out MODEL_DIR [--device cuda]
     servegym calibrate --model MODEL_DIR --out PROFILE.json [--quick] [engine flags]
     servegym validate --traces T1 T2 --policies P1 P2 --model MODEL_DIR --profile PROFILE.json --out DIR
+    servegym serve --model MODEL_DIR [--host H --port P --served-model-name NAME --tokenizer auto|llama3|PATH]
 
 TRACE is a file (Azure, BurstGPT or Mooncake format, detected from the file,
 optionally followed by ``:n=1000,rate_scale=2,...``) or a synthetic spec such
@@ -85,6 +86,7 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     from experiments.calibrate import add_calibrate_args, cmd_calibrate
     from experiments.engine_run import add_engine_args, cmd_replay
     from experiments.random_checkpoint import add_random_checkpoint_args, cmd_random_checkpoint
+    from experiments.serve import add_serve_args, cmd_serve
     from experiments.validate import add_validate_args, cmd_validate
 
     p = sub.add_parser("replay", help="replay one trace under one policy on the real engine")
@@ -107,6 +109,10 @@ def _add_engine_commands(sub: argparse._SubParsersAction) -> None:
     add_validate_args(p, DEFAULT_POLICIES)
     add_engine_args(p)
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (completions, chat) on the real engine")
+    add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

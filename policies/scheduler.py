@@ -273,7 +273,7 @@ class Scheduler:
             seq.num_computed += chunk.num_tokens
             if seq.block_keys:
                 bm.commit(seq.block_table, seq.block_keys, seq.num_computed)
-            if chunk.samples and self._emit(seq, end, ids):
+            if chunk.samples and seq.emit(end, ids[seq.seq_id] if ids is not None else None):
                 done.append(seq)
         if plan.num_draft_tokens:
             self._book_verified(plan, result, end, done)
@@ -288,10 +288,12 @@ class Scheduler:
         else:
             for seq in plan.decodes:
                 seq.num_computed += 1
-                if self._emit(seq, end, ids):
+                if seq.emit(end, ids[seq.seq_id]):
                     done.append(seq)
         if done:
             for seq in done:
+                if seq.finish_reason is None:  # emit marks stop tokens; everything else ran to its length
+                    seq.finish_reason = "length"
                 seq.status = SeqStatus.FINISHED
                 seq.finish_s = end
                 seq.block_keys = None
@@ -325,29 +327,42 @@ class Scheduler:
                 seq.num_draft_tokens += k
                 seq.num_accepted_tokens += n - 1
                 seq.num_rejections += n <= k
-            if self._emit(seq, end, ids, n):
+            if seq.emit(end, ids[seq.seq_id] if ids is not None else None, n):
                 done.append(seq)
 
-    def _emit(self, seq: Sequence, t: float, ids: dict[str, list[int]] | None, n: int = 1) -> bool:
-        """Book new tokens for ``seq`` at time ``t`` (its ids, or ``n`` of unknown id when ``ids`` is None);
-        True if it is now finished."""
-        if seq.first_token_s is None:
-            seq.first_token_s = t
-        if ids is None:
-            seq.num_generated += n
-            seq.total_len += n
-            seq.token_times.extend([t] * n)
-            return seq.num_generated >= seq.output_len
-        tokens = ids[seq.seq_id][: seq.output_len - seq.num_generated]
-        sp = seq.request.sampling
-        stopped = False
-        if not sp.ignore_eos and sp.stop_token_ids:
-            for j, tok in enumerate(tokens):
-                if tok in sp.stop_token_ids:  # tokens after a stop token (accepted drafts) are dropped
-                    tokens, stopped = tokens[: j + 1], True
-                    break
-        seq.output_ids.extend(tokens)
-        seq.num_generated += len(tokens)
-        seq.total_len += len(tokens)
-        seq.token_times.extend([t] * len(tokens))
-        return stopped or seq.num_generated >= seq.output_len
+    # ---------------------------------------------------------------- abort
+    def abort_request(self, request_id: str, now: float | None = None) -> Sequence | None:
+        """Drop a request in flight (client gone, stop string matched): call between steps only.
+
+        A waiting, running or swapped sequence leaves its queue, gives back its device (or
+        host) blocks, and is marked finished with ``finish_reason`` "abort" (in ``finished``).
+        Full prompt blocks it computed stay in the prefix cache, evictable like any others.
+
+        Args:
+            request_id: id of a request given to ``add_request``.
+            now: the time of the abort, recorded as its ``finish_s`` (None: not recorded).
+
+        Returns:
+            The aborted sequence, or None if the request had already finished.
+
+        Raises:
+            KeyError: no request of that id was ever added.
+        """
+        if request_id not in self._ids:
+            raise KeyError(f"no request {request_id!r} was added to this scheduler")
+        for queue in (self.running, self.waiting, self.swapped):
+            seq = next((s for s in queue if s.seq_id == request_id), None)
+            if seq is None:
+                continue
+            queue.remove(seq)
+            if queue is self.swapped:
+                self.bm.free_host(seq.block_table)  # its table lists host blocks while swapped out
+            else:
+                self.bm.free(seq.block_table)  # empty for a waiting sequence: a no-op
+            seq.status = SeqStatus.FINISHED
+            seq.finish_reason = "abort"
+            seq.finish_s = now
+            seq.block_keys = None
+            self.finished.append(seq)
+            return seq
+        return None

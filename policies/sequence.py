@@ -31,7 +31,7 @@ class Sequence:
         "num_generated", "output_ids", "block_table", "block_keys",
         "first_scheduled_s", "first_token_s", "finish_s", "token_times",
         "num_preemptions", "num_cached_tokens", "num_prompt_lookups",
-        "last_admitted_s", "num_draft_tokens", "num_accepted_tokens", "num_rejections",
+        "last_admitted_s", "finish_reason", "num_draft_tokens", "num_accepted_tokens", "num_rejections",
     )
 
     def __init__(self, request: Request) -> None:
@@ -56,6 +56,9 @@ class Sequence:
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (all admissions)
         self.num_prompt_lookups = 0  # prompt tokens looked up in the prefix cache (all admissions)
         self.last_admitted_s: float | None = None
+        # Why it finished, set by the scheduler: "stop" (a stop token), "length" (its output
+        # length) or "abort" (``Scheduler.abort_request``); None while in flight.
+        self.finish_reason: str | None = None
         # Speculative decoding: draft tokens verified, accepted, and verifications that rejected one.
         self.num_draft_tokens = 0
         self.num_accepted_tokens = 0
@@ -68,6 +71,37 @@ class Sequence:
         if ids is None:
             raise ValueError(f"request {self.seq_id!r} has no prompt token ids")
         return [*ids, *self.output_ids]
+
+    def emit(self, t: float, tokens: list[int] | None, n: int = 1) -> bool:
+        """Book new tokens at time ``t``: ``tokens`` (the executor's ids, cut at the output length and
+        after a stop token, whose ``finish_reason`` is then "stop"), or ``n`` tokens of unknown id (the
+        simulator). The scheduler calls this; it advances ``num_computed`` itself.
+
+        Returns:
+            Whether the sequence is now finished.
+        """
+        if self.first_token_s is None:
+            self.first_token_s = t
+        if tokens is None:
+            self.num_generated += n
+            self.total_len += n
+            self.token_times.extend([t] * n)
+            return self.num_generated >= self.output_len
+        tokens = tokens[: self.output_len - self.num_generated]
+        sp = self.request.sampling
+        stopped = False
+        if not sp.ignore_eos and sp.stop_token_ids:
+            for j, tok in enumerate(tokens):
+                if tok in sp.stop_token_ids:  # tokens after a stop token (accepted drafts) are dropped
+                    tokens, stopped = tokens[: j + 1], True
+                    break
+        self.output_ids.extend(tokens)
+        self.num_generated += len(tokens)
+        self.total_len += len(tokens)
+        self.token_times.extend([t] * len(tokens))
+        if stopped:
+            self.finish_reason = "stop"
+        return stopped or self.num_generated >= self.output_len
 
     @property
     def is_finished(self) -> bool:
