@@ -18,7 +18,7 @@ from engine.tokenizer import check_vocab, load_tokenizer
 from experiments.cli_args import add_dataclass_args, from_args
 from experiments.engine_run import SCHEDULER_SKIP, add_model_args, build_runner, engine_config, scheduler_config
 from policies.scheduler import Scheduler, SchedulerConfig
-from policies.spec import parse_policy
+from policies.spec import parse_policy, parse_speculation
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.async_engine import AsyncEngine
@@ -27,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Model, engine, policy, KV/preemption and server flags."""
     p.add_argument("--policy", default="continuous", help="policy spec name[:key=value,...]")
+    p.add_argument("--speculation", default=None,
+                   help="speculation policy spec fixed|batch-aware|adaptive[:key=value,...] (needs "
+                        "--speculative-method ngram|draft; default: none)")
     add_model_args(p)
     add_dataclass_args(p, SchedulerConfig, skip=SCHEDULER_SKIP, title="KV cache and preemption")
     add_dataclass_args(p, ServerConfig, title="server")
@@ -43,6 +46,7 @@ def build_server(ns: argparse.Namespace) -> tuple[Any, AsyncEngine, ServerConfig
         FileNotFoundError: no model folder, or a tokenizer path that does not exist.
     """
     policy = parse_policy(ns.policy)
+    speculation = parse_speculation(ns.speculation)
     server = from_args(ServerConfig, ns)
     cfg = engine_config(ns, max_num_batched_tokens=policy.token_budget, max_num_seqs=policy.max_num_seqs)
     from_args(SchedulerConfig, ns, num_gpu_blocks=1, block_size=cfg.block_size,
@@ -62,7 +66,7 @@ def build_server(ns: argparse.Namespace) -> tuple[Any, AsyncEngine, ServerConfig
     stops = tuple(dict.fromkeys((*runner.spec.eos_token_ids, *(tokenizer.stop_ids if tokenizer else ()))))
     model = ServedModel(server.served_model_name or ns.model, runner.spec.vocab_size, runner.max_model_len, stops,
                         created=int(time.time()), kv_capacity=runner.num_gpu_blocks * runner.block_size)
-    engine = AsyncEngine(Scheduler(scheduler_config(ns, runner), policy), runner)
+    engine = AsyncEngine(Scheduler(scheduler_config(ns, runner), policy, speculation), runner)
     try:
         app = build_app(engine, model, tokenizer)
     except BaseException:

@@ -25,6 +25,8 @@ ENGINE = ["--dtype", "float32", "--device", "cpu", "--num-gpu-blocks", "64", "--
     (["--dtype", "int3"], "EngineConfig.dtype: must be one of"),
     (["--max-model-len", "1"], "EngineConfig.max_model_len: must be >= 2"),
     (["--warmup", "maybe"], "--warmup: 'maybe' is not a valid bool"),
+    (["--speculation", "fixed"], "--speculation needs --speculative-method ngram or draft"),
+    (["--speculation", "never"], "unknown speculation policy 'never'"),
 ])
 def test_bad_flags_exit_2(tiny_model: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                           message: str) -> None:
@@ -76,3 +78,28 @@ def test_serve_builds_and_runs_the_app(tiny_model: Path, monkeypatch: pytest.Mon
     app, engine, _ = built[0]
     assert ran == {"app": app, "host": "127.0.0.1", "port": 9001, "running": True}
     assert not engine.is_running  # shut down once the server returned
+
+
+def test_serve_with_speculation_gives_the_plain_greedy_output(tiny_model: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from experiments.serve import build_server
+    from policies.scheduler import STEP_LOG_COLUMNS
+
+    body = {"model": "tiny", "prompt": [5, 6, 7, 8, 5, 6, 7, 8, 5, 6], "max_tokens": 12, "ignore_eos": True,
+            "temperature": 0}
+    outs, drafts = [], []
+    for extra in ([], ["--speculation", "fixed:num_draft_tokens=3", "--speculative-method", "ngram"]):
+        argv = ["serve", "--model", str(tiny_model), *ENGINE, "--served-model-name", "tiny", "--warmup", "false",
+                *extra]
+        app, engine, _ = build_server(build_parser().parse_args(argv))
+        try:
+            with TestClient(app) as c:
+                outs.append(c.post("/v1/completions", json=body).json()["choices"][0]["token_ids"])
+            log, width = engine.scheduler.step_log, len(STEP_LOG_COLUMNS)
+            col = STEP_LOG_COLUMNS.index("draft_tokens")
+            drafts.append(sum(log[i + col] for i in range(0, len(log), width)))
+        finally:
+            engine.shutdown()
+    assert len(outs[0]) == 12 and outs[1] == outs[0]
+    assert drafts[0] == 0 and drafts[1] > 0
