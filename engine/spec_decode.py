@@ -136,8 +136,6 @@ class SpeculativeExecutor:
             new[seq.seq_id] = [*drafts[i][:a], int(extra[i])]
         for r, t in zip(other, other_ids, strict=True):
             new[seqs[r].seq_id] = [int(t)]
-        if self.runner.device.type == "cuda" and not new:
-            torch.cuda.synchronize(self.runner.device)
         return StepResult(time.perf_counter() - start, new)
 
     def _sampled(self, decodes: list[Sequence], logits: torch.Tensor, seqs: list[Sequence], first: int,
