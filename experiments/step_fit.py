@@ -18,10 +18,16 @@ STEP_FIT_COLUMNS = ("trace", "policy", "kind", "steps", "real_s", "sim_s", "rel_
                     "p90_abs_step_rel_error")
 
 
+def decode_rows(steps: pd.DataFrame) -> pd.Series:
+    """Decode rows per step: decodes plus the draft tokens they verified (step logs before speculative
+    decoding have no ``draft_tokens`` column)."""
+    return steps["decodes"] + steps["draft_tokens"] if "draft_tokens" in steps else steps["decodes"]
+
+
 def step_kinds(steps: pd.DataFrame, max_graph_batch: int) -> pd.Series:
-    """'graph decode' (decode-only, at most ``max_graph_batch`` sequences), 'eager decode', or 'prefill'."""
+    """'graph decode' (decode-only, at most ``max_graph_batch`` rows), 'eager decode', or 'prefill'."""
     decode_only = steps["prefill_tokens"] == 0
-    graphed = decode_only & (steps["decodes"] <= max_graph_batch)
+    graphed = decode_only & (decode_rows(steps) <= max_graph_batch)
     return pd.Series(np.where(graphed, "graph decode", np.where(decode_only, "eager decode", "prefill")),
                      index=steps.index)
 
@@ -41,7 +47,7 @@ def step_fit(steps: pd.DataFrame, cost: CalibratedCostModel, trace: str, policy:
     """
     busy = steps[(steps["prefill_tokens"] + steps["decodes"]) > 0]
     pred = np.array([cost.shape_time(p, n, d, c, a) for p, n, d, c, a in zip(
-        busy["prefill_tokens"], busy["prefills"], busy["decodes"], busy["decode_ctx_tokens"],
+        busy["prefill_tokens"], busy["prefills"], decode_rows(busy), busy["decode_ctx_tokens"],
         busy["prefill_attn_pairs"], strict=True)])
     frame = pd.DataFrame({"kind": step_kinds(busy, max(cost.graph_batch_sizes or [0])).to_numpy(),
                           "real": busy["duration_s"].to_numpy(), "sim": pred})
