@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from experiments.cli_args import add_dataclass_args, from_args
+from experiments.cli_args import add_dataclass_args, add_speculation_arg, from_args
 from experiments.run_sim import SimJob, run_job
 from policies.metrics import SLO
 from policies.scheduler import SchedulerConfig
@@ -38,12 +38,8 @@ DEFAULT_TRACES = (
 DEFAULT_POLICIES = ("static", "dynamic", "continuous", "prefix-aware")
 
 
-SPECULATION_HELP = ("speculative decoding: a speculation policy spec fixed|batch-aware|adaptive[:key=value,...], "
-                    "e.g. adaptive:num_draft_tokens=4 (default: none)")
-
-
 def _add_deployment_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--speculation", default=None, help=SPECULATION_HELP)
+    add_speculation_arg(p, engine=False)
     add_dataclass_args(p, SimConfig, title="simulated deployment")
     add_dataclass_args(p, SchedulerConfig, skip=("num_gpu_blocks",), title="KV cache and preemption")
     add_dataclass_args(p, SLO, prefix="slo_", title="goodput objectives")

@@ -43,3 +43,15 @@ def from_args(cls: type[T], ns: argparse.Namespace, prefix: str = "", **fixed: A
         if raw is not None and f.name not in fixed:
             values[f.name] = coerce(raw, f.type, flag_name(prefix, f.name))
     return cls(**values)
+
+
+def add_speculation_arg(parser: argparse.ArgumentParser, engine: bool = True) -> None:
+    """``--speculation SPEC``: the speculation policy (``policies.speculation``), default none.
+
+    Args:
+        engine: the command runs the real engine, whose proposer ``--speculative-method`` names.
+    """
+    needs = " (needs --speculative-method ngram|draft)" if engine else ""
+    parser.add_argument("--speculation", default=None,
+                        help="speculative decoding: a speculation policy spec fixed|batch-aware|adaptive"
+                             f"[:key=value,...], e.g. adaptive:num_draft_tokens=4{needs}; default: none")

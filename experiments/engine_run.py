@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from engine.config import EngineConfig
 from engine.model_config import read_llama_spec
-from experiments.cli_args import add_dataclass_args, from_args
+from experiments.cli_args import add_dataclass_args, add_speculation_arg, from_args
 from experiments.replay import replay, replay_summary
 from policies.batching import BatchingPolicy, ContinuousBatching
 from policies.metrics import SLO, write_results
@@ -55,9 +55,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def add_engine_args(p: argparse.ArgumentParser) -> None:
     """Model and engine flags, plus speculation, KV/preemption and SLO flags (replay, validate)."""
     add_model_args(p)
-    p.add_argument("--speculation", default=None,
-                   help="speculation policy spec fixed|batch-aware|adaptive[:key=value,...] (needs "
-                        "--speculative-method ngram|draft; default: none)")
+    add_speculation_arg(p)
     add_dataclass_args(p, SchedulerConfig, skip=SCHEDULER_SKIP, title="KV cache and preemption")
     add_dataclass_args(p, SLO, prefix="slo_", title="goodput objectives")
 

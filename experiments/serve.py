@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from engine.model_config import read_llama_spec
 from engine.server_config import ServerConfig
 from engine.tokenizer import check_vocab, load_tokenizer
-from experiments.cli_args import add_dataclass_args, from_args
+from experiments.cli_args import add_dataclass_args, add_speculation_arg, from_args
 from experiments.engine_run import SCHEDULER_SKIP, add_model_args, build_runner, engine_config, scheduler_config
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.spec import parse_policy, parse_speculation
@@ -27,9 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 def add_serve_args(p: argparse.ArgumentParser) -> None:
     """Model, engine, policy, KV/preemption and server flags."""
     p.add_argument("--policy", default="continuous", help="policy spec name[:key=value,...]")
-    p.add_argument("--speculation", default=None,
-                   help="speculation policy spec fixed|batch-aware|adaptive[:key=value,...] (needs "
-                        "--speculative-method ngram|draft; default: none)")
+    add_speculation_arg(p)
     add_model_args(p)
     add_dataclass_args(p, SchedulerConfig, skip=SCHEDULER_SKIP, title="KV cache and preemption")
     add_dataclass_args(p, ServerConfig, title="server")
