@@ -24,7 +24,9 @@ continuous and prefix-aware, 8000 blocks).
 (``--spec-load`` of the capacity) and the Azure slice, three times: without speculation
 (``validate_plain``), with n-gram drafts under ``fixed:num_draft_tokens=4`` (``validate_spec_fixed``)
 and under ``adaptive:num_draft_tokens=6`` (``validate_spec_adaptive``); the simulator of each
-speculative run draws acceptances at the per-token rate its replay measured.
+speculative run draws acceptances at the per-token rate its replay measured. The calibration of that
+suite runs with the n-gram proposer, so the profile also prices verification steps
+(``draft_attention``, ``speculative_overhead_s``).
 """
 
 from __future__ import annotations
@@ -101,7 +103,9 @@ def main() -> None:
     profile = out / "profile_1b.json"
     calibrate = sg + ["calibrate", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-batched-tokens", "65536",
                       "--quiet", *shlex.split(args.calibrate_args)]
-    run(calibrate + ["--model", str(model), "--out", str(profile), "--model-name", Path(args.model_config).stem], log)
+    spec_cal = ["--speculative-method", "ngram"] if args.suite == "speculation" else []
+    run(calibrate + [*spec_cal, "--model", str(model), "--out", str(profile), "--model-name",
+                     Path(args.model_config).stem], log)
     cap = capacity_req_s(profile, 2000)
     print(f"simulated continuous-batching capacity on the chat lengths: {cap:.1f} req/s", flush=True)
     with log.open("a") as f:

@@ -15,7 +15,10 @@ requests of random (unique) token ids:
   ``C`` tokens already in the prefix cache (a seed request computed them) followed by ``T``
   fresh tokens, so the chunk starts at ``C``;
 * mixed steps: one fresh ``T``-token chunk beside ``D`` decodes (``StepDriver.mixed``), which
-  price what decodes add to a step holding a prefill (the ``mixed_decode`` table).
+  price what decodes add to a step holding a prefill (the ``mixed_decode`` table);
+* with a ``speculative_method``, verification steps: ``B`` decodes each verifying ``k`` drafts of the
+  engine's own proposer, at the two decode contexts (``StepDriver.verify``; the ``draft_attention``
+  table and ``speculative_overhead_s``).
 
 The first ``warmup`` steps of each shape are dropped and the next ``repeats`` are timed; a
 shape's time is their trimmed mean (``profile_fit.typical``: a simulation sums step times, so
@@ -34,19 +37,21 @@ import datetime
 import shlex
 import statistics
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from experiments.calibration_driver import StepDriver
+from experiments.calibration_grid import QUICK_GRID, CalibrationGrid, plan_shapes, plan_verify_shapes
 from experiments.engine_run import add_model_args, build_runner, device_label, engine_config, warm_up
 from experiments.profile_fit import (
     DecodeSample,
     MixedSample,
     PrefillSample,
+    VerifySample,
     fit_mixed_decode,
     fit_profile,
+    fit_verify,
     typical,
 )
 from sim.cost_model import CalibratedCostModel
@@ -56,99 +61,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.model_runner import ModelRunner
 
 SHORT_DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
-
-
-@dataclass(frozen=True)
-class CalibrationGrid:
-    """The step shapes to time.
-
-    Args:
-        batch_sizes: decode batch sizes (>= 2 of them).
-        decode_contexts: (small, large) context per decoding sequence, in tokens.
-        prefill_tokens: chunk sizes of the prefill-only steps (>= 2 of them).
-        prefill_context: cached context under the second prefill series.
-        warmup: steps of each shape run before the timed ones.
-        repeats: timed steps of each shape (their trimmed mean is kept).
-        passes: times the decode grid is timed (alternating order; per shape the steps of all passes pooled).
-        mixed_tokens: chunk sizes of the steps of one chunk beside decodes (empty: no such steps, no
-            ``mixed_decode`` table).
-        mixed_batches: decodes beside that chunk.
-        mixed_context: context per decoding sequence in those steps.
-    """
-
-    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
-    decode_contexts: tuple[int, int] = (32, 2048)
-    prefill_tokens: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
-    prefill_context: int = 4096
-    warmup: int = 3
-    repeats: int = 7
-    passes: int = 2
-    mixed_tokens: tuple[int, ...] = (128, 1024)
-    mixed_batches: tuple[int, ...] = (16, 64, 128, 224)
-    mixed_context: int = 1024
-
-    def __post_init__(self) -> None:
-        for name in ("batch_sizes", "prefill_tokens"):
-            values = getattr(self, name)
-            if len(values) < 2 or any(v < 1 for v in values) or list(values) != sorted(set(values)):
-                raise ValueError(f"CalibrationGrid.{name}: need >= 2 strictly increasing sizes >= 1, got {values}")
-        lo, hi = self.decode_contexts
-        if not 2 <= lo < hi:
-            raise ValueError(f"CalibrationGrid.decode_contexts: need 2 <= small < large, got {self.decode_contexts}")
-        for name in ("mixed_tokens", "mixed_batches"):
-            values = getattr(self, name)
-            if any(v < 1 for v in values) or list(values) != sorted(set(values)):
-                raise ValueError(f"CalibrationGrid.{name}: need strictly increasing sizes >= 1, got {values}")
-        if self.mixed_context < 2:
-            raise ValueError(f"CalibrationGrid.mixed_context: need >= 2, got {self.mixed_context}")
-        if self.prefill_context < 1 or self.warmup < 0 or self.repeats < 1 or self.passes < 1:
-            raise ValueError(f"CalibrationGrid: need prefill_context >= 1, warmup >= 0, repeats >= 1 and passes "
-                             f">= 1, got {self.prefill_context}, {self.warmup}, {self.repeats}, {self.passes}")
-
-
-QUICK_GRID = CalibrationGrid(batch_sizes=(1, 4, 16, 64, 256), decode_contexts=(32, 1024),
-                             prefill_tokens=(16, 128, 1024, 8192), prefill_context=2048, warmup=2, repeats=3,
-                             passes=1, mixed_tokens=(128,), mixed_batches=(16, 128))
-
-
-def plan_shapes(grid: CalibrationGrid, runner: ModelRunner
-                ) -> tuple[list[tuple[int, int]], list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-    """The shapes of the grid that fit this engine: (batch, context) decode shapes, (tokens, context, seqs)
-    prefill shapes and (tokens, batch, context) mixed shapes.
-
-    Contexts are shrunk to fit ``max_model_len`` and the KV pool; prefill steps of more tokens than
-    ``max_num_batched_tokens`` are dropped, and those longer than one sequence may hold are split into
-    ``seqs`` near-equal chunks. Mixed shapes that do not fit (``batch + 1`` sequences, the pool, the
-    token budget, a graph's largest token count when the engine has mixed graphs) are dropped.
-    """
-    bs, blocks, mml = runner.block_size, runner.num_gpu_blocks, runner.max_model_len
-    steps = grid.warmup + grid.repeats + 8
-    decodes: list[tuple[int, int]] = []
-    for b in grid.batch_sizes:
-        fit = min(mml, (blocks // b) * bs) - steps - 2 * bs  # per-sequence tokens the pool holds
-        shapes = [c for c in dict.fromkeys(min(c, fit) for c in grid.decode_contexts) if c >= 2]
-        if len(shapes) == 2:
-            decodes += [(b, c) for c in shapes]
-    prefills: list[tuple[int, int, int]] = []
-    cfg = runner.config
-    ctx = min(grid.prefill_context, mml // 2) // bs * bs
-    for t in grid.prefill_tokens:
-        if t > cfg.max_num_batched_tokens:
-            continue
-        seqs = -(-t // (mml - ctx - 1))
-        if seqs > cfg.max_num_seqs or ctx < bs or (ctx + t) // bs + 2 * seqs > blocks // 2:
-            continue
-        prefills += [(t, 0, seqs), (t, ctx, seqs)]
-    mixed: list[tuple[int, int, int]] = []
-    largest = max(runner.mixed_graphs.sizes) if runner.mixed_graphs is not None else cfg.max_num_batched_tokens
-    for t in grid.mixed_tokens:
-        for b in grid.mixed_batches:
-            c = min(grid.mixed_context, mml - steps - 2 * bs)
-            need = b * (-(-(c + steps) // bs) + 1) + -(-t // bs) + 2
-            if b + 1 <= cfg.max_num_seqs and t + b <= min(largest, cfg.max_num_batched_tokens) and need <= blocks \
-                    and t < mml and c >= 2:
-                mixed.append((t, b, c))
-    return decodes, prefills, mixed
 
 
 def swap_rate(runner: ModelRunner, nbytes: int = 1 << 26) -> float:
@@ -177,10 +89,12 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
     warm_up(runner)
     driver = StepDriver(runner)
     dec_shapes, pf_shapes, mixed_shapes = plan_shapes(grid, runner)
+    verify_shapes = plan_verify_shapes(grid, runner)
     passes: dict[tuple[int, int], list[DecodeSample]] = {shape: [] for shape in dec_shapes}
     prefills: list[PrefillSample] = []
     mixed: list[MixedSample] = []
-    total = grid.passes * len(dec_shapes) + len(pf_shapes) + len(mixed_shapes)
+    verify: list[VerifySample] = []
+    total = grid.passes * len(dec_shapes) + len(pf_shapes) + len(mixed_shapes) + len(verify_shapes)
     with tqdm(total=total, desc="calibrating", unit="shape", disable=not progress) as bar:
         for i in range(grid.passes):
             for size, ctx in dec_shapes if i % 2 == 0 else dec_shapes[::-1]:
@@ -191,6 +105,9 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
             bar.update()
         for tokens, size, ctx in mixed_shapes:
             mixed.append(driver.mixed(tokens, size, ctx, grid.warmup, grid.repeats))
+            bar.update()
+        for size, drafts, ctx in verify_shapes:
+            verify.append(driver.verify(size, drafts, ctx, grid.warmup, grid.repeats))
             bar.update()
     decodes = []
     for (batch, _), runs in passes.items():
@@ -212,7 +129,8 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
                  "decode_samples": [dataclasses.asdict(d) for d in decodes],
                  "decode_pass_times_s": [[d.time_s for d in runs] for runs in passes.values()],  # per pass
                  "prefill_samples": [dataclasses.asdict(p) for p in prefills],
-                 "mixed_samples": [dataclasses.asdict(m) for m in mixed]},
+                 "mixed_samples": [dataclasses.asdict(m) for m in mixed],
+                 "verify_samples": [dataclasses.asdict(v) for v in verify]},
         "step_overhead_s": fitted.step_overhead_s,
         "kv_bytes_per_token": block_bytes(s.num_layers, runner.block_size, s.num_kv_heads, s.head_dim,
                                           runner.kv_dtype) / runner.block_size,
@@ -227,6 +145,11 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
         base = CalibratedCostModel(profile, runner.block_size, "<calibration>")
         xs, ys = fit_mixed_decode(mixed, lambda m: base.shape_time(m.tokens, 1, m.batch, m.ctx_tokens, m.pairs))
         profile["tables"]["mixed_decode"] = {"x": xs, "time_s": ys}
+    if verify:  # verification steps: priced as their rows with the decodes' own attention, plus the fit
+        base = CalibratedCostModel(profile, runner.block_size, "<calibration>")
+        (xs, ys), overhead = fit_verify(verify, lambda v: base.shape_time(0, 0, v.rows, v.ctx_tokens, 0))
+        profile["tables"]["draft_attention"] = {"x": xs, "time_s": ys}
+        profile["speculative_overhead_s"] = overhead
     validate_profile(profile, "<calibration>")
     return profile
 
@@ -246,6 +169,9 @@ def add_calibrate_args(p: argparse.ArgumentParser) -> None:
                    help="chunk sizes of the steps of one chunk beside decodes (none: no mixed_decode table)")
     p.add_argument("--mixed-batches", type=int, nargs="+", default=None, help="decodes beside that chunk")
     p.add_argument("--mixed-context", type=int, default=None, help="context per decoding sequence there")
+    p.add_argument("--verify-batches", type=int, nargs="*", default=None,
+                   help="decodes of the verification steps (with --speculative-method; none: no such steps)")
+    p.add_argument("--verify-drafts", type=int, nargs="+", default=None, help="draft tokens per decode there")
     p.add_argument("--model-name", default=None, help="meta.model (default: the model folder's name)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
@@ -256,7 +182,8 @@ def grid_from_args(ns: argparse.Namespace) -> CalibrationGrid:
     given = {"batch_sizes": ns.batch_sizes, "decode_contexts": ns.decode_contexts,
              "prefill_tokens": ns.prefill_tokens, "prefill_context": ns.prefill_context,
              "warmup": ns.warmup, "repeats": ns.repeats, "passes": ns.passes, "mixed_tokens": ns.mixed_tokens,
-             "mixed_batches": ns.mixed_batches, "mixed_context": ns.mixed_context}
+             "mixed_batches": ns.mixed_batches, "mixed_context": ns.mixed_context,
+             "verify_batches": ns.verify_batches, "verify_drafts": ns.verify_drafts}
     return dataclasses.replace(base, **{k: (tuple(v) if isinstance(v, list) else v)
                                         for k, v in given.items() if v is not None})
 
@@ -275,5 +202,10 @@ def cmd_calibrate(ns: argparse.Namespace) -> int:
     print(f"step_overhead_s {profile['step_overhead_s'] * 1e3:.3f} ms, mixed extra "
           f"{profile['meta']['mixed_extra_s'] * 1e3:.3f} ms; {len(profile['meta']['decode_samples'])} decode and "
           f"{len(profile['meta']['prefill_samples'])} prefill shapes in {profile['meta']['calibration_wall_s']:.1f}s")
+    if "speculative_overhead_s" in profile:
+        spec = profile["speculative_overhead_s"]
+        print(f"{len(profile['meta']['verify_samples'])} verification shapes: speculative overhead "
+              f"{spec['step'] * 1e3:.3f} ms + {spec['per_decode'] * 1e6:.1f} us/decode + "
+              f"{spec['per_draft'] * 1e6:.1f} us/draft")
     print(f"wrote {path}")
     return 0

@@ -13,9 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample, chunk_sizes, typical
+from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample, VerifySample, chunk_sizes, typical
 from policies.batching import ContinuousBatching
 from policies.scheduler import Scheduler, SchedulerConfig
+from policies.speculation import SpeculationPolicy
 from policies.types import Request, StepPlan, StepResult
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,10 +38,12 @@ class StepDriver:
         ids = prefix + tuple(self.rng.integers(0, self.vocab, size=length - len(prefix)).tolist())
         return Request(f"cal{self.count}", 0.0, length, output_len, prompt_token_ids=ids)
 
-    def scheduler(self, max_num_seqs: int, budget: int, caching: bool) -> Scheduler:
+    def scheduler(self, max_num_seqs: int, budget: int, caching: bool,
+                  speculation: SpeculationPolicy | None = None) -> Scheduler:
         cfg = SchedulerConfig(num_gpu_blocks=self.runner.num_gpu_blocks, block_size=self.bs,
                               enable_prefix_caching=caching)
-        return Scheduler(cfg, ContinuousBatching(max_num_seqs=max_num_seqs, token_budget=budget))
+        batching = ContinuousBatching(max_num_seqs=max_num_seqs, token_budget=budget)
+        return Scheduler(cfg, batching, speculation=speculation)
 
     def step(self, sched: Scheduler) -> tuple[StepPlan, float]:
         """One loop turn; returns its plan and its wall time."""
@@ -52,13 +55,16 @@ class StepDriver:
         sched.postprocess(plan, StepResult(result.duration_s, result.token_ids))
         return plan, time.perf_counter() - t0
 
-    def _all_decoding(self, batch: int, context: int, budget: int, max_num_seqs: int, steps: int) -> Scheduler:
+    def _all_decoding(self, batch: int, context: int, budget: int, max_num_seqs: int, steps: int,
+                      speculation: SpeculationPolicy | None = None) -> Scheduler:
         """A scheduler whose ``batch`` requests (prompts of ``context - 1`` tokens, random ids) all decode,
-        with output left for ``steps`` more steps; the prefill steps that got there are not timed."""
+        with output left for ``steps`` more steps (of up to ``k + 1`` tokens under ``speculation``); the
+        prefill steps that got there are not timed."""
         setup = -(-batch * context // (budget - batch)) + 3  # prefill steps (decodes share their budget)
-        sched = self.scheduler(max_num_seqs, budget, caching=False)
+        sched = self.scheduler(max_num_seqs, budget, caching=False, speculation=speculation)
+        per_step = 1 + (speculation.num_draft_tokens if speculation is not None else 0)
         for _ in range(batch):
-            sched.add_request(self.request(context - 1, steps + setup + 2))
+            sched.add_request(self.request(context - 1, (steps + setup) * per_step + 2))
         for _ in range(setup + 1):
             plan, _ = self.step(sched)
             if not plan.prefills and len(plan.decodes) == batch:
@@ -124,3 +130,23 @@ class StepDriver:
             times.append(dt)
             ctx.append(plan.decode_ctx_tokens)
         return MixedSample(tokens, batch, statistics.median(ctx[warmup:]), typical(times[warmup:]))
+
+    def verify(self, batch: int, drafts: int, context: int, warmup: int, repeats: int) -> VerifySample:
+        """Decode-only steps of ``batch`` decodes at about ``context`` tokens, each verifying ``drafts`` draft
+        tokens from the runner's own proposer (``EngineConfig.speculative_method``)."""
+        rows = batch * (drafts + 1)
+        budget = max(2 * rows, self.runner.config.max_num_batched_tokens)
+        spec = SpeculationPolicy(num_draft_tokens=drafts)
+        sched = self._all_decoding(batch, context, budget, batch, warmup + repeats, spec)
+        times: list[float] = []
+        ctx: list[tuple[float, float]] = []
+        for _ in range(warmup + repeats):
+            plan, dt = self.step(sched)
+            if plan.prefills or len(plan.decodes) != batch or plan.num_draft_tokens != batch * drafts:
+                raise RuntimeError(f"calibration: expected {batch} decodes verifying {drafts} drafts each, got "
+                                   f"{len(plan.decodes)} decodes, {plan.num_draft_tokens} drafts and "
+                                   f"{len(plan.prefills)} chunks")
+            times.append(dt)
+            ctx.append((plan.decode_ctx_tokens - plan.draft_ctx_tokens, plan.draft_ctx_tokens))
+        own, draft = zip(*ctx[warmup:], strict=True)
+        return VerifySample(batch, drafts, statistics.median(own), statistics.median(draft), typical(times[warmup:]))

@@ -30,6 +30,12 @@ table: the dense tables include it). The fit:
    ``mixed_decode(D)`` is what such a step takes beyond the cost model with tables 1-4 (its decodes'
    host-side staging and bookkeeping and LM-head rows, which prefill-only steps do not have); the
    residuals of all ``T`` at each ``D``, with ``(0, 0)``.
+6. (``fit_verify``, optional) decode-only steps of ``B`` decodes each verifying ``k`` draft tokens, at a
+   small and a large context: the residual ``r`` beyond the cost model pricing ``B (k + 1)`` rows with the
+   attention of the ``B`` decodes' own context only. Per ``(B, k)``, the slope of ``r`` against the draft
+   rows' context ``y`` gives ``draft_attention`` points ``(y, slope * y)`` (with ``(0, 0)``); the
+   intercepts ``e(B, k) = r - slope * y`` are fitted as ``step + per_decode * B + per_draft * B k``
+   by least squares with non-negative coefficients (``speculative_overhead_s``).
 
 Every table is then made non-decreasing by isotonic regression (pool adjacent
 violators), duplicates in ``x`` averaged, negative times clipped to 0. Nothing here
@@ -42,6 +48,8 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 from sim.profile import PiecewiseLinear
 
@@ -100,6 +108,22 @@ class MixedSample:
     @property
     def pairs(self) -> float:
         return self.tokens * (self.tokens + 1) / 2
+
+
+@dataclass(frozen=True)
+class VerifySample:
+    """Typical time of a decode-only step of ``batch`` decodes each verifying ``drafts`` draft tokens; the
+    decodes' own rows read ``ctx_tokens`` in all, the draft rows ``draft_ctx_tokens``."""
+
+    batch: int
+    drafts: int
+    ctx_tokens: float
+    draft_ctx_tokens: float
+    time_s: float
+
+    @property
+    def rows(self) -> int:
+        return self.batch * (self.drafts + 1)
 
 
 def chunk_sizes(tokens: int, seqs: int) -> list[int]:
@@ -221,3 +245,53 @@ def fit_mixed_decode(samples: Sequence[MixedSample], predict: Callable[[MixedSam
     if not samples:
         raise ValueError("fit_mixed_decode needs at least one mixed sample")
     return monotone_table([(0.0, 0.0), *((float(m.batch), m.time_s - predict(m)) for m in samples)])
+
+
+def nonnegative_lstsq(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``argmin |a x - b|`` over ``x >= 0``, by trying every subset of free columns (a few columns only)."""
+    n = a.shape[1]
+    best, best_err = np.zeros(n), float(np.sum(b * b))
+    for mask in range(1, 2 ** n):
+        cols = [j for j in range(n) if mask >> j & 1]
+        x, *_ = np.linalg.lstsq(a[:, cols], b, rcond=None)
+        if (x < 0).any():
+            continue
+        err = float(np.sum((a[:, cols] @ x - b) ** 2))
+        if err < best_err - 1e-30:
+            best, best_err = np.zeros(n), err
+            best[cols] = x
+    return best
+
+
+def fit_verify(samples: Sequence[VerifySample], predict: Callable[[VerifySample], float]
+               ) -> tuple[tuple[list[float], list[float]], dict[str, float]]:
+    """The ``draft_attention`` table and ``speculative_overhead_s`` (module docstring, step 6).
+
+    Args:
+        samples: timed verification steps, each ``(batch, drafts)`` at >= 2 draft contexts.
+        predict: the cost model pricing a sample as ``rows`` decode rows reading ``ctx_tokens``.
+
+    Returns:
+        ``((x, time_s), {"step", "per_decode", "per_draft"})``.
+
+    Raises:
+        ValueError: no ``(batch, drafts)`` shape timed at two contexts.
+    """
+    shapes: dict[tuple[int, int], list[VerifySample]] = defaultdict(list)
+    for v in samples:
+        shapes[(v.batch, v.drafts)].append(v)
+    points: list[tuple[float, float]] = [(0.0, 0.0)]
+    rows: list[tuple[float, float, float]] = []  # (batch, draft tokens, intercept)
+    for (batch, drafts), vs in sorted(shapes.items()):
+        vs = sorted(vs, key=lambda v: v.draft_ctx_tokens)
+        if vs[-1].draft_ctx_tokens <= vs[0].draft_ctx_tokens:
+            continue
+        resid = [(v.draft_ctx_tokens, v.time_s - predict(v)) for v in vs]
+        k = _slope(resid[0], resid[-1])
+        points += [(y, k * y) for y, _ in resid]
+        rows += [(float(batch), float(batch * drafts), r - k * y) for y, r in resid]
+    if not rows:
+        raise ValueError("fit_verify needs verification steps of one (batch, drafts) shape at >= 2 contexts")
+    a = np.array([[1.0, b, n] for b, n, _ in rows])
+    coef = nonnegative_lstsq(a, np.array([e for _, _, e in rows]))
+    return monotone_table(points), dict(zip(("step", "per_decode", "per_draft"), map(float, coef), strict=True))

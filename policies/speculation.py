@@ -141,8 +141,9 @@ def assign_drafts(plan: StepPlan, wanted: Seq[int], bm: BlockManager, budget: in
     sequence never drafts past its output length, within ``budget``, and only where the KV blocks of
     the drafted positions can be had without preempting anyone (speculation never preempts).
 
-    Sets ``plan.draft_lens``, ``plan.num_draft_tokens`` and adds the draft rows' context to
-    ``plan.decode_ctx_tokens``; a plan whose caps leave no draft keeps empty ``draft_lens``.
+    Sets ``plan.draft_lens``, ``plan.num_draft_tokens`` and ``plan.draft_ctx_tokens`` (the draft rows'
+    context), which is added to ``plan.decode_ctx_tokens``; a plan whose caps leave no draft keeps empty
+    ``draft_lens``.
 
     Returns:
         The budget left.
@@ -162,7 +163,7 @@ def assign_drafts(plan: StepPlan, wanted: Seq[int], bm: BlockManager, budget: in
             ctx += k * (seq.num_computed + 1) + k * (k + 1) // 2  # draft row j (1..k) reads j more keys
         lens.append(k)
     if total:
-        plan.draft_lens, plan.num_draft_tokens = lens, total
+        plan.draft_lens, plan.num_draft_tokens, plan.draft_ctx_tokens = lens, total, ctx
         plan.decode_ctx_tokens += ctx
     return budget
 

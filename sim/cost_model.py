@@ -9,7 +9,9 @@ Speculative decoding: the engine verifies a decode's ``k`` draft tokens as ``k``
 more single-query decode rows (each reading its own context, through the same
 decode graphs and kernels), so a step's decode count ``D`` below counts rows,
 ``len(decodes) + num_draft_tokens``, and ``decode_ctx_tokens`` already sums every
-row's context.
+row's context. A profile calibrated with verification steps prices them apart
+(``CalibratedCostModel``, below); without that, and in the roofline, a draft row
+costs what a decode row of its context costs.
 
 With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positions
 (decodes + prefill chunks: every chunk is counted as sampling, an upper bound):
@@ -33,6 +35,12 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
   (larger decode batches) cost ``mixed_dense(T)`` as they run eagerly. The ``D`` decodes of a
   step holding a prefill add ``mixed_decode(D)`` when the profile has that table (measured on
   steps of one chunk plus ``D`` decodes, beyond the terms above).
+  A step verifying ``N`` draft tokens of ``D - N`` decodes, with a profile holding
+  ``draft_attention`` and ``speculative_overhead_s``, prices its decode attention as
+  ``decode_attention(decode ctx - draft ctx) + draft_attention(draft ctx)`` (a decode's
+  draft rows read the blocks its own row reads, at the same time, mostly from cache)
+  and adds ``step + per_decode * (D - N) + per_draft * N`` (proposals, row staging and
+  verification on the host; a draft model's forward passes).
   Without ``graph_batch_sizes`` decode-only steps cost ``dense(B)``; without
   ``mixed_dense`` the other steps cost ``dense(T)``. Each table interpolated
   piecewise-linearly (flat below its first point, linearly extrapolated beyond
@@ -185,6 +193,11 @@ class CalibratedCostModel:
         self._mixed = tables.get("mixed_dense", self._dense)
         self._pf, self._dec = tables["prefill_attention"], tables["decode_attention"]
         self._mixed_dec = tables.get("mixed_decode")
+        self._draft_att = tables.get("draft_attention")
+        spec = profile.get("speculative_overhead_s")
+        # (step, per_decode, per_draft) seconds of a step verifying drafts, or None: drafts priced as decodes
+        self._spec: tuple[float, float, float] | None = (
+            None if spec is None else (float(spec["step"]), float(spec["per_decode"]), float(spec["per_draft"])))
         self.graph_batch_sizes: list[int] = list(profile.get("graph_batch_sizes") or [])
         # Dense time of a graphed decode step of B sequences, by B (the graph's padded size).
         self._graph_dense = [0.0]
@@ -206,15 +219,18 @@ class CalibratedCostModel:
     def step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` in seconds."""
         nd = len(plan.decodes) + plan.num_draft_tokens  # decode rows: a verified draft is one more row
-        if not (plan.prefills or plan.swap_in or plan.swap_out) and 0 < nd < len(self._graph_dense):
+        if not (plan.prefills or plan.swap_in or plan.swap_out) and 0 < nd < len(self._graph_dense) \
+                and (not plan.num_draft_tokens or self._spec is None):
             # The hot case, a graphed decode-only step: ``shape_time``'s terms in its order.
             return self._graph_base[nd] + self._dec(plan.decode_ctx_tokens)
         return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), nd,
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
-                               len(plan.swap_in) + len(plan.swap_out))
+                               len(plan.swap_in) + len(plan.swap_out), plan.num_draft_tokens,
+                               plan.draft_ctx_tokens)
 
     def shape_time(self, prefill_tokens: float, prefills: float, decodes: float, decode_ctx_tokens: float,
-                   prefill_attn_pairs: float, swapped_blocks: float = 0) -> float:
+                   prefill_attn_pairs: float, swapped_blocks: float = 0, draft_tokens: float = 0,
+                   draft_ctx_tokens: float = 0) -> float:
         """Predicted duration of a step from its aggregates (the columns of a step log).
 
         Args:
@@ -224,6 +240,8 @@ class CalibratedCostModel:
             decode_ctx_tokens: context tokens the decodes read, in all.
             prefill_attn_pairs: causal (query, key) pairs of the chunks.
             swapped_blocks: KV blocks swapped in or out.
+            draft_tokens: draft tokens verified (counted in ``decodes`` too).
+            draft_ctx_tokens: the draft rows' part of ``decode_ctx_tokens``.
 
         Returns:
             Seconds.
@@ -246,7 +264,13 @@ class CalibratedCostModel:
         if tp:
             total += self._pf(prefill_attn_pairs)
         if nd:
-            total += self._dec(decode_ctx_tokens)
+            if draft_tokens and self._spec is not None:
+                assert self._draft_att is not None  # validate_profile: given together with _spec
+                step, per_decode, per_draft = self._spec
+                total += (self._dec(decode_ctx_tokens - draft_ctx_tokens) + self._draft_att(draft_ctx_tokens)
+                          + step + per_decode * (nd - draft_tokens) + per_draft * draft_tokens)
+            else:
+                total += self._dec(decode_ctx_tokens)
             if tp and self._mixed_dec is not None:
                 total += self._mixed_dec(nd)
         return total + swap

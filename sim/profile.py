@@ -16,8 +16,10 @@ Format (JSON, ``"format": "servegym-profile/1"``)::
         "prefill_attention": {"x": [...], "time_s": [...]},  # x: causal (query, key) pairs of the chunks
         "lm_head":           {"x": [...], "time_s": [...]},  # optional; x: sampling positions
         "mixed_dense":       {"x": [...], "time_s": [...]},  # optional; x: tokens of a step with a prefill
-        "mixed_decode":      {"x": [...], "time_s": [...]}   # optional; x: decodes in a step with a prefill
+        "mixed_decode":      {"x": [...], "time_s": [...]},  # optional; x: decodes in a step with a prefill
+        "draft_attention":   {"x": [...], "time_s": [...]}   # optional; x: context tokens draft rows read
       },
+      "speculative_overhead_s": {"step": 0.0, "per_decode": 0.0, "per_draft": 0.0},  # with draft_attention
       "graph_batch_sizes": [1, 2, 4, ...],  # optional: decode batch sizes that run as CUDA graphs
       "graph_token_sizes": [16, 32, ...]    # optional: token counts of mixed steps run as CUDA graphs
     }
@@ -33,7 +35,11 @@ every other step runs eagerly, with its own launch costs. ``mixed_dense`` prices
 non-attention work of steps holding a prefill (and of eager decode steps); without it
 (or without ``graph_batch_sizes``) ``dense`` prices every step. ``mixed_decode`` is what decodes
 cost in a step holding a prefill beyond their attention and the step's padded token count (their
-host-side staging and bookkeeping, their LM-head rows). ``PiecewiseLinear``
+host-side staging and bookkeeping, their LM-head rows). ``draft_attention`` and
+``speculative_overhead_s`` (both or neither) price steps that verify draft tokens: the draft rows
+of a decode read the blocks its own row reads, at the same time, so their attention is a table of
+their own; the speculative path's extra work (proposals, row staging, verification) is
+``step + per_decode * decodes + per_draft * drafts``. ``PiecewiseLinear``
 evaluates a table; its last segment must not decrease (so extrapolation never predicts less time for more work).
 """
 
@@ -48,7 +54,8 @@ from typing import Any
 
 PROFILE_FORMAT = "servegym-profile/1"
 REQUIRED_TABLES = ("dense", "decode_attention", "prefill_attention")
-OPTIONAL_TABLES = ("lm_head", "mixed_dense", "mixed_decode")
+OPTIONAL_TABLES = ("lm_head", "mixed_dense", "mixed_decode", "draft_attention")
+SPEC_OVERHEAD_KEYS = ("step", "per_decode", "per_draft")
 REQUIRED_META = ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "source", "command", "created")
 SOURCES = ("roofline", "measured")
 
@@ -145,6 +152,16 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
                                   or sizes != sorted(set(sizes))):
             raise ProfileError(f"{source}: field '{field}' must be a non-empty strictly increasing list of "
                                f"positive integers, got {sizes!r}")
+    spec = data.get("speculative_overhead_s")
+    if (spec is None) != ("draft_attention" not in tables):
+        raise ProfileError(f"{source}: fields 'speculative_overhead_s' and 'tables.draft_attention' must be given "
+                           "together (both price steps that verify draft tokens)")
+    if spec is not None:
+        if not isinstance(spec, dict) or sorted(spec) != sorted(SPEC_OVERHEAD_KEYS):
+            raise ProfileError(f"{source}: field 'speculative_overhead_s' must be an object with exactly the keys "
+                               f"{list(SPEC_OVERHEAD_KEYS)}, got {spec!r}")
+        for key in SPEC_OVERHEAD_KEYS:
+            _number(spec[key], source, f"speculative_overhead_s.{key}")
     out: dict[str, PiecewiseLinear] = {}
     for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
         if name not in tables:

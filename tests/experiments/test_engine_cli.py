@@ -100,10 +100,34 @@ def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_p
         assert whole["steps"] == len(busy) and whole["real_s"] == pytest.approx(busy["duration_s"].sum())
 
 
-def test_validate_with_speculation_compares_acceptance(tiny_model: Path, profile: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def spec_profile(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("profile") / "tiny_spec.json"
+    assert main(["calibrate", "--model", str(tiny_model), "--out", str(out), "--quiet", *ENGINE, *GRID,
+                 "--speculative-method", "ngram", "--verify-batches", "1", "3", "--verify-drafts", "2", "4"]) == 0
+    return out
+
+
+def test_calibrate_with_a_proposer_times_verification_steps(spec_profile: Path, profile: Path) -> None:
+    data = read_profile(spec_profile)
+    verify = data["meta"]["verify_samples"]
+    assert sorted((v["batch"], v["drafts"]) for v in verify) == [(1, 2)] * 2 + [(1, 4)] * 2 + [(3, 2)] * 2 + [
+        (3, 4)] * 2  # each shape at both decode contexts
+    for v in verify:  # draft row j of a decode at context c reads c + j keys
+        per_seq = v["ctx_tokens"] / v["batch"]
+        k = v["drafts"]
+        assert v["draft_ctx_tokens"] == pytest.approx(v["batch"] * (k * per_seq + k * (k + 1) / 2))
+        assert v["time_s"] > 0
+    spec = data["speculative_overhead_s"]
+    assert set(spec) == {"step", "per_decode", "per_draft"} and min(spec.values()) >= 0
+    assert data["tables"]["draft_attention"]["x"][0] == 0.0
+    assert "speculative_overhead_s" not in read_profile(profile)  # no proposer, no verification steps
+
+
+def test_validate_with_speculation_compares_acceptance(tiny_model: Path, spec_profile: Path, tmp_path: Path) -> None:
     """The replay speculates with n-gram drafts; the simulator draws acceptances at the replay's spec_alpha."""
     assert main(["validate", "--traces", TRACE, "--policies", "continuous", "--model", str(tiny_model),
-                 "--profile", str(profile), "--out", str(tmp_path), "--quiet", "--speculation",
+                 "--profile", str(spec_profile), "--out", str(tmp_path), "--quiet", "--speculation",
                  "fixed:num_draft_tokens=3", "--speculative-method", "ngram", *ENGINE]) == 0
     errors = pd.read_csv(tmp_path / "errors.csv")
     assert list(errors["metric"]) == [*METRICS, "spec_acceptance_rate"]

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from experiments.profile_fit import (
     DecodeSample,
     MixedSample,
     PrefillSample,
+    VerifySample,
     fit_mixed_decode,
     fit_profile,
+    fit_verify,
     isotonic,
     monotone_table,
+    nonnegative_lstsq,
     typical,
 )
 from experiments.validate import rel_error
@@ -121,3 +125,41 @@ def test_typical_is_a_trimmed_mean() -> None:
     assert typical([1.0] * 7 + [2.0] * 3) == pytest.approx((6 + 2 * 2) / 8)  # a slow stretch counts
     with pytest.raises(ValueError, match="at least one"):
         typical([])
+
+
+def test_fit_verify_recovers_draft_attention_and_overhead() -> None:
+    """Verification steps timed as base(rows, own ctx) + DRAFT * draft ctx + step + per-decode + per-draft
+    costs: the fit returns the draft-attention rate and the three overhead coefficients."""
+    draft_rate, step, per_decode, per_draft = 7e-10, 2e-4, 3e-6, 1.5e-6
+
+    def base(v: VerifySample) -> float:  # the cost model's own price of the rows, whatever it is
+        return 1e-3 + 2e-6 * v.rows + 3e-9 * v.ctx_tokens
+
+    samples = []
+    for b in (1, 4, 16, 48):
+        for k in (1, 3, 6):
+            for c in (32, 2048):
+                y = b * (k * c + k * (k + 1) / 2)
+                v = VerifySample(b, k, b * c, y, 0.0)
+                t = base(v) + draft_rate * y + step + per_decode * b + per_draft * b * k
+                samples.append(VerifySample(b, k, b * c, y, t))
+    (xs, ys), overhead = fit_verify(samples, base)
+    assert xs[0] == 0.0 and ys[0] == 0.0
+    for x, y in zip(xs, ys, strict=True):
+        assert y == pytest.approx(draft_rate * x, rel=1e-6, abs=1e-12)
+    assert overhead == pytest.approx({"step": step, "per_decode": per_decode, "per_draft": per_draft}, rel=1e-6)
+    with pytest.raises(ValueError, match="at >= 2 contexts"):
+        fit_verify(samples[:1], base)
+
+
+def test_nonnegative_lstsq_never_returns_a_negative_coefficient() -> None:
+    rng = np.random.default_rng(3)
+    a = np.c_[np.ones(12), rng.uniform(1, 64, 12), rng.uniform(1, 300, 12)]
+    x = nonnegative_lstsq(a, a @ np.array([1.0, 0.5, 0.25]))
+    assert x == pytest.approx([1.0, 0.5, 0.25])
+    b = a @ np.array([1.0, -0.5, 0.25])  # the unconstrained fit would go negative on the second column
+    x = nonnegative_lstsq(a, b)
+    assert (x >= 0).all() and x[1] == 0.0
+    err = float(np.sum((a @ x - b) ** 2))
+    trials = np.abs(x + rng.normal(0, 0.5, (2000, 3)))  # random non-negative points around it fit no better
+    assert (np.sum((trials @ a.T - b) ** 2, axis=1) >= err - 1e-9).all()

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from experiments.step_fit import step_fit
-from sim.cost_model import load_cost_model
+from sim.cost_model import MEASURED_DIR, CalibratedCostModel, load_cost_model, profile_name
+from sim.profile import read_profile
 
 
 def test_draft_rows_are_priced_as_decode_rows():
@@ -19,3 +20,17 @@ def test_draft_rows_are_priced_as_decode_rows():
     assert got["sim_s"].tolist() == pytest.approx(want["sim_s"].tolist())
     assert got.loc[got["kind"] == "all", "sim_s"].item() == pytest.approx(
         cost.shape_time(0, 0, 4, 4000, 0) + cost.shape_time(0, 0, 16, 4010, 0))
+
+
+def test_draft_context_is_priced_by_a_profile_that_calibrated_verification():
+    profile = read_profile(MEASURED_DIR / profile_name("llama-3.2-1b", "h100"))
+    profile["tables"]["draft_attention"] = {"x": [0, 1e5], "time_s": [0.0, 1e-4]}
+    profile["speculative_overhead_s"] = {"step": 1e-4, "per_decode": 0.0, "per_draft": 0.0}
+    cost = CalibratedCostModel(profile)
+    steps = pd.DataFrame({"prefill_tokens": [0], "prefills": [0], "decodes": [4], "draft_tokens": [12],
+                          "decode_ctx_tokens": [4000 + 12030], "draft_ctx_tokens": [12030],
+                          "prefill_attn_pairs": [0], "duration_s": [0.002]})
+    got = step_fit(steps, cost, "t", "p")
+    want = cost.shape_time(0, 0, 16, 16030, 0, 0, 12, 12030)
+    assert got.loc[got["kind"] == "all", "sim_s"].item() == pytest.approx(want)
+    assert want != pytest.approx(cost.shape_time(0, 0, 16, 16030, 0))  # the draft terms changed the price

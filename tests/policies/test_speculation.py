@@ -101,6 +101,7 @@ def test_drafts_are_capped_by_output_length_and_budget():
     assert plan.num_draft_tokens == 3 and plan.num_tokens == 5
     # decode rows' contexts, each with its own token: a's rows read 4 and 5 keys, b's 3, 4 and 5
     assert plan.decode_ctx_tokens == (4 + 5) + (3 + 4 + 5)
+    assert plan.draft_ctx_tokens == 5 + (4 + 5)  # the draft rows' part of it
     assert all(len(s.block_table) * 4 >= s.num_computed + 1 + k for s, k in zip(plan.decodes, plan.draft_lens,
                                                                              strict=True))
 

@@ -175,6 +175,43 @@ def test_mixed_decode_table_prices_decodes_beside_a_prefill_only() -> None:
         assert with_table.step_time(plan) == pytest.approx(without.step_time(plan), rel=1e-12)
 
 
+SPEC = {"step": 2e-5, "per_decode": 3e-6, "per_draft": 1e-6}
+DRAFT_ATTENTION = {"x": [0, 1000], "time_s": [0.0, 2e-5]}  # a fifth of decode_attention's rate
+
+
+def verify_plan(ctxs: list[int], k: int) -> StepPlan:
+    """Decodes at ``ctxs`` tokens (their own token included), each verifying ``k`` drafts."""
+    plan = make_plan([], ctxs)
+    plan.draft_lens, plan.num_draft_tokens = [k] * len(ctxs), k * len(ctxs)
+    plan.draft_ctx_tokens = sum(k * c + k * (k + 1) // 2 for c in ctxs)
+    plan.decode_ctx_tokens += plan.draft_ctx_tokens
+    return plan
+
+
+def test_verification_steps_priced_by_the_draft_tables() -> None:
+    """With draft_attention and speculative_overhead_s a step's draft rows read at the draft table's rate
+    and add the speculative overhead; without them (or without drafts) they cost like decode rows."""
+    sizes = {"graph_batch_sizes": [1, 2, 4, 8, 16]}
+    spec = CalibratedCostModel(tiny_profile(draft_attention=DRAFT_ATTENTION) | sizes
+                               | {"speculative_overhead_s": SPEC})
+    plain = CalibratedCostModel(tiny_profile() | sizes)
+    plan = verify_plan([100, 200], 3)  # 2 decodes + 6 drafts = 8 rows; draft rows read 306 + 606 keys
+    assert plan.draft_ctx_tokens == 912
+    ovh, dense8, lm8 = 5e-5, 1e-3 + 7e-4, 1e-4 + 7e-5
+    want = ovh + dense8 + lm8 + 300 * 1e-7 + 912 * 2e-8 + 2e-5 + 2 * 3e-6 + 6 * 1e-6
+    assert spec.step_time(plan) == pytest.approx(want, rel=1e-12)
+    assert plain.step_time(plan) == pytest.approx(ovh + dense8 + lm8 + 1212 * 1e-7, rel=1e-12)
+    assert spec.step_time(plan) == spec.shape_time(0, 0, 8, plan.decode_ctx_tokens, 0, 0, 6, 912)
+    no_drafts = make_plan([], [100, 200])
+    assert spec.step_time(no_drafts) == plain.step_time(no_drafts)
+    beside = verify_plan([100, 200], 3)  # beside a prefill chunk: the same draft terms
+    beside.prefills, beside.num_prefill_tokens, beside.prefill_attn_pairs = [PrefillChunk(SEQ, 0, 5)], 5, 15
+    plain_beside = verify_plan([100, 200], 3)
+    plain_beside.prefills, plain_beside.num_prefill_tokens, plain_beside.prefill_attn_pairs = beside.prefills, 5, 15
+    assert spec.step_time(beside) - plain.step_time(plain_beside) == pytest.approx(
+        912 * 2e-8 - 912 * 1e-7 + 2e-5 + 6e-6 + 6e-6, rel=1e-9)
+
+
 def _bad(tmp_path: Path, profile: Any) -> str:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(profile) if not isinstance(profile, str) else profile)
@@ -203,6 +240,14 @@ def test_bad_profiles_name_file_and_field(tmp_path: Path) -> None:
     assert "'swap_bytes_per_s' must be a finite number > 0" in _bad(tmp_path, tiny_profile() | {
         "swap_bytes_per_s": 0})
     assert "not valid JSON" in _bad(tmp_path, "{")
+    together = "'speculative_overhead_s' and 'tables.draft_attention' must be given together"
+    assert together in _bad(tmp_path, tiny_profile(draft_attention=DRAFT_ATTENTION))
+    assert together in _bad(tmp_path, tiny_profile() | {"speculative_overhead_s": SPEC})
+    with_draft = tiny_profile(draft_attention=DRAFT_ATTENTION)
+    assert "must be an object with exactly the keys ['step', 'per_decode', 'per_draft']" in _bad(
+        tmp_path, with_draft | {"speculative_overhead_s": {"step": 0.0}})
+    assert "'speculative_overhead_s.per_draft' must be a finite number >= 0" in _bad(
+        tmp_path, with_draft | {"speculative_overhead_s": SPEC | {"per_draft": -1.0}})
     for sizes in ([], [2, 1], [0, 4], "8", [1.5]):
         assert "'graph_batch_sizes' must be a non-empty strictly increasing" in _bad(
             tmp_path, tiny_profile() | {"graph_batch_sizes": sizes})
