@@ -145,20 +145,36 @@ class DecodeGraphs:
     def run(self, decodes: Seq[Sequence] | DecodeRows) -> tuple[torch.Tensor, torch.Tensor]:
         """Stage the decode step of ``decodes`` and replay the graph of its padded size.
 
+        A step of more rows than the largest graph (a speculative step's verification rows, or
+        ``max_num_seqs`` above the ladder) replays the largest graph on consecutive chunks of its
+        rows, in row order, then the rest at its padded size: a row attends only to positions before
+        its own, whose KV is in the cache or was written by its own chunk or an earlier one.
+
         Args:
-            decodes: the step's sequences (at most ``max(sizes)``), in row order, or its rows.
+            decodes: the step's sequences in row order, or its rows.
 
         Returns:
-            ``(logits [n, V] in the model dtype, greedy ids int64 [n])``, views of
-            static buffers: read them before the next replay.
-
-        Raises:
-            ValueError: more decodes than the largest captured size.
+            ``(logits [n, V] in the model dtype, greedy ids int64 [n])``: views of static buffers when
+            the step fits one graph (read them before the next replay), new tensors when chunked.
         """
+        n, most = len(decodes), self.sizes[-1]
+        if n <= most:
+            return self._replay(decodes)
+        logits = ids = None
+        for a in range(0, n, most):  # each copy is queued before the next replay overwrites the graph's outputs
+            part_logits, part_ids = self._replay(decodes[a : a + most])
+            if logits is None:
+                logits = part_logits.new_empty((n, part_logits.shape[1]))
+                ids = part_ids.new_empty(n)
+            logits[a : a + len(part_ids)].copy_(part_logits)
+            ids[a : a + len(part_ids)].copy_(part_ids)
+        assert logits is not None and ids is not None
+        return logits, ids
+
+    def _replay(self, decodes: Seq[Sequence] | DecodeRows) -> tuple[torch.Tensor, torch.Tensor]:
         n = len(decodes)
         b = self.size_for(n)
-        if b is None:
-            raise ValueError(f"{n} decodes exceed the largest captured batch {self.sizes[-1]}")
+        assert b is not None  # run() chunks steps larger than the largest graph
         self.inputs.stage(decodes, b)
         step = self.graphs[b]
         step.replay()

@@ -186,8 +186,10 @@ class ModelRunner:
 
     def _graph_size(self, plan: StepPlan) -> int | None:
         """The captured size ``plan`` replays at (decode rows or token count), or None (eager)."""
-        if not plan.prefills:
-            return self.graphs.size_for(plan.num_decode_rows) if self.graphs is not None and plan.decodes else None
+        if not plan.prefills:  # past the largest decode graph, ``DecodeGraphs.run`` replays it on chunks of rows
+            if self.graphs is None or not plan.decodes:
+                return None
+            return self.graphs.size_for(plan.num_decode_rows) or self.graphs.sizes[-1]
         return self.mixed_graphs.size_for(plan) if self.mixed_graphs is not None else None
 
     def uses_graph(self, plan: StepPlan) -> bool:
@@ -287,7 +289,7 @@ class ModelRunner:
             self.last_launch_s = time.perf_counter() - start
             params = [s.request.sampling for s in seqs]
             if all(p.temperature == 0.0 for p in params):
-                if ahead is not None and not plan.prefills:
+                if ahead is not None and not plan.prefills and len(plan.decodes) <= size:  # not chunked
                     ticket = ahead.readback.start(ids)
                     ahead.launch_after(plan, size)
                     tokens = ahead.readback.wait(ticket)

@@ -114,6 +114,10 @@ class DecodeRows:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def __getitem__(self, rows: slice) -> DecodeRows:
+        """The rows ``rows`` (a slice), in order."""
+        return DecodeRows(self.ids[rows], self.positions[rows], self.tables[rows], self.seqs[rows])
+
 
 def padded_width(width: int) -> int:
     """``width`` rounded up to a positive multiple of ``TABLE_WIDTH_MULTIPLE``."""

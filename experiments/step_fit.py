@@ -25,10 +25,12 @@ def decode_rows(steps: pd.DataFrame) -> pd.Series:
 
 
 def step_kinds(steps: pd.DataFrame, max_graph_batch: int) -> pd.Series:
-    """'graph decode' (decode-only, at most ``max_graph_batch`` rows), 'eager decode', or 'prefill'."""
+    """'graph decode' (decode-only, at most ``max_graph_batch`` rows), 'chunked decode' (more rows: the
+    largest graph replayed on chunks of them; 'eager decode' without graphs), or 'prefill'."""
     decode_only = steps["prefill_tokens"] == 0
     graphed = decode_only & (decode_rows(steps) <= max_graph_batch)
-    return pd.Series(np.where(graphed, "graph decode", np.where(decode_only, "eager decode", "prefill")),
+    past = "chunked decode" if max_graph_batch else "eager decode"
+    return pd.Series(np.where(graphed, "graph decode", np.where(decode_only, past, "prefill")),
                      index=steps.index)
 
 

@@ -31,8 +31,10 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
   replays the graph captured for the smallest size ``>= B``, so it costs
   ``dense(that size)``; a step holding prefill chunks costs ``mixed_dense`` of its
   ``T`` tokens, or of the smallest ``graph_token_sizes`` entry ``>= T`` when the
-  engine captured mixed steps by token count (a padded graph); other steps
-  (larger decode batches) cost ``mixed_dense(T)`` as they run eagerly. The ``D`` decodes of a
+  engine captured mixed steps by token count (a padded graph), else (larger steps) as they
+  run eagerly; a decode-only step of more rows than the largest graph ``G`` replays it on
+  chunks of ``G`` rows and the rest at its padded size, so it costs ``floor(B / G) dense(G) +
+  dense(padded rest)``. The ``D`` decodes of a
   step holding a prefill add ``mixed_decode(D)`` when the profile has that table (measured on
   steps of one chunk plus ``D`` decodes, beyond the terms above).
   A step verifying ``N`` draft tokens of ``D - N`` decodes, with a profile holding
@@ -151,7 +153,10 @@ class CalibratedCostModel:
             return self.step_overhead_s + swap if swapped_blocks else 0.0
         if tp == 0 and nd < len(self._graph_dense):
             total = self.step_overhead_s + self._graph_dense[nd]
-        elif tp == 0 and not self.graph_batch_sizes:  # an engine without graphs: decodes as calibrated
+        elif tp == 0 and self.graph_batch_sizes:  # past the largest graph: it replays on chunks of the rows
+            full, rest = divmod(nd, self.graph_batch_sizes[-1])
+            total = self.step_overhead_s + full * self._graph_dense[-1] + (self._graph_dense[rest] if rest else 0.0)
+        elif tp == 0:  # an engine without graphs: decodes as calibrated
             total = self.step_overhead_s + self._dense(nd)
         else:
             tokens = tp + nd

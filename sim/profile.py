@@ -28,11 +28,11 @@ Format (JSON, ``"format": "servegym-profile/1"``)::
 embedding, norms, projections, MLP, KV writes, and the lm_head too when the
 profile has no ``lm_head`` table. Extra ``meta`` keys are allowed (e.g. how the
 tables were measured). An engine runs three kinds of steps: decode-only steps of at most
-``max(graph_batch_sizes)`` sequences replay a CUDA graph captured for the next size up
-(padded rows cost like real ones); steps holding a prefill chunk of at most
-``max(graph_token_sizes)`` tokens replay a graph captured for the next token count up;
-every other step runs eagerly, with its own launch costs. ``mixed_dense`` prices the
-non-attention work of steps holding a prefill (and of eager decode steps); without it
+``max(graph_batch_sizes)`` rows replay a CUDA graph captured for the next size up
+(padded rows cost like real ones), larger ones the largest graph on chunks of their rows;
+steps holding a prefill chunk of at most ``max(graph_token_sizes)`` tokens replay a graph
+captured for the next token count up; every other step runs eagerly, with its own launch
+costs. ``mixed_dense`` prices the non-attention work of steps holding a prefill; without it
 (or without ``graph_batch_sizes``) ``dense`` prices every step. ``mixed_decode`` is what decodes
 cost in a step holding a prefill beyond their attention and the step's padded token count (their
 host-side staging and bookkeeping, their LM-head rows). ``draft_attention`` and

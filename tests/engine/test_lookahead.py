@@ -12,7 +12,7 @@ import torch
 from engine import SamplingParams
 from engine.cuda_graphs import GraphStep
 from policies.scheduler import STEP_LOG_COLUMNS, Scheduler
-from policies.types import Request
+from policies.types import Request, StepPlan
 from tests.engine.test_llm import MAX_TOKENS, PROMPTS, llm
 
 CUDA = torch.cuda.is_available()
@@ -126,3 +126,18 @@ def test_graphs_with_lookahead_give_the_same_tokens(tiny_llama):
     assert ahead.runner.lookahead.hits > 0
     one = ahead.generate([PROMPTS[3]], max_tokens=40)[0]["token_ids"]
     assert one == plain.generate([PROMPTS[3]], max_tokens=40)[0]["token_ids"]
+
+
+def test_steps_past_the_largest_graph_replay_it_on_chunks_of_rows(tiny_llama):
+    """With graphs of 1 and 2 rows, a step of 5 decodes replays the 2-row graph twice and the 1-row graph
+    once (``DecodeGraphs.run``), giving the tokens of an eager engine; such steps are not looked ahead."""
+    plain = llm(tiny_llama, max_num_seqs=5)
+    chunked = llm(tiny_llama, max_num_seqs=5, decode_lookahead=True, cuda_graph_batch_sizes=(1, 2))
+    requests = [Request(str(i), 0.0, len(p), 4 + 3 * i, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
+    want = {s.seq_id: s.output_ids for s in plain.run(requests)}
+    got = {s.seq_id: s.output_ids for s in chunked.run(requests)}
+    assert got == want and len(got) >= 5
+    assert max(d for _, d, _, _ in plans_of(chunked)) > 2  # some steps did not fit one graph
+    five = StepPlan(0, 0.0, decodes=list(chunked.last_scheduler.finished[:5]))
+    assert chunked.runner.uses_graph(five) and not plain.runner.uses_graph(five)
+    assert chunked.runner.lookahead.hits > 0  # the steps of 1 and 2 decodes were still looked ahead

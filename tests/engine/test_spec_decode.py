@@ -188,9 +188,13 @@ def test_bad_speculative_settings_name_the_problem(tiny_llama, tmp_path):
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("method", ["ngram", "draft"])
-def test_graphed_speculation_on_cuda(tiny_llama, method):
-    """Verification rows replay the captured decode and mixed graphs; bf16 outputs match the plain engine's."""
+@pytest.mark.parametrize("sizes", [None, (1, 2, 4)])
+def test_graphed_speculation_on_cuda(tiny_llama, method, sizes):
+    """Verification rows replay the captured decode and mixed graphs (with decode graphs of at most 4 rows,
+    the 6 prompts' 24 verification rows replay the largest on chunks); bf16 outputs match the plain engine's."""
     kw = {"dtype": "bfloat16", "device": "cuda", "block_size": 16, "num_gpu_blocks": 256}
+    if sizes is not None:
+        kw["cuda_graph_batch_sizes"] = sizes
     reference = [o["token_ids"] for o in LLM(str(tiny_llama), **kw).generate(PROMPTS, max_tokens=32)]
     extra = {"draft_model": str(tiny_llama)} if method == "draft" else {}
     engine = LLM(str(tiny_llama), speculation="fixed:num_draft_tokens=3", speculative_method=method, **extra, **kw)

@@ -113,8 +113,8 @@ def test_calibrated_formula_by_hand() -> None:
 
 
 def test_graph_padding_and_eager_steps() -> None:
-    """Graphed decode steps cost dense at the padded graph size; steps with a prefill, or of more
-    decodes than the largest graph, cost mixed_dense."""
+    """Graphed decode steps cost dense at the padded graph size, steps of more decodes than the largest
+    graph that graph on chunks of their rows; steps with a prefill cost mixed_dense."""
     eager = {"x": [1, 101], "time_s": [5e-3, 6e-3]}
     cm = CalibratedCostModel(tiny_profile(mixed_dense=eager) | {"graph_batch_sizes": [1, 2, 4, 8]})
     lm = {n: 1e-4 + (n - 1) * 1e-5 for n in range(1, 20)}
@@ -123,8 +123,11 @@ def test_graph_padding_and_eager_steps() -> None:
         plan = make_plan([], [100] * n)
         dense = 1e-3 + (padded - 1) * 1e-4
         assert cm.step_time(plan) == pytest.approx(ovh + dense + lm[n] + 100 * n * 1e-7, rel=1e-12)
-    nine = make_plan([], [100] * 9)  # beyond the largest graph: eager
-    assert cm.step_time(nine) == pytest.approx(ovh + 5e-3 + 8e-5 + lm[9] + 900 * 1e-7, rel=1e-12)
+    nine = make_plan([], [100] * 9)  # beyond the largest graph: graph 8 on 8 rows, then graph 1 on the last
+    assert cm.step_time(nine) == pytest.approx(ovh + (1e-3 + 7e-4) + 1e-3 + lm[9] + 900 * 1e-7, rel=1e-12)
+    twenty = make_plan([], [100] * 20)  # 8 + 8 + 4
+    assert cm.step_time(twenty) == pytest.approx(ovh + 2 * (1e-3 + 7e-4) + (1e-3 + 3e-4) + 1e-4 + 19e-5
+                                                 + 2000 * 1e-7, rel=1e-12)
     mixed = make_plan([(5, 0)], [100, 100])  # a prefill makes the step eager: 7 tokens
     pf = 1e-5 + 14 * 2e-5
     assert cm.step_time(mixed) == pytest.approx(ovh + 5e-3 + 6e-5 + lm[3] + pf + 200 * 1e-7, rel=1e-12)
