@@ -34,7 +34,8 @@ class EngineConfig:
         max_num_seqs: most sequences in one step; caps the CUDA-graph ladder.
         enforce_eager: never capture CUDA graphs.
         cuda_graph_batch_sizes: decode batch sizes captured as CUDA graphs (a
-            decode-only step is padded up to the next size; larger ones run eagerly).
+            decode-only step is padded up to the next size; one of more rows replays the
+            largest on chunks of its rows).
         cuda_graph_token_sizes: token counts of steps holding a prefill chunk captured
             as CUDA graphs (such a step is padded up to the next count; sizes past the
             first one >= ``max_num_batched_tokens`` are not captured; larger steps,

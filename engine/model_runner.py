@@ -3,9 +3,9 @@
 Per step: swaps (out, then in), metadata (one host-to-device copy), the forward
 pass, sampling, and one synchronisation when the sampled ids come back to the
 host; the step's duration is that wall time. Steps that fit a captured CUDA
-graph (decode-only steps of at most the largest captured batch; steps holding
-prefill chunks of at most the largest captured token count and ``max_num_seqs``
-sequences) take the graph path: their inputs are written into static pinned
+graph (decode-only steps: of at most the largest captured batch, or more rows, which replay
+it on chunks of them; steps holding prefill chunks of at most the largest captured token count
+and ``max_num_seqs`` sequences) take the graph path: their inputs are written into static pinned
 buffers (one copy), one graph runs the whole step including the greedy argmax,
 and all-greedy steps read those ids back directly. With ``EngineConfig.decode_lookahead``
 a greedy decode step is followed on the device by the step the scheduler is expected to
