@@ -18,7 +18,7 @@ def fake_runner(graph_sizes: list[int] | None, speculative: bool = True, blocks:
 def test_verification_shapes_stay_within_the_decode_graphs() -> None:
     grid = CalibrationGrid(verify_batches=(1, 16, 48), verify_drafts=(1, 6))
     shapes = plan_verify_shapes(grid, fake_runner([1, 2, 4, 8, 16, 32, 64, 128, 256]))
-    # 48 x (6 + 1) = 336 rows would run eagerly: dropped; every other shape at both contexts
+    # 48 x (6 + 1) = 336 rows would replay the largest graph in chunks: dropped; every other shape at both contexts
     assert shapes == [(b, k, c) for b, k in ((1, 1), (1, 6), (16, 1), (16, 6), (48, 1)) for c in (32, 2048)]
     assert (48, 6, 32) in plan_verify_shapes(grid, fake_runner(None))  # no graphs: no limit
     assert plan_verify_shapes(grid, fake_runner([1, 2, 4], speculative=False)) == []  # no proposer
