@@ -8,7 +8,8 @@ Three sets, each a trimmed mean of whole steps (``StepDriver``: schedule + execu
    graph, 256, from 259 rows on);
 2. plain decode steps of 256 and 320 sequences;
 3. steps where only some decodes draft (every ``n``-th one), the mix the adaptive policy produces,
-   which the calibration grid does not time; plus a torch profile of a 336-row step.
+   which the calibration grid does not time (3 warm-up steps, then the mean of 9 without the lowest
+   and the highest); plus a torch profile of a 336-row step.
 """
 
 import sys
@@ -20,6 +21,7 @@ from engine.config import EngineConfig
 from engine.model_runner import ModelRunner
 from experiments.calibration_driver import StepDriver
 from experiments.engine_run import warm_up
+from experiments.profile_fit import typical
 from policies.speculation import SpeculationPolicy
 
 
@@ -46,15 +48,14 @@ def main(model: str) -> None:
         print(f"decode B={b}: {s.time_s * 1e3:.3f} ms", flush=True)
     for b, k, every in ((16, 2, 4), (16, 2, 1), (16, 0, 1), (32, 2, 4), (8, 3, 2), (32, 2, 1)):
         spec = EveryNth(num_draft_tokens=max(k, 1), every=every) if k else None
-        sched = driver._all_decoding(b, 1024, 65536, b, 12, spec)
+        sched = driver.all_decoding(b, 1024, 65536, b, 12, spec)
         times = []
         for _ in range(12):
             plan, dt = driver.step(sched)
             times.append(dt)
-        kept = sorted(times[3:])[1:-1]
         print(f"SHAPE B={b} k={k} every={every} ctx=1024: rows={plan.num_decode_rows} drafts={plan.num_draft_tokens} "
               f"decode_ctx={plan.decode_ctx_tokens} draft_ctx={plan.draft_ctx_tokens} "
-              f"mean_ms={sum(kept) / len(kept) * 1e3:.3f}", flush=True)
+              f"mean_ms={typical(times[3:], trim=0.12) * 1e3:.3f}", flush=True)  # drops 1 of 9 at each end
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts) as prof:
         driver.verify(48, 6, 39, 0, 4)

@@ -160,15 +160,13 @@ class DecodeGraphs:
         n, most = len(decodes), self.sizes[-1]
         if n <= most:
             return self._replay(decodes)
-        logits = ids = None
+        largest = self.graphs[most]
+        logits = largest.logits.new_empty((n, largest.logits.shape[1]))
+        ids = largest.ids.new_empty(n)
         for a in range(0, n, most):  # each copy is queued before the next replay overwrites the graph's outputs
             part_logits, part_ids = self._replay(decodes[a : a + most])
-            if logits is None:
-                logits = part_logits.new_empty((n, part_logits.shape[1]))
-                ids = part_ids.new_empty(n)
             logits[a : a + len(part_ids)].copy_(part_logits)
             ids[a : a + len(part_ids)].copy_(part_ids)
-        assert logits is not None and ids is not None
         return logits, ids
 
     def _replay(self, decodes: Seq[Sequence] | DecodeRows) -> tuple[torch.Tensor, torch.Tensor]:

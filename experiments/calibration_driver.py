@@ -55,7 +55,7 @@ class StepDriver:
         sched.postprocess(plan, StepResult(result.duration_s, result.token_ids))
         return plan, time.perf_counter() - t0
 
-    def _all_decoding(self, batch: int, context: int, budget: int, max_num_seqs: int, steps: int,
+    def all_decoding(self, batch: int, context: int, budget: int, max_num_seqs: int, steps: int,
                       speculation: SpeculationPolicy | None = None) -> Scheduler:
         """A scheduler whose ``batch`` requests (prompts of ``context - 1`` tokens, random ids) all decode,
         with output left for ``steps`` more steps (of up to ``k + 1`` tokens under ``speculation``); the
@@ -73,7 +73,7 @@ class StepDriver:
 
     def decode(self, batch: int, context: int, warmup: int, repeats: int) -> DecodeSample:
         budget = max(2 * batch, self.runner.config.max_num_batched_tokens)
-        sched = self._all_decoding(batch, context, budget, batch, warmup + repeats)
+        sched = self.all_decoding(batch, context, budget, batch, warmup + repeats)
         times: list[float] = []
         ctx: list[float] = []
         for _ in range(warmup + repeats):
@@ -117,7 +117,7 @@ class StepDriver:
         """
         budget = max(tokens + batch, self.runner.config.max_num_batched_tokens)
         rounds = warmup + repeats
-        sched = self._all_decoding(batch, context, budget, batch + 1, rounds)
+        sched = self.all_decoding(batch, context, budget, batch + 1, rounds)
         times: list[float] = []
         ctx: list[float] = []
         for _ in range(rounds):
@@ -137,7 +137,7 @@ class StepDriver:
         rows = batch * (drafts + 1)
         budget = max(2 * rows, self.runner.config.max_num_batched_tokens)
         spec = SpeculationPolicy(num_draft_tokens=drafts)
-        sched = self._all_decoding(batch, context, budget, batch, warmup + repeats, spec)
+        sched = self.all_decoding(batch, context, budget, batch, warmup + repeats, spec)
         times: list[float] = []
         ctx: list[tuple[float, float]] = []
         for _ in range(warmup + repeats):

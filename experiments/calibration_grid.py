@@ -81,17 +81,24 @@ def plan_verify_shapes(grid: CalibrationGrid, runner: ModelRunner) -> list[tuple
     """
     if runner.speculative is None:
         return []
-    bs, blocks, mml = runner.block_size, runner.num_gpu_blocks, runner.max_model_len
     most = max(runner.graphs.sizes) if runner.graphs is not None else None
     shapes: list[tuple[int, int, int]] = []
     for b in grid.verify_batches:
         for k in grid.verify_drafts:
-            fit = min(mml, (blocks // b) * bs) - (grid.warmup + grid.repeats + 8) * (k + 1) - 2 * bs
-            ctxs = [c for c in dict.fromkeys(min(c, fit) for c in grid.decode_contexts) if c >= 2]
+            ctxs = _decode_contexts(grid, runner, b, k + 1)
             rows = b * (k + 1)
             if len(ctxs) == 2 and rows <= runner.config.max_num_batched_tokens and (most is None or rows <= most):
                 shapes += [(b, k, c) for c in ctxs]
     return shapes
+
+
+def _decode_contexts(grid: CalibrationGrid, runner: ModelRunner, batch: int, tokens_per_step: int) -> list[int]:
+    """The grid's decode contexts shrunk so that ``batch`` sequences, each growing by up to
+    ``tokens_per_step`` tokens a step over the shape's steps, fit the pool and ``max_model_len``;
+    duplicates and contexts below 2 dropped."""
+    bs, steps = runner.block_size, grid.warmup + grid.repeats + 8
+    fit = min(runner.max_model_len, (runner.num_gpu_blocks // batch) * bs) - steps * tokens_per_step - 2 * bs
+    return [c for c in dict.fromkeys(min(c, fit) for c in grid.decode_contexts) if c >= 2]
 
 
 def plan_shapes(grid: CalibrationGrid, runner: ModelRunner
@@ -108,8 +115,7 @@ def plan_shapes(grid: CalibrationGrid, runner: ModelRunner
     steps = grid.warmup + grid.repeats + 8
     decodes: list[tuple[int, int]] = []
     for b in grid.batch_sizes:
-        fit = min(mml, (blocks // b) * bs) - steps - 2 * bs  # per-sequence tokens the pool holds
-        shapes = [c for c in dict.fromkeys(min(c, fit) for c in grid.decode_contexts) if c >= 2]
+        shapes = _decode_contexts(grid, runner, b, 1)
         if len(shapes) == 2:
             decodes += [(b, c) for c in shapes]
     prefills: list[tuple[int, int, int]] = []
