@@ -22,6 +22,16 @@ from engine.layers import apply_rope_
 from engine.step_metadata import StepMetadata
 
 AMAX_FLOOR = 1e-12  # an all-zero head still gets a positive scale (its codes are 0)
+_TILE_ROWS = 16  # the decode kernel's smallest tile of (query row, head) pairs (tl.dot needs 16 rows)
+
+
+def verify_group_rows(configured: int | None, num_heads: int, num_kv_heads: int) -> int:
+    """Most verification rows of one decode the triton decode kernel attends together
+    (``EngineConfig.verify_group_rows``): ``configured``, or by default as many rows as fill its 16-row
+    tile with their ``num_heads / num_kv_heads`` query heads each (at least 1)."""
+    if configured is not None:
+        return configured
+    return max(1, _TILE_ROWS // (num_heads // num_kv_heads))
 
 
 def quantize_kv(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,13 +151,15 @@ class TritonAttention:
             the block-table width (host side, so fixed for a captured graph).
         pdl: launch the fused RoPE + KV write and the decode attention kernels with
             programmatic dependent launch (``kernels.pdl``; Hopper GPUs only).
+        max_group: most decode rows one group of ``StepMetadata.decode_group_lens`` holds (the decode
+            kernel's tile; used where the metadata carries groups).
 
     Raises:
         ImportError: a kernel module is missing.
     """
 
     def __init__(self, kv: KVCache, num_heads: int, num_kv_heads: int, head_dim: int,
-                 decode_splits: int | None = None, pdl: bool = False) -> None:
+                 decode_splits: int | None = None, pdl: bool = False, max_group: int = 1) -> None:
         try:
             from kernels.attention_decode import paged_decode_attention
             from kernels.attention_prefill import paged_prefill_attention
@@ -160,6 +172,7 @@ class TritonAttention:
         self.scale = head_dim**-0.5
         self.decode_splits = decode_splits
         self.pdl = pdl
+        self.max_group = max_group
 
     def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
@@ -186,5 +199,6 @@ class TritonAttention:
                           meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out[:p])
         if meta.num_decodes:
             self._decode(q[p:], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
-                         k_scale, v_scale, num_splits=self.decode_splits, out=out[p:], pdl=self.pdl)
+                         k_scale, v_scale, num_splits=self.decode_splits, out=out[p:], pdl=self.pdl,
+                         group_lens=meta.decode_group_lens, max_group=self.max_group)
         return out

@@ -71,6 +71,11 @@ class EngineConfig:
             scheduler's speculation policy (``policies.speculation``).
         draft_model: Hugging Face style folder of the draft model (same vocabulary), for 'draft'.
         ngram_min, ngram_max: suffix lengths the 'ngram' proposer matches (longest first).
+        verify_group_rows: with speculative decoding and the triton backend, up to this many rows of one
+            decode (its last token and its drafts) attend together, reading their shared context once
+            (``group_lens`` of ``kernels.attention_decode``); 1 reads it once per row. None: as many as
+            fill the kernel's 16-row tile with their query heads (4 for Llama-3.2-1B, 5 for 3B), which
+            keeps plain decode steps on the tile they use without groups. Results are the same.
     """
 
     model: str
@@ -98,6 +103,7 @@ class EngineConfig:
     draft_model: str | None = None
     ngram_min: int = 1
     ngram_max: int = 3
+    verify_group_rows: int | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -142,6 +148,8 @@ class EngineConfig:
             raise bad("draft_model", "must be given exactly when speculative_method is 'draft'")
         if not 1 <= self.ngram_min <= self.ngram_max:
             raise bad("ngram_min", f"must be >= 1 and <= ngram_max ({self.ngram_max})")
+        if self.verify_group_rows is not None and not 1 <= self.verify_group_rows <= 32:
+            raise bad("verify_group_rows", "must be None or in [1, 32]")
         if self.speculative_method is not None and self.decode_lookahead:
             raise bad("decode_lookahead", "cannot be combined with speculative decoding (speculative_method)")
 

@@ -2,7 +2,8 @@
 
 The buffer holds, field after field (each on a ``SEGMENT_ALIGN``-byte boundary),
 ``input_ids``, ``positions``, ``slot_mapping`` (int64 [R]), ``seq_lens`` (int32
-[R]) and ``block_tables`` (int32 [R, W]) for up to ``R`` rows. Block tables come
+[R]), with row groups ``group_lens`` (int32 [R]; speculative verification) and
+``block_tables`` (int32 [R, W]) for up to ``R`` rows. Block tables come
 last, so a step of ``b`` rows copies one prefix of the buffer: every field in
 full plus ``b`` table rows. The host mirror is pinned on CUDA and written in
 place; nothing is allocated per step.
@@ -26,7 +27,7 @@ from engine.step_metadata import DecodeRows, StepMetadata, padded_width
 from policies.sequence import Sequence
 
 _FIELDS = (("input_ids", np.int64, 1), ("positions", np.int64, 1), ("slot_mapping", np.int64, 1),
-           ("seq_lens", np.int32, 1), ("block_tables", np.int32, 0))  # 0: the table width
+           ("seq_lens", np.int32, 1), ("group_lens", np.int32, 1), ("block_tables", np.int32, 0))  # 0: table width
 
 
 class DecodeInputs:
@@ -38,10 +39,12 @@ class DecodeInputs:
         block_size: tokens per KV block.
         scratch_block: the KV block padding rows use.
         device: where the buffers live (CUDA for graphs; the CPU works too, for tests).
+        max_group: most rows of one sequence attended together (``DecodeRows.group_lens``; 1: no groups,
+            and ``meta`` carries none).
     """
 
     def __init__(self, max_rows: int, table_width: int, block_size: int, scratch_block: int,
-                 device: torch.device) -> None:
+                 device: torch.device, max_group: int = 1) -> None:
         if max_rows < 1:
             raise ValueError(f"DecodeInputs.max_rows must be >= 1, got {max_rows}")
         self.max_rows = max_rows
@@ -49,6 +52,7 @@ class DecodeInputs:
         self.block_size = block_size
         self.scratch_block = scratch_block
         self.device = device
+        self.max_group = max_group
         self.buffers = StaticBuffers(tuple((name, dtype, (max_rows,) if cols else (max_rows, self.width))
                                            for name, dtype, cols in _FIELDS), device)
         self.host, self.dev = self.buffers.host, self.buffers.dev
@@ -63,6 +67,7 @@ class DecodeInputs:
         h["positions"][start:stop] = 0
         h["slot_mapping"][start:stop] = self.scratch_block * self.block_size
         h["seq_lens"][start:stop] = 1
+        h["group_lens"][start:stop] = 1
         h["block_tables"][start:stop, 0] = self.scratch_block
 
     def stage(self, decodes: Seq[Sequence] | DecodeRows, rows: int) -> None:
@@ -91,6 +96,8 @@ class DecodeInputs:
         h["positions"][:n] = step.positions
         h["slot_mapping"][:n] = slots
         h["seq_lens"][:n] = h["positions"][:n] + 1
+        if self.max_group > 1:
+            h["group_lens"][:n] = step.group_lens(self.max_group)
         if rows > n:
             self._pad(n, rows)
         self.buffers.upload((0, self._table_offset + rows * self.width * 4))
@@ -124,4 +131,5 @@ class DecodeInputs:
             prefill_cu_seqlens=torch.zeros(1, **i32), prefill_seq_lens=torch.zeros(0, **i32),
             prefill_block_tables=torch.zeros((0, 1), **i32),
             decode_seq_lens=d["seq_lens"][:rows], decode_block_tables=d["block_tables"][:rows],
-            num_prefill_tokens=0, num_decodes=rows, prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[])
+            num_prefill_tokens=0, num_decodes=rows, prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[],
+            decode_group_lens=d["group_lens"][:rows] if self.max_group > 1 else None)

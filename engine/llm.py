@@ -63,7 +63,8 @@ class LLM:
         self.scheduler_config = SchedulerConfig(
             num_gpu_blocks=self.runner.num_gpu_blocks, block_size=self.config.block_size,
             num_cpu_blocks=self.config.num_cpu_blocks, enable_prefix_caching=enable_prefix_caching,
-            preemption_mode=preemption_mode, victim=victim, eviction=eviction)
+            preemption_mode=preemption_mode, victim=victim, eviction=eviction,
+            verify_group_rows=self.runner.max_group)
         self.tokenizer = load_tokenizer(tokenizer, Path(model))
         if self.tokenizer is not None:
             check_vocab(self.tokenizer, self.runner.spec.vocab_size)

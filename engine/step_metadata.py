@@ -42,6 +42,8 @@ class StepMetadata:
     chunks' rows follow (``prefill_cu_seqlens`` starts at the decodes' end), the rest
     is padding that attention must still give finite (zero) rows;
     ``num_prefill_tokens`` then counts every row of the batch.
+    ``decode_group_lens`` (int32 [Sd], or None): the decode rows' groups
+    (``DecodeRows.group_lens``), for attention that reads a group's context once.
     """
 
     input_ids: torch.Tensor
@@ -59,6 +61,7 @@ class StepMetadata:
     prefill_ctx_lens: list[int]
     sampling_seqs: list[Sequence]
     padded: bool = False
+    decode_group_lens: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -111,6 +114,18 @@ class DecodeRows:
             seqs.extend([seq] * n)
         return cls(ids, pos, tables, seqs)
 
+    def group_lens(self, max_group: int) -> list[int]:
+        """Row groups of the decode attention kernel: consecutive rows of one sequence (same table, positions
+        one apart), cut into pieces of at most ``max_group`` rows; per row, the rows of the piece it starts,
+        0 inside a piece (``group_lens`` of ``kernels.attention_decode``)."""
+        out = [0] * len(self.seqs)
+        lead, prev = 0, None
+        for i, seq in enumerate(self.seqs):
+            if seq is not prev or out[lead] == max_group:
+                lead, prev = i, seq
+            out[lead] += 1
+        return out
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -139,12 +154,15 @@ class MetadataBuilder:
         scratch_block: a KV block no sequence owns: padding tokens write there and
             padded block-table entries point there.
         device: target device.
+        max_group: most decode rows of one sequence attended together (``DecodeRows.group_lens``);
+            1 builds no groups.
     """
 
-    def __init__(self, block_size: int, scratch_block: int, device: torch.device) -> None:
+    def __init__(self, block_size: int, scratch_block: int, device: torch.device, max_group: int = 1) -> None:
         self.block_size = block_size
         self.scratch_block = scratch_block
         self.device = device
+        self.max_group = max_group
         self._staging: torch.Tensor | None = None
         # Recorded after each copy out of the pinned staging buffer; waited on before rewriting it.
         self._copied = torch.cuda.Event() if device.type == "cuda" else None
@@ -217,6 +235,9 @@ class MetadataBuilder:
             "decode_seq_lens": d_lens,
             "decode_block_tables": d_bt,
         }
+        if self.max_group > 1:  # padding rows are groups of one
+            arrays["decode_group_lens"] = np.asarray(rows.group_lens(self.max_group) + [1] * (padded - nd),
+                                                     dtype=np.int32)
         tensors = self._to_device(arrays)
         return StepMetadata(**tensors, num_prefill_tokens=num_prefill, num_decodes=padded,
                             prefill_q_lens=q_lens, prefill_ctx_lens=ctx_lens, sampling_seqs=sampling_seqs)

@@ -150,6 +150,7 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
         (xs, ys), overhead = fit_verify(verify, lambda v: base.shape_time(0, 0, v.rows, v.ctx_tokens, 0))
         profile["tables"]["draft_attention"] = {"x": xs, "time_s": ys}
         profile["speculative_overhead_s"] = overhead
+        profile["verify_group_rows"] = runner.max_group
     validate_profile(profile, "<calibration>")
     return profile
 

@@ -41,7 +41,7 @@ class StepDriver:
     def scheduler(self, max_num_seqs: int, budget: int, caching: bool,
                   speculation: SpeculationPolicy | None = None) -> Scheduler:
         cfg = SchedulerConfig(num_gpu_blocks=self.runner.num_gpu_blocks, block_size=self.bs,
-                              enable_prefix_caching=caching)
+                              enable_prefix_caching=caching, verify_group_rows=self.runner.max_group)
         batching = ContinuousBatching(max_num_seqs=max_num_seqs, token_budget=budget)
         return Scheduler(cfg, batching, speculation=speculation)
 

@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from engine.model_runner import ModelRunner
 
 ENGINE_SKIP = ("model", "cuda_graph_batch_sizes", "cuda_graph_token_sizes")
-SCHEDULER_SKIP = ("num_gpu_blocks", "block_size", "num_cpu_blocks")  # the engine's config decides these
+SCHEDULER_SKIP = ("num_gpu_blocks", "block_size", "num_cpu_blocks", "verify_group_rows")  # the engine decides
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -97,10 +97,11 @@ def build_runner(cfg: EngineConfig) -> ModelRunner:
 
 
 def scheduler_config(ns: argparse.Namespace, runner: ModelRunner) -> SchedulerConfig:
-    """KV/preemption flags plus the engine's pool: its block count, block size and host blocks."""
+    """KV/preemption flags plus the engine's pool (its block count, block size and host blocks) and how it
+    attends verification rows."""
     cfg = runner.config
     return from_args(SchedulerConfig, ns, num_gpu_blocks=runner.num_gpu_blocks, block_size=cfg.block_size,
-                     num_cpu_blocks=cfg.num_cpu_blocks)
+                     num_cpu_blocks=cfg.num_cpu_blocks, verify_group_rows=runner.max_group)
 
 
 def device_label(runner: ModelRunner) -> str:
@@ -163,7 +164,7 @@ def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
     prefix = tuple((7 * i + 3) % vocab for i in range(longest))
     lengths = sorted({1, min(5, longest), min(bs + 3, longest), longest})
     for k in range(rounds):
-        cfg = SchedulerConfig(num_gpu_blocks=runner.num_gpu_blocks, block_size=bs)
+        cfg = SchedulerConfig(num_gpu_blocks=runner.num_gpu_blocks, block_size=bs, verify_group_rows=runner.max_group)
         sched = Scheduler(cfg, ContinuousBatching(max_num_seqs=16, token_budget=max(64, 2 * longest)))
         run_offline(sched, runner, [Request(f"w{k}-{i}", 0.0, n, 4, prompt_token_ids=prefix[:n])
                                     for i, n in enumerate(lengths)])

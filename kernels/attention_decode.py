@@ -17,6 +17,14 @@ With n_s == 1 the partition program writes the normalised output directly (a run
 it writes its unnormalised partial output, running max (log2 domain) and denominator, and kernel 2
 (reduce; it returns at once where n_s == 1) merges the n_s partials. Partial buffers exist only when
 num_splits > 1. A sequence of length 0 (CUDA-graph padding) has n_s == 1 and yields zeros, not NaN.
+
+Row groups (speculative verification): a decode verifying ``k`` drafts is ``k + 1`` consecutive rows over
+one block table at contexts ctx, ctx + 1, ..., each attending causally. Given ``group_lens`` (per row: the
+rows of the group it leads, 0 for a row inside an earlier row's group), the leader's programs load the
+query rows of its whole group (up to ``max_group`` rows x the GQA group, one tile) and stream the shared
+context once, masking each row at its own position, instead of once per row. Splits are cut over the
+group's longest context; every row keeps its own split count (a split holds keys of a row exactly when
+its index is below the row's count), so the reduction and the per-row outputs are those of ungrouped rows.
 """
 
 from __future__ import annotations
@@ -50,21 +58,21 @@ def _active_splits(ctx, keys_per_split, num_splits):
 
 
 @triton.jit
-def _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask):
-    """out[s, head, :] = acc / l_i (rows with no key, l_i == 0, get acc == 0 and so zeros)."""
+def _store_normalised(out_ptr, row, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask):
+    """out[row, head, :] = acc / l_i per tile row (rows with no key, l_i == 0, get acc == 0 and so zeros)."""
     out = acc / tl.maximum(l_i, 1e-30)[:, None]
-    tl.store(out_ptr + s.to(tl.int64) * stride_os + head[:, None] * stride_oh + offs_d[None, :],
+    tl.store(out_ptr + row.to(tl.int64)[:, None] * stride_os + head[:, None] * stride_oh + offs_d[None, :],
              out.to(out_ptr.dtype.element_ty), mask=io_mask)
 
 
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
 def _decode_partition_kernel(
-    q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, seq_lens_ptr, out_ptr, po_ptr, pm_ptr, pl_ptr,
+    q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, seq_lens_ptr, group_ptr, out_ptr, po_ptr, pm_ptr, pl_ptr,
     qk_scale, stride_qs, stride_qh, stride_os, stride_oh, stride_bt,
     block_size, num_kv_heads, num_q_heads, num_splits, keys_per_split,
-    GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, QUANT: tl.constexpr, DOT_DT: tl.constexpr,
-    PDL: tl.constexpr,
+    GROUP: tl.constexpr, MAX_ROWS: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, GROUPED: tl.constexpr,
+    QUANT: tl.constexpr, DOT_DT: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     # num_splits (grid size, the most splits per sequence) and keys_per_split (a multiple of BLOCK_N) are
@@ -72,7 +80,14 @@ def _decode_partition_kernel(
     s = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
-    ctx = tl.load(seq_lens_ptr + s)
+    if GROUPED:
+        nq = tl.minimum(tl.load(group_ptr + s), MAX_ROWS)
+        if nq == 0:
+            return  # a row inside an earlier row's group: that row's programs attend for it
+    else:
+        nq = 1
+    ctx_first = tl.load(seq_lens_ptr + s)
+    ctx = tl.load(seq_lens_ptr + s + nq - 1)  # the group's longest context sets the splits
     n_s = _active_splits(ctx, keys_per_split, num_splits)
     if split >= n_s:
         return  # this sequence needs fewer splits
@@ -80,43 +95,52 @@ def _decode_partition_kernel(
     # The last active split takes every remaining key: ragged, and robust to ctx > num_splits * keys_per_split.
     hi = tl.where(split == n_s - 1, ctx, lo + keys_per_split)
 
+    # Tile row r holds query row s + r // GROUP, head kvh * GROUP + r % GROUP (the GQA group of each row).
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
-    head = kvh * GROUP + offs_g
-    g_ok = offs_g < GROUP
+    j = offs_g // GROUP
+    row = s + j
+    head = kvh * GROUP + offs_g % GROUP
+    g_ok = (j < nq) & (offs_g < GROUP * MAX_ROWS)
     io_mask = g_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(q_ptr + s.to(tl.int64) * stride_qs + head[:, None] * stride_qh + offs_d[None, :],
+    q = tl.load(q_ptr + row.to(tl.int64)[:, None] * stride_qs + head[:, None] * stride_qh + offs_d[None, :],
                 mask=io_mask, other=0.0).to(DOT_DT)
-    pos = tl.zeros([BLOCK_G], tl.int32) + (ctx - 1)
+    row_ctx = tl.load(seq_lens_ptr + row, mask=g_ok, other=0)
+    pos = row_ctx - 1
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     bt_row = bt_ptr + s.to(tl.int64) * stride_bt
-    n_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
+    # Keys before the group's shortest context are seen by every row: unmasked blocks up to there.
+    n_full = lo + tl.maximum(tl.minimum(hi, ctx_first) - lo, 0) // BLOCK_N * BLOCK_N
     for start_n in range(lo, n_full, BLOCK_N):
         acc, m_i, l_i = attend_block(
             acc, m_i, l_i, q, qk_scale, start_n, hi, pos,
             kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, block_size, num_kv_heads, kvh,
             HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, False, DOT_DT)
-    for start_n in range(n_full, hi, BLOCK_N):  # at most one ragged tail block
+    for start_n in range(n_full, hi, BLOCK_N):  # the ragged tail (and a group's later positions), masked
         acc, m_i, l_i = attend_block(
             acc, m_i, l_i, q, qk_scale, start_n, hi, pos,
             kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, block_size, num_kv_heads, kvh,
             HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, True, DOT_DT)
 
     if SPLIT:
-        if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
-            _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
-        else:
-            # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits]; only the first
-            # n_s splits of a sequence are written (each holds >= 1 key, so its max is finite).
-            row = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
-            tl.store(po_ptr + row[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
-            tl.store(pm_ptr + row, m_i, mask=g_ok)
-            tl.store(pl_ptr + row, l_i, mask=g_ok)
+        # Each row by its own split count: an unsplit row (also ctx == 0) is written normalised by split 0,
+        # a split row gets a partial from each of its splits (each holds >= 1 of its keys, so a finite max).
+        row_ns = _active_splits(row_ctx, keys_per_split, num_splits)
+        if split == 0:
+            _store_normalised(out_ptr, row, head, offs_d, stride_os, stride_oh, acc, l_i,
+                              io_mask & (row_ns == 1)[:, None])
+        # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits]; only the first
+        # n_s splits of a row are written.
+        part_ok = g_ok & (row_ns > 1) & (split < row_ns)
+        prow = (row.to(tl.int64) * num_q_heads + head) * num_splits + split
+        tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=part_ok[:, None])
+        tl.store(pm_ptr + prow, m_i, mask=part_ok)
+        tl.store(pl_ptr + prow, l_i, mask=part_ok)
     else:
-        _store_normalised(out_ptr, s, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
+        _store_normalised(out_ptr, row, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
 
 
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
@@ -152,6 +176,7 @@ def _check_args(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     seq_lens: torch.Tensor, k_scale: torch.Tensor | None, v_scale: torch.Tensor | None,
     num_splits: int | None, out: torch.Tensor | None, config: DecodeConfig | None = None,
+    group_lens: torch.Tensor | None = None, max_group: int = 1,
 ) -> tuple[int, int, int, bool]:
     _, _, hkv, d, quantized = check_kv_cache(k_cache, v_cache, k_scale, v_scale)
     check_tensor("q", q, 3, ACT_DTYPES)
@@ -167,13 +192,18 @@ def _check_args(
         raise ValueError(f"block_tables has {block_tables.shape[0]} rows, expected num_seqs={num_seqs}")
     if num_splits is not None and not (isinstance(num_splits, int) and num_splits >= 1):
         raise ValueError(f"num_splits must be a positive int or None, got {num_splits!r}")
+    if group_lens is not None:
+        check_tensor("group_lens", group_lens, 1, (torch.int32,))
+        check_shape("group_lens", group_lens, (num_seqs,))
+    if not (isinstance(max_group, int) and not isinstance(max_group, bool) and max_group >= 1):
+        raise ValueError(f"max_group must be a positive int, got {max_group!r}")
     if config is not None and not isinstance(config, DecodeConfig):
         raise ValueError(f"config must be a DecodeConfig or None, got {type(config).__name__}")
     if out is not None:
         check_tensor("out", out, 3, (q.dtype,))
         check_shape("out", out, tuple(q.shape))
     check_same_device(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens,
-                      k_scale=k_scale, v_scale=v_scale, out=out)
+                      k_scale=k_scale, v_scale=v_scale, out=out, group_lens=group_lens)
     return num_seqs, hq, hkv, quantized
 
 
@@ -181,7 +211,8 @@ def paged_decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
     seq_lens: torch.Tensor, softmax_scale: float, k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None, num_splits: int | None = None, out: torch.Tensor | None = None,
-    pdl: bool = False, config: DecodeConfig | None = None,
+    pdl: bool = False, config: DecodeConfig | None = None, group_lens: torch.Tensor | None = None,
+    max_group: int = 1,
 ) -> torch.Tensor:
     """Attention of one new query per sequence over its whole paged context (positions 0..seq_len-1).
 
@@ -198,12 +229,18 @@ def paged_decode_attention(
         pdl: launch both kernels with programmatic dependent launch (``kernels.pdl``; ValueError off
             Hopper).
         config: the partition kernel's launch shape (None: ``default_decode_config``).
+        group_lens: optional int32 [S] row groups (see the module docstring): per row, how many rows
+            (itself and those after it, at most ``max_group``) share its block table at nondecreasing
+            contexts and are attended together, or 0 for a row inside an earlier row's group. The result
+            is the same as without groups; only the K/V bytes read change. Not checked on the device.
+        max_group: the most rows of one group (a compile-time tile size; used with ``group_lens``).
 
     Returns:
         out [S, Hq, D] in q's dtype.
     """
     num_seqs, hq, hkv, quantized = _check_args(
-        q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, num_splits, out, config)
+        q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, num_splits, out, config, group_lens,
+        max_group)
     launch = pdl_launch_options(pdl, q.device)
     if out is None:
         out = torch.empty_like(q)
@@ -215,6 +252,7 @@ def paged_decode_attention(
     if num_splits is None:
         num_splits = default_num_splits(num_seqs, hkv, max_context, q.device)
     group = hq // hkv
+    rows = max_group if group_lens is not None else 1
     cfg = config if config is not None else default_decode_config(d, quantized, q.device, num_seqs)
     split_keys = keys_per_split(max_context, num_splits, cfg.block_n)
     # Splits past cdiv(max_context, keys_per_split) could never be active (seq_len <= max_context): drop
@@ -228,12 +266,13 @@ def paged_decode_attention(
         po = pm = pl = out  # unused dummies
     _decode_partition_kernel[(num_seqs, hkv, num_splits)](
         q, k_cache, v_cache, k_scale if quantized else k_cache, v_scale if quantized else v_cache,
-        block_tables, seq_lens, out, po, pm, pl,
+        block_tables, seq_lens, group_lens if group_lens is not None else seq_lens, out, po, pm, pl,
         float(softmax_scale) * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.shape[1], hkv, hq, num_splits, split_keys,
-        GROUP=group, BLOCK_G=max(16, next_pow2(group)), HEAD_DIM=d, BLOCK_D=block_d,
-        BLOCK_N=cfg.block_n, SPLIT=num_splits > 1, QUANT=quantized, DOT_DT=dot_dtype(q.dtype, q.device),
+        GROUP=group, MAX_ROWS=rows, BLOCK_G=max(16, next_pow2(group * rows)), HEAD_DIM=d, BLOCK_D=block_d,
+        BLOCK_N=cfg.block_n, SPLIT=num_splits > 1, GROUPED=group_lens is not None, QUANT=quantized,
+        DOT_DT=dot_dtype(q.dtype, q.device),
         PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch,
     )
     if num_splits > 1:

@@ -153,7 +153,8 @@ class Scheduler:
             i += 1
         plan.decode_ctx_tokens = decode_ctx
         if self.speculation is not None and decodes and not plan.preempted:
-            budget = assign_drafts(plan, self.speculation.draft_lens(decodes, self), self.bm, budget)
+            budget = assign_drafts(plan, self.speculation.draft_lens(decodes, self), self.bm, budget,
+                                   self.config.verify_group_rows or 1)
         if not plan.preempted:
             if self.swapped:
                 budget = self._swap_in(plan, budget)

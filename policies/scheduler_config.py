@@ -20,6 +20,10 @@ class SchedulerConfig:
         preemption_mode: 'recompute' (drop KV, prefill again) or 'swap' (move KV to host).
         victim: victim choice, a key of ``policies.preemption.VICTIM_POLICIES``.
         eviction: eviction order of cached blocks, a key of ``policies.eviction.EVICTION_POLICIES``.
+        verify_group_rows: rows of one decode's verification (its last token and its drafts) that the
+            executor attends together, reading their shared context once (the engine's
+            ``ModelRunner.max_group``, a calibrated profile's ``verify_group_rows``); sets the context
+            ``StepPlan.draft_ctx_tokens`` counts. None: the simulator takes its cost model's, else 1.
     """
 
     num_gpu_blocks: int
@@ -29,6 +33,7 @@ class SchedulerConfig:
     preemption_mode: str = "recompute"
     victim: str = "lifo"
     eviction: str = "lru"
+    verify_group_rows: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1:
@@ -44,3 +49,5 @@ class SchedulerConfig:
         if self.victim not in VICTIM_POLICIES:
             raise ValueError(f"unknown victim policy {self.victim!r}; choose one of {sorted(VICTIM_POLICIES)}")
         make_eviction_policy(self.eviction)  # raises on an unknown name
+        if self.verify_group_rows is not None and self.verify_group_rows < 1:
+            raise ValueError(f"verify_group_rows must be >= 1 or None, got {self.verify_group_rows}")

@@ -136,13 +136,26 @@ class AdaptiveSpeculation(SpeculationPolicy):
         return [self.best_k(self.alpha(s)) for s in decodes]
 
 
-def assign_drafts(plan: StepPlan, wanted: Seq[int], bm: BlockManager, budget: int) -> int:
+def group_reads(ctx: int, drafts: int, group_rows: int) -> int:
+    """Context tokens a decode's verification rows read beyond the decode's own ``ctx`` keys.
+
+    Row ``j`` (0: the decode, 1..``drafts``: its drafts) sees ``ctx + j`` keys; the executor attends the
+    rows in pieces of ``group_rows`` consecutive rows, each reading its longest row's context once. The
+    first piece's read is the decode's own (counted in ``decode_ctx_tokens``); every later piece adds
+    one. With ``group_rows == 1`` that is every draft row's own context.
+    """
+    last = drafts  # the last row's index
+    return sum(ctx + min(start + group_rows, last + 1) - 1 for start in range(group_rows, last + 1, group_rows))
+
+
+def assign_drafts(plan: StepPlan, wanted: Seq[int], bm: BlockManager, budget: int, group_rows: int = 1) -> int:
     """Give the plan's decodes their draft tokens: ``wanted[i]`` for decode ``i``, capped so that a
     sequence never drafts past its output length, within ``budget``, and only where the KV blocks of
     the drafted positions can be had without preempting anyone (speculation never preempts).
 
-    Sets ``plan.draft_lens``, ``plan.num_draft_tokens`` and ``plan.draft_ctx_tokens`` (the draft rows'
-    context), which is added to ``plan.decode_ctx_tokens``; a plan whose caps leave no draft keeps empty
+    Sets ``plan.draft_lens``, ``plan.num_draft_tokens`` and ``plan.draft_ctx_tokens`` (the context the
+    draft rows read beyond their decodes' own, attended in pieces of ``group_rows`` rows: ``group_reads``),
+    which is added to ``plan.decode_ctx_tokens``; a plan whose caps leave no draft keeps empty
     ``draft_lens``.
 
     Returns:
@@ -160,7 +173,7 @@ def assign_drafts(plan: StepPlan, wanted: Seq[int], bm: BlockManager, budget: in
         if k > 0:
             budget -= k
             total += k
-            ctx += k * (seq.num_computed + 1) + k * (k + 1) // 2  # draft row j (1..k) reads j more keys
+            ctx += group_reads(seq.num_computed + 1, k, group_rows)
         lens.append(k)
     if total:
         plan.draft_lens, plan.num_draft_tokens, plan.draft_ctx_tokens = lens, total, ctx

@@ -187,7 +187,7 @@ class StepPlan:
     decode_ctx_tokens: int = 0
     draft_lens: list[int] = field(default_factory=list)
     num_draft_tokens: int = 0  # sum of draft_lens
-    draft_ctx_tokens: int = 0  # the draft rows' part of decode_ctx_tokens
+    draft_ctx_tokens: int = 0  # the draft rows' part of decode_ctx_tokens (speculation.group_reads)
 
     @property
     def num_decodes(self) -> int:

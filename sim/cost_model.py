@@ -95,6 +95,8 @@ class CalibratedCostModel:
         self._pf, self._dec = tables["prefill_attention"], tables["decode_attention"]
         self._mixed_dec = tables.get("mixed_decode")
         self._draft_att = tables.get("draft_attention")
+        #: verification rows the profiled engine attends together (``SchedulerConfig.verify_group_rows``)
+        self.verify_group_rows = int(profile.get("verify_group_rows", 1))
         spec = profile.get("speculative_overhead_s")
         # (step, per_decode, per_draft) seconds of a step verifying drafts, or None: drafts priced as decodes
         self._spec: tuple[float, float, float] | None = (

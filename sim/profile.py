@@ -152,6 +152,9 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
                                   or sizes != sorted(set(sizes))):
             raise ProfileError(f"{source}: field '{field}' must be a non-empty strictly increasing list of "
                                f"positive integers, got {sizes!r}")
+    rows = data.get("verify_group_rows")
+    if rows is not None and (not isinstance(rows, int) or isinstance(rows, bool) or rows < 1):
+        raise ProfileError(f"{source}: field 'verify_group_rows' must be a positive integer, got {rows!r}")
     spec = data.get("speculative_overhead_s")
     if (spec is None) != ("draft_attention" not in tables):
         raise ProfileError(f"{source}: fields 'speculative_overhead_s' and 'tables.draft_attention' must be given "

@@ -12,6 +12,7 @@ timeline.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
@@ -213,7 +214,8 @@ def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_conf
     Args:
         requests: the trace.
         policy: the batching policy.
-        scheduler_config: KV pool and preemption settings.
+        scheduler_config: KV pool and preemption settings (``verify_group_rows`` None: the cost model's,
+            e.g. a calibrated profile's).
         cost_model: step-time predictor.
         slo: objectives for goodput.
         progress: show a progress bar.
@@ -224,6 +226,9 @@ def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_conf
         Per-request rows, the step log and the summary (``wall_s`` included).
     """
     t0 = time.perf_counter()
+    if scheduler_config.verify_group_rows is None:
+        rows = getattr(cost_model, "verify_group_rows", 1)
+        scheduler_config = dataclasses.replace(scheduler_config, verify_group_rows=rows)
     sim = Simulator(requests, Scheduler(scheduler_config, policy, speculation), cost_model, progress, acceptance)
     sim.run()
     result = sim.result(slo=slo)

@@ -166,6 +166,49 @@ def test_verification_rows_stage_like_the_eager_step(tiny_llama):
     torch.testing.assert_close(staged[5].float(), eager_logits[0].float(), atol=3e-2, rtol=0)
 
 
+def test_grouped_verification_rows_give_the_same_tokens(tiny_llama):
+    """The triton backend attends a decode's verification rows as one group (pieces of at most
+    ``verify_group_rows``): token for token the outputs of attending each row on its own."""
+    pytest.importorskip("kernels.attention_decode")
+    kw = {"dtype": "bfloat16", "device": DEV, "block_size": 4, "num_gpu_blocks": 96, "attention_backend": "triton",
+          "enforce_eager": True, "speculation": "fixed:num_draft_tokens=3", "speculative_method": "ngram"}
+    prompts = [PROMPTS[1], PROMPTS[4]]
+    outs, groups = [], set()
+    for rows in (1, 2, None):  # None: the tiny model's 4 query heads per kv head fill the tile with 4 rows
+        engine = LLM(str(tiny_llama), verify_group_rows=rows, **kw)
+        attention = engine.runner.attention
+        decode = attention._decode
+
+        def spy(*args, decode=decode, **kwargs):
+            if kwargs.get("group_lens") is not None:
+                groups.add((kwargs["max_group"], max(kwargs["group_lens"].tolist())))
+            return decode(*args, **kwargs)
+
+        attention._decode = spy
+        outs.append([o["token_ids"] for o in engine.generate(prompts, max_tokens=6)])
+    assert outs[1] == outs[0] and outs[2] == outs[0]
+    # rows=1 passes no groups; a decode verifying 3 drafts is pieces of 2 + 2 rows, then one of 4
+    assert {g for g in groups if g[1] > 1} == {(2, 2), (4, 4)}
+
+
+def test_default_group_rows_fill_the_tile():
+    from engine.attention import verify_group_rows
+
+    assert verify_group_rows(None, 32, 8) == 4  # Llama-3.2-1B: 4 query heads per kv head
+    assert verify_group_rows(None, 24, 8) == 5  # 3B: 3 per kv head, 15 of 16 tile rows
+    assert verify_group_rows(None, 32, 1) == 1  # 32 heads fill a tile alone
+    assert verify_group_rows(6, 32, 8) == 6
+
+
+def test_row_groups_cut_at_max_group():
+    a, b = (Sequence(Request(f"r{i}", 0.0, 4, 4, prompt_token_ids=(1, 2, 3, 4))) for i in range(2))
+    rows = DecodeRows.of([a, b], [[5, 6, 7, 8, 9], []])
+    assert rows.group_lens(8) == [6, 0, 0, 0, 0, 0, 1]
+    assert rows.group_lens(4) == [4, 0, 0, 0, 2, 0, 1]
+    assert rows.group_lens(1) == [1] * 7
+    assert rows[3:].group_lens(8) == [3, 0, 0, 1]  # a chunk of a group leads its own piece
+
+
 def test_bad_speculative_settings_name_the_problem(tiny_llama, tmp_path):
     with pytest.raises(ValueError, match="speculative_method: must be one of"):
         EngineConfig(str(tiny_llama), speculative_method="medusa")
@@ -175,6 +218,8 @@ def test_bad_speculative_settings_name_the_problem(tiny_llama, tmp_path):
         EngineConfig(str(tiny_llama), draft_model=str(tiny_llama))
     with pytest.raises(ValueError, match="decode_lookahead: cannot be combined with speculative decoding"):
         EngineConfig(str(tiny_llama), speculative_method="ngram", decode_lookahead=True)
+    with pytest.raises(ValueError, match=r"verify_group_rows: must be None or in \[1, 32\], got 0"):
+        EngineConfig(str(tiny_llama), verify_group_rows=0)
     with pytest.raises(ValueError, match="ngram_min: must be >= 1 and <= ngram_max"):
         EngineConfig(str(tiny_llama), ngram_min=4, ngram_max=2)
     with pytest.raises(ValueError, match="a speculation policy needs speculative_method"):

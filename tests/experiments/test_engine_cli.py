@@ -120,6 +120,7 @@ def test_calibrate_with_a_proposer_times_verification_steps(spec_profile: Path, 
         assert v["time_s"] > 0
     spec = data["speculative_overhead_s"]
     assert set(spec) == {"step", "per_decode", "per_draft"} and min(spec.values()) >= 0
+    assert data["verify_group_rows"] == 1  # the CPU engine's torch attention reads each row's context
     assert data["tables"]["draft_attention"]["x"][0] == 0.0
     assert "speculative_overhead_s" not in read_profile(profile)  # no proposer, no verification steps
 

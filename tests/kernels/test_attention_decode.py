@@ -167,3 +167,54 @@ def test_default_launch_shapes() -> None:
 def test_bad_decode_configs_name_the_field(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         DecodeConfig(**kwargs)
+
+
+def _grouped_inputs(groups: list[tuple[int, int]], hq: int, hkv: int, d: int, bs: int, dtype: torch.dtype,
+                    max_group: int, seed: int) -> tuple[tuple, torch.Tensor]:
+    """Rows of verification groups: ``(longest context c, rows n)`` gives rows at contexts c - n + 1 .. c over
+    one block table (a decode and its n - 1 drafts); ``group_lens`` cut into pieces of <= ``max_group``."""
+    kv = make_paged_kv([c for c, _ in groups], hkv, d, bs, dtype, seed)
+    owner = [g for g, (_, n) in enumerate(groups) for _ in range(n)]
+    lens = [c - n + 1 + i for c, n in groups for i in range(n)]
+    group_lens = []
+    for _, n in groups:
+        for a in range(0, n, max_group):
+            piece = min(max_group, n - a)
+            group_lens += [piece] + [0] * (piece - 1)
+    gen = torch.Generator().manual_seed(seed + 1)
+    q = (torch.randn(len(lens), hq, d, generator=gen) * 2).to(DEVICE)
+    args = (q, kv.k_cache, kv.v_cache, kv.block_tables[owner], torch.tensor(lens, dtype=torch.int32, device=DEVICE),
+            d**-0.5, kv.k_scale, kv.v_scale)
+    return args, torch.tensor(group_lens, dtype=torch.int32, device=DEVICE)
+
+
+# (groups as (longest context, rows), Hq, Hkv, head_dim, block size, kv dtype, max_group, num_splits). With
+# num_splits 4 over the widest table the slices are 128 keys (the minimum) or longer: groups straddle them.
+GROUP_CASES = [
+    ([(130, 5), (1, 1), (40, 3), (600, 7)], 8, 2, 64, 16, torch.bfloat16, 4, 4),  # 1B GQA 4; 126..130 straddle
+    ([(300, 5), (17, 2), (257, 4)], 24, 8, 128, 16, torch.bfloat16, 5, None),  # 3B GQA 3, 15-row tile
+    ([(129, 4), (513, 8), (5, 5)], 4, 4, 64, 8, torch.int8, 8, 6),  # GQA 1, int8, one group of 8 rows
+    ([(700, 6), (2, 2), (260, 3)], 8, 2, 64, 16, torch.float8_e4m3fn, 8, None),  # fp8, a 32-row tile
+]
+
+
+@pytest.mark.parametrize(("groups", "hq", "hkv", "d", "bs", "dtype", "max_group", "splits"), GROUP_CASES)
+def test_decode_row_groups_match_reference(groups: list[tuple[int, int]], hq: int, hkv: int, d: int, bs: int,
+                                           dtype: torch.dtype, max_group: int, splits: int | None) -> None:
+    """Grouped rows (each row at its own position over a shared table) equal ungrouped rows and the reference."""
+    args, group_lens = _grouped_inputs(groups, hq, hkv, d, bs, dtype, max_group, seed=sum(c for c, _ in groups))
+    out = torch.full_like(args[0], float("nan"))  # poison: a row no program wrote fails
+    paged_decode_attention(*args, num_splits=splits, out=out, group_lens=group_lens, max_group=max_group)
+    assert_fp32_close(out, paged_decode_attention_ref(*args))
+    plain = paged_decode_attention(*args, num_splits=splits, out=torch.full_like(args[0], float("nan")))
+    assert_fp32_close(out, plain)
+
+
+def test_decode_row_groups_bad_arguments_raise() -> None:
+    args, group_lens = _grouped_inputs([(20, 3)], 8, 2, 64, 16, torch.bfloat16, 4, seed=3)
+    with pytest.raises(ValueError, match="group_lens has dtype torch.int64"):
+        paged_decode_attention(*args, group_lens=group_lens.long(), max_group=4)
+    with pytest.raises(ValueError, match=r"group_lens must have shape \(3,\)"):
+        paged_decode_attention(*args, group_lens=group_lens[:2], max_group=4)
+    with pytest.raises(ValueError, match="max_group must be a positive int, got 0"):
+        paged_decode_attention(*args, group_lens=group_lens, max_group=0)

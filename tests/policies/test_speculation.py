@@ -15,6 +15,7 @@ from policies.speculation import (
     BatchAwareSpeculation,
     SpeculationPolicy,
     expected_tokens,
+    group_reads,
     make_speculation,
 )
 from policies.types import Request, SamplingParams, StepPlan, StepResult
@@ -185,3 +186,29 @@ def test_swapped_in_decodes_keep_draft_lens_parallel():
         now += 0.01
     assert sched.num_preemptions > 0
     assert all(s.num_generated == s.output_len for s in sched.finished)
+
+
+def test_group_reads_count_one_read_per_piece_after_the_first():
+    # one row at a time: draft row j reads ctx + j keys
+    assert [group_reads(100, k, 1) for k in range(5)] == [k * 100 + k * (k + 1) // 2 for k in range(5)]
+    # pieces of 4 rows: rows 0-3 read with the decode, rows 4-7 add one read of 107 keys, row 8 one of 108
+    assert [group_reads(100, k, 4) for k in (0, 3, 4, 7, 8)] == [0, 0, 104, 107, 107 + 108]
+    assert group_reads(100, 6, 32) == 0
+
+
+def test_draft_context_follows_the_executors_row_groups():
+    """``SchedulerConfig.verify_group_rows`` sets what ``draft_ctx_tokens`` counts (the plan is otherwise the
+    same): with pieces of 2 rows, b's 3 drafts (rows 0..3 at 3..6 keys) add one read of 6 keys."""
+    plans = []
+    for rows in (1, 2):
+        sched = Scheduler(SchedulerConfig(num_gpu_blocks=200, block_size=4, verify_group_rows=rows),
+                          make_policy("continuous"), SpeculationPolicy(3))
+        sched.add_request(Request("b", 0.0, 2, 50))
+        sched.postprocess(sched.schedule(0.0), StepResult(0.01))
+        plans.append(sched.schedule(0.01))
+    one, two = plans
+    assert one.draft_lens == two.draft_lens == [3]
+    assert one.draft_ctx_tokens == 4 + 5 + 6 and two.draft_ctx_tokens == 6
+    assert one.decode_ctx_tokens - one.draft_ctx_tokens == two.decode_ctx_tokens - two.draft_ctx_tokens == 3
+    with pytest.raises(ValueError, match="verify_group_rows must be >= 1 or None, got 0"):
+        SchedulerConfig(num_gpu_blocks=4, verify_group_rows=0)

@@ -256,6 +256,9 @@ def test_bad_profiles_name_file_and_field(tmp_path: Path) -> None:
             tmp_path, tiny_profile() | {"graph_batch_sizes": sizes})
         assert "'graph_token_sizes' must be a non-empty strictly increasing" in _bad(
             tmp_path, tiny_profile() | {"graph_token_sizes": sizes})
+    for rows in (0, 2.5, True):
+        assert f"field 'verify_group_rows' must be a positive integer, got {rows!r}" in _bad(
+            tmp_path, tiny_profile() | {"verify_group_rows": rows})
 
 
 def test_shipped_profiles_load_and_are_current() -> None:

@@ -80,3 +80,27 @@ def test_a_speculating_scheduler_needs_an_acceptance_model():
     sched = Scheduler(SchedulerConfig(num_gpu_blocks=64), make_policy("continuous"), SpeculationPolicy(2))
     with pytest.raises(ValueError, match="no acceptance model"):
         Simulator(trace(2), sched, load_cost_model("llama-3.2-1b", "h100"))
+
+
+def test_simulation_counts_draft_reads_as_the_profiled_engine_attends(tmp_path):
+    """A profile's ``verify_group_rows`` (the engine's row groups) sets the scheduler's draft context when
+    its ``SchedulerConfig`` leaves it None; an explicit value wins. Pieces of 8 rows hold a decode and its
+    4 drafts: no re-read, so those steps log no draft context and cost less."""
+    import json
+
+    from sim.cost_model import MEASURED_DIR, CalibratedCostModel, profile_name
+
+    profile = json.loads((MEASURED_DIR / profile_name("llama-3.2-1b", "h100")).read_text())
+    grouped = CalibratedCostModel(profile | {"verify_group_rows": 8})
+    cfg = SchedulerConfig(num_gpu_blocks=4000)
+    spec, policy = SpeculationPolicy(4), make_policy("continuous")
+
+    def sim(cost, config):
+        return simulate(trace(), policy, config, cost, speculation=spec, acceptance=GeometricAcceptance(0.0))
+
+    per_row = sim(CalibratedCostModel(profile), cfg)
+    auto, explicit = sim(grouped, cfg), sim(grouped, SchedulerConfig(num_gpu_blocks=4000, verify_group_rows=1))
+    assert per_row.steps["draft_ctx_tokens"].sum() > 0 and auto.steps["draft_ctx_tokens"].sum() == 0
+    assert explicit.steps["draft_ctx_tokens"].sum() == per_row.steps["draft_ctx_tokens"].sum()
+    assert auto.summary["tpot_mean_s"] < per_row.summary["tpot_mean_s"]
+    assert cfg.verify_group_rows is None  # simulate() did not change the caller's config
