@@ -6,9 +6,9 @@ far is ``... a b c X Y ... a b c`` the draft is ``X Y ...``. It costs no model a
 wins where outputs repeat their input (summaries, code edits, retrieval answers).
 
 Each sequence keeps a dictionary per ``n`` from n-gram to its latest start, extended
-only by the tokens added since the last step (in one C-level pass over them: a new
-sequence's whole prompt costs about a tenth of a millisecond per thousand tokens), so a
-proposal costs ``O(max_n)`` dictionary operations per new token, not a scan of the history. A draft always has
+only by the tokens added since the last step (a new sequence's whole prompt in one
+numpy pass), so a proposal costs ``O(max_n)`` dictionary operations per new token, not a
+scan of the history. N-grams are keyed by exact packed ints (tuples past ``max_n = 3``). A draft always has
 the length the scheduler planned (its KV slots are allocated and the simulator prices
 that many rows): with no match it repeats the last token, and a continuation that runs
 into the end of the text wraps around the period it found.
@@ -17,6 +17,8 @@ into the end of the text wraps around the period it found.
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from policies.sequence import Sequence
 from policies.types import StepPlan
@@ -41,18 +43,49 @@ class NgramConfig:
             raise ValueError(f"NgramConfig: need 1 <= min_n <= max_n, got min_n={self.min_n}, max_n={self.max_n}")
 
 
+_BITS = 21  # bits per token in a packed n-gram key (ids below 2^21: every Llama vocabulary)
+_BULK = 64  # new n-gram starts from which one update packs keys with numpy
+
+
+def _pack(grams: list[int] | np.ndarray, n: int, start: int, count: int) -> list:
+    """Keys of the ``count`` n-grams starting at ``start``, ``start + 1``, ... of ``grams``: exact ints
+    (token ``i`` in bits ``21 i`` and up) when 21 n <= 63 bits, else tuples."""
+    if _BITS * n > 63:
+        return list(zip(*(grams[start + i : start + i + count] for i in range(n)), strict=True))
+    if count >= _BULK:
+        arr = np.asarray(grams[start : start + count + n - 1], dtype=np.int64)
+        keys = arr[:count].copy()
+        for i in range(1, n):
+            keys |= arr[i : i + count] << (_BITS * i)
+        return keys.tolist()
+    out = []
+    for j in range(start, start + count):
+        key = 0
+        for i in range(n):
+            key |= grams[j + i] << (_BITS * i)
+        out.append(key)
+    return out
+
+
 class _History:
-    """A sequence's tokens and, per n, the latest start of every n-gram that ends before its last token."""
+    """A sequence's tokens and, per n, the latest start of every n-gram that ends before its last token.
+
+    Keys are n-grams packed into one int (``_pack``): no tuple per n-gram, so the indexes of long
+    prompts are cheap to build and give the garbage collector nothing to walk.
+    """
 
     def __init__(self, seq: Sequence, ns: range) -> None:
         prompt = seq.request.prompt_token_ids
         if prompt is None:
             raise ValueError(f"request {seq.seq_id!r} has no prompt token ids; n-gram drafts need them")
+        if prompt and not 0 <= min(prompt) <= max(prompt) < 1 << _BITS:
+            raise ValueError(f"request {seq.seq_id!r} has token ids outside [0, 2^{_BITS}); n-gram drafts need ids "
+                             "of a vocabulary below that size")
         self.seq = seq
         self.tokens: list[int] = list(prompt)
         self.num_outputs = 0
         self.ns = ns
-        self.index: dict[int, dict[tuple[int, ...], int]] = {n: {} for n in ns}
+        self.index: dict[int, dict] = {n: {} for n in ns}
         self.next_start = dict.fromkeys(ns, 0)
 
     def update(self) -> None:
@@ -65,9 +98,8 @@ class _History:
         stop = len(toks) - 1  # invariant: index[n] holds every start j with j + n <= len(toks) - 1
         for n in self.ns:
             j, end = self.next_start[n], stop - n + 1
-            if end > j:  # the new starts j..end-1 in one C-level pass: later starts overwrite earlier ones
-                grams = zip(*(toks[j + i : end + i] for i in range(n)), strict=True)
-                self.index[n].update(zip(grams, range(j, end), strict=True))
+            if end > j:  # later starts overwrite earlier ones: each key keeps its latest start
+                self.index[n].update(zip(_pack(toks, n, j, end - j), range(j, end), strict=True))
                 self.next_start[n] = end
 
     def draft(self, k: int) -> list[int]:
@@ -77,7 +109,7 @@ class _History:
         for n in reversed(self.ns):
             if length <= n:
                 continue
-            j = self.index[n].get(tuple(toks[length - n :]))
+            j = self.index[n].get(_pack(toks, n, length - n, 1)[0])
             if j is None:
                 continue
             out: list[int] = []

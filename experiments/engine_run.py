@@ -156,7 +156,8 @@ def precheck(requests: Sequence[Request], config: SchedulerConfig, policy: Batch
 
 def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
     """Compile kernels and fill allocator caches: prefills with and without cached prefixes, mixed steps
-    and decodes, so the first steps of a timed run pay no one-time costs."""
+    and decodes (and, with a proposer, verification steps beside and without prefills), so the first
+    steps of a timed run pay no one-time costs."""
     from engine.llm import run_offline  # torch: loaded with the runner, not at CLI start
 
     bs, vocab = runner.block_size, min(runner.spec.vocab_size, 128000)
@@ -165,7 +166,8 @@ def warm_up(runner: ModelRunner, rounds: int = 2) -> None:
     lengths = sorted({1, min(5, longest), min(bs + 3, longest), longest})
     for k in range(rounds):
         cfg = SchedulerConfig(num_gpu_blocks=runner.num_gpu_blocks, block_size=bs, verify_group_rows=runner.max_group)
-        sched = Scheduler(cfg, ContinuousBatching(max_num_seqs=16, token_budget=max(64, 2 * longest)))
+        spec = SpeculationPolicy(num_draft_tokens=3) if runner.speculative is not None and k else None
+        sched = Scheduler(cfg, ContinuousBatching(max_num_seqs=16, token_budget=max(64, 2 * longest)), spec)
         run_offline(sched, runner, [Request(f"w{k}-{i}", 0.0, n, 4, prompt_token_ids=prefix[:n])
                                     for i, n in enumerate(lengths)])
         tail = tuple((11 * i + 5 + k) % vocab for i in range(3))  # reuses the cached prefix blocks
