@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from engine.heap import frozen_heap
 from engine.request_stream import EngineError, EngineOutput, RequestStream, resolve
 from policies.scheduler import STEP_LOG_COLUMNS, Scheduler
 from policies.sequence import Sequence as Seq
@@ -150,16 +151,17 @@ class AsyncEngine:
     def _run(self) -> None:
         timeout: float | None = None  # how long to sleep when no command comes (None: until one does)
         try:
-            while True:
-                with self._cond:
-                    if not self._inbox and not self._stopping and timeout != 0.0:
-                        self._cond.wait(timeout)
-                    if self._stopping:
-                        break
-                    self._batch.extend(self._inbox)
-                    self._inbox.clear()
-                self._apply()
-                timeout = self._step()
+            with frozen_heap():  # the engine's objects stay out of full collections while it serves
+                while True:
+                    with self._cond:
+                        if not self._inbox and not self._stopping and timeout != 0.0:
+                            self._cond.wait(timeout)
+                        if self._stopping:
+                            break
+                        self._batch.extend(self._inbox)
+                        self._inbox.clear()
+                    self._apply()
+                    timeout = self._step()
         except BaseException as exc:  # any failure ends the loop; every waiting request must hear of it
             self.error = exc
         with self._cond:

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from engine.heap import frozen_heap
 from policies.metrics import SLO, requests_frame, steps_frame, summarize
 from policies.scheduler import Scheduler
 from policies.types import Request, StepPlan, StepResult
@@ -43,6 +44,12 @@ def replay(requests: Iterable[Request], scheduler: Scheduler, executor: Executor
         The replay's wall time in seconds.
     """
     pending = deque(sorted(requests, key=lambda r: r.arrival_s))
+    with frozen_heap():  # no full garbage collection over the engine's objects mid-run (engine.heap)
+        return _loop(pending, scheduler, executor, clock, sleep, on_step)
+
+
+def _loop(pending: deque[Request], scheduler: Scheduler, executor: Executor, clock: Callable[[], float],
+          sleep: Callable[[float], None], on_step: Callable[[int], None] | None) -> float:
     start = clock()
     while pending or scheduler.has_unfinished():
         now = clock() - start
