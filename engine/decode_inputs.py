@@ -86,18 +86,21 @@ class DecodeInputs:
         if not n <= rows <= self.max_rows:
             raise ValueError(f"cannot stage {n} decodes in {rows} rows (at most {self.max_rows})")
         self.buffers.wait_for_copy()  # the previous copy must have left the pinned buffer
-        bs, tables = self.block_size, self.host["block_tables"]
+        bs, tables, h = self.block_size, self.host["block_tables"], self.host
+        # With row groups the decode kernel reads only a group leader's table row: the other rows of a
+        # group keep stale (valid) entries, and their slots come from the host-side table below.
+        groups = step.group_lens(self.max_group) if self.max_group > 1 else [1] * n
         slots = [0] * n
-        for i, (p, table) in enumerate(zip(step.positions, step.tables, strict=True)):
+        for i, (p, table, lead) in enumerate(zip(step.positions, step.tables, groups, strict=True)):
             slots[i] = table[p // bs] * bs + p % bs
-            tables[i, : len(table)] = table
-        h = self.host
+            if lead:
+                tables[i, : len(table)] = table
         h["input_ids"][:n] = step.ids
         h["positions"][:n] = step.positions
         h["slot_mapping"][:n] = slots
         h["seq_lens"][:n] = h["positions"][:n] + 1
         if self.max_group > 1:
-            h["group_lens"][:n] = step.group_lens(self.max_group)
+            h["group_lens"][:n] = groups
         if rows > n:
             self._pad(n, rows)
         self.buffers.upload((0, self._table_offset + rows * self.width * 4))

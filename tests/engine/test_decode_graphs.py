@@ -163,3 +163,26 @@ def test_pdl_graph_decode_equals_plain_graph_decode(tiny_llama, tmp_path, quanti
     assert torch.equal(with_pdl.logits(plan_a)[0], without.logits(plan_b)[0])
     res_a, res_b = with_pdl.execute(plan_a), without.execute(plan_b)
     assert [res_a.token_ids[s.seq_id] for s in seqs_a] == [res_b.token_ids[s.seq_id] for s in seqs_b]
+
+
+def test_grouped_staging_reads_only_the_leaders_tables(tiny_llama):
+    """With row groups only a group leader's table row is written; the others keep another sequence's
+    stale table, which the decode kernel never reads: the logits equal those of ungrouped staging."""
+    pytest.importorskip("kernels.attention_decode")
+    from engine.step_metadata import DecodeRows
+
+    r = runner(tiny_llama, dtype="bfloat16", attention_backend="triton", speculative_method="ngram")
+    assert r.max_group == 4  # 8 query heads over 2 kv heads: 4 rows fill the 16-row tile
+    a, b, c = decoding_seqs(r, (9, 21, 13), seed=8, first_blocks=(0, 20, 40))
+    rows = DecodeRows.of([a, b], [[11, 12, 13, 14, 15], [16, 17]])  # a: pieces of 4 + 2 rows; b: 3 rows
+    grouped = DecodeInputs(16, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device, max_group=4)
+    grouped.host["block_tables"][:9, : len(c.block_table)] = c.block_table  # every row holds c's table
+    grouped.stage(rows, 16)
+    tables = grouped.host["block_tables"]
+    assert grouped.host["group_lens"][:9].tolist() == [4, 0, 0, 0, 2, 0, 3, 0, 0]
+    assert [tables[i, 0] for i in range(9)] == [0, 40, 40, 40, 0, 40, 20, 40, 40]  # leaders only
+    plain = DecodeInputs(16, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device)
+    plain.stage(rows, 16)
+    assert plain.meta(16).decode_group_lens is None
+    want = r.model.forward(plain.meta(16), r.attention)[:9]
+    torch.testing.assert_close(r.model.forward(grouped.meta(16), r.attention)[:9], want, atol=0, rtol=0)
