@@ -144,8 +144,9 @@ def group_reads(ctx: int, drafts: int, group_rows: int) -> int:
     first piece's read is the decode's own (counted in ``decode_ctx_tokens``); every later piece adds
     one. With ``group_rows == 1`` that is every draft row's own context.
     """
-    last = drafts  # the last row's index
-    return sum(ctx + min(start + group_rows, last + 1) - 1 for start in range(group_rows, last + 1, group_rows))
+    if group_rows == 1:  # rows 1..drafts read ctx + j keys each
+        return drafts * ctx + drafts * (drafts + 1) // 2
+    return sum(ctx + min(start + group_rows, drafts + 1) - 1 for start in range(group_rows, drafts + 1, group_rows))
 
 
 def assign_drafts(plan: StepPlan, wanted: Seq[int], bm: BlockManager, budget: int, group_rows: int = 1) -> int:
