@@ -53,7 +53,7 @@ SPEC_METRICS = ("spec_acceptance_rate",)
 ERROR_COLUMNS = ("trace", "policy", "metric", "sim", "real", "rel_error")
 # Engine settings that change step times: a profile measured with other values is a poor fit.
 TIMING_FIELDS = ("dtype", "block_size", "max_model_len", "max_num_seqs", "enforce_eager", "cuda_graph_batch_sizes",
-                 "cuda_graph_token_sizes", "kv_cache_dtype", "quantization", "attention_backend")
+                 "cuda_graph_token_sizes", "kv_cache_dtype", "quantization", "attention_backend", "verify_group_rows")
 
 
 def _number(value: Any) -> float:
@@ -134,7 +134,10 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     for label, reqs in traces:
         for spec, policy in policies:
             precheck(reqs, sched_cfg, policy, f"trace {label!r}, policy {spec!r}")
-    for line in profile_mismatches(cost.meta.get("engine"), dataclasses.asdict(runner.config)):
+    mismatches = profile_mismatches(cost.meta.get("engine"), dataclasses.asdict(runner.config))
+    if speculation is not None and cost.verify_group_rows != runner.max_group:
+        mismatches.append(f"verification row groups: profile {cost.verify_group_rows}, this engine {runner.max_group}")
+    for line in mismatches:
         print(f"servegym validate: warning: profile {ns.profile} was measured with different engine settings: "
               f"{line}", file=sys.stderr)
     warm_up(runner)
