@@ -189,7 +189,8 @@ class TritonAttention:
         if meta.padded:  # a captured mixed step: decode slots lead, then the chunks (see StepMetadata)
             nd = meta.num_decodes
             self._decode(q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
-                         k_scale, v_scale, num_splits=self.decode_splits, out=out[:nd], pdl=self.pdl)
+                         k_scale, v_scale, num_splits=self.decode_splits, out=out[:nd], pdl=self.pdl,
+                         group_lens=meta.decode_group_lens, max_group=self.max_group)
             self._prefill(q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
                           meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out)
             return out

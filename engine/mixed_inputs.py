@@ -10,7 +10,8 @@ of prefills and decodes.
 The buffer holds, field after field (each on a ``SEGMENT_ALIGN``-byte boundary),
 ``input_ids``, ``positions``, ``slot_mapping`` (int64 [T]), ``logits_indices``
 (int64 [R]), ``cu_seqlens`` (int32 [S + 1]), ``seq_lens`` (int32 [S]),
-``decode_seq_lens`` (int32 [S]), ``block_tables`` (int32 [S, W], the chunks') and
+``decode_seq_lens`` and ``decode_group_lens`` (int32 [S]; the decode rows' groups,
+``DecodeRows.group_lens``), ``block_tables`` (int32 [S, W], the chunks') and
 ``decode_block_tables`` (int32 [S, W]). A step copies the fields up to its chunks'
 table rows, then its decodes' table rows. Invariants after ``stage``:
 
@@ -47,10 +48,12 @@ class MixedInputs:
         block_size: tokens per KV block.
         scratch_block: the KV block padding tokens write.
         device: where the buffers live (CUDA for graphs; the CPU works too, for tests).
+        max_group: most decode rows of one sequence attended together (1: no groups; see
+            ``DecodeInputs``).
     """
 
     def __init__(self, max_tokens: int, max_seqs: int, max_rows: int, table_width: int, block_size: int,
-                 scratch_block: int, device: torch.device) -> None:
+                 scratch_block: int, device: torch.device, max_group: int = 1) -> None:
         if min(max_tokens, max_seqs, max_rows) < 1 or max_rows > max_seqs:
             raise ValueError(f"MixedInputs needs max_tokens, max_seqs >= 1 and 1 <= max_rows <= max_seqs, got "
                              f"{max_tokens}, {max_seqs}, {max_rows}")
@@ -59,10 +62,12 @@ class MixedInputs:
         self.block_size = block_size
         self.scratch_block = scratch_block
         self.device = device
+        self.max_group = max_group
         fields = (("input_ids", np.int64, (max_tokens,)), ("positions", np.int64, (max_tokens,)),
                   ("slot_mapping", np.int64, (max_tokens,)), ("logits_indices", np.int64, (max_rows,)),
                   ("cu_seqlens", np.int32, (max_seqs + 1,)), ("seq_lens", np.int32, (max_seqs,)),
-                  ("decode_seq_lens", np.int32, (max_seqs,)), ("block_tables", np.int32, (max_seqs, self.width)),
+                  ("decode_seq_lens", np.int32, (max_seqs,)), ("decode_group_lens", np.int32, (max_seqs,)),
+                  ("block_tables", np.int32, (max_seqs, self.width)),
                   ("decode_block_tables", np.int32, (max_seqs, self.width)))
         self.buffers = StaticBuffers(fields, device)
         self.host, self.dev = self.buffers.host, self.buffers.dev
@@ -71,6 +76,7 @@ class MixedInputs:
         self.host["block_tables"][:] = scratch_block
         self.host["decode_block_tables"][:] = scratch_block
         self.host["slot_mapping"][:] = scratch_block * block_size
+        self.host["decode_group_lens"][:] = 1
         self.buffers.upload_all()
 
     def fits(self, plan: StepPlan) -> bool:
@@ -109,9 +115,14 @@ class MixedInputs:
         sampling: list[Sequence] = list(step.seqs)
         nd = len(sampling)
         d_blocks = [0] * nd  # filled in Python, written to numpy at once
-        for i, (p, bt) in enumerate(zip(step.positions, step.tables, strict=True)):
+        groups = step.group_lens(self.max_group) if self.max_group > 1 else [1] * nd
+        for i, (p, bt, lead) in enumerate(zip(step.positions, step.tables, groups, strict=True)):
             d_blocks[i] = bt[p // bs]
-            d_table[i, : len(bt)] = bt
+            if lead:  # the decode kernel reads only a group leader's table row
+                d_table[i, : len(bt)] = bt
+        if self.max_group > 1:
+            h["decode_group_lens"][:nd] = groups
+            h["decode_group_lens"][nd:] = 1
         ids[:nd], pos[:nd] = step.ids, step.positions
         slot_blocks = [np.asarray(d_blocks, dtype=np.int64)]
         h["decode_seq_lens"][:nd] = pos[:nd] + 1
@@ -153,4 +164,5 @@ class MixedInputs:
             prefill_cu_seqlens=d["cu_seqlens"], prefill_seq_lens=d["seq_lens"],
             prefill_block_tables=d["block_tables"], decode_seq_lens=d["decode_seq_lens"][:nd],
             decode_block_tables=d["decode_block_tables"][:nd], num_prefill_tokens=tokens, num_decodes=nd,
-            prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[], padded=True)
+            prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[], padded=True,
+            decode_group_lens=d["decode_group_lens"][:nd] if self.max_group > 1 else None)

@@ -140,7 +140,7 @@ class ModelRunner:
         tokens = cfg.graph_token_sizes()
         if tokens:
             mixed = MixedInputs(tokens[-1], cfg.max_num_seqs, cfg.max_num_seqs, self.max_blocks_per_seq,
-                                self.block_size, self.kv.scratch_block, self.device)
+                                self.block_size, self.kv.scratch_block, self.device, self.max_group)
             self.mixed_graphs = MixedGraphs(self._graph_forward, tokens, mixed, self.device)
             pool = self.mixed_graphs.pool
         sizes = cfg.graph_batch_sizes()

@@ -137,14 +137,16 @@ def test_ngram_drafts_continue_the_latest_match():
         NgramConfig(3, 2)
 
 
-def test_verification_rows_stage_like_the_eager_step(tiny_llama):
+@pytest.mark.parametrize("method", [None, "ngram"])  # "ngram": a's 3 rows attend as one group of rows
+def test_verification_rows_stage_like_the_eager_step(tiny_llama, method):
     """A mixed step whose decode verifies drafts: the captured-step staging gives the eager step's logits."""
     pytest.importorskip("kernels.attention_prefill")
     from engine.model_runner import ModelRunner
     from tests.engine.test_mixed_graphs import mixed_plan
 
     r = ModelRunner(EngineConfig(str(tiny_llama), dtype="bfloat16", attention_backend="triton", device=DEV,
-                                 num_gpu_blocks=64, block_size=4, enforce_eager=True))
+                                 num_gpu_blocks=64, block_size=4, enforce_eager=True, speculative_method=method))
+    assert r.max_group == (4 if method else 1)
     plan, _ = mixed_plan(r, seed=9)
     a, b = plan.decodes
     for s, spare in ((a, 40), (b, 50)):  # blocks for two drafts each, from ids no one holds
@@ -154,10 +156,12 @@ def test_verification_rows_stage_like_the_eager_step(tiny_llama):
     rows = DecodeRows.of(plan.decodes, [[11, 12], [13]])
     eager_logits, _, eager_seqs, first = r.run_rows(plan, rows)
     assert first == 1 and eager_seqs[1:] == [a, a, a, b, b]  # eager: the sampling chunk, then the decode rows
-    inputs = MixedInputs(64, 8, 8, r.max_blocks_per_seq, 4, r.kv.scratch_block, r.device)
+    inputs = MixedInputs(64, 8, 8, r.max_blocks_per_seq, 4, r.kv.scratch_block, r.device, r.max_group)
     seqs = inputs.stage(plan, 32, rows)
     assert seqs == [a, a, a, b, b, eager_seqs[0]]
     meta = inputs.meta(32, 8)
+    if method:
+        assert meta.decode_group_lens[:6].tolist() == [3, 0, 0, 2, 0, 1]
     want = [a.num_computed + j for j in range(3)] + [b.num_computed + j for j in range(2)]
     assert meta.positions[:5].tolist() == want
     assert meta.decode_seq_lens[:5].tolist() == [p + 1 for p in meta.positions[:5].tolist()]
