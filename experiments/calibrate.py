@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from engine.heap import frozen_heap
 from experiments.calibration_driver import StepDriver
 from experiments.calibration_grid import QUICK_GRID, CalibrationGrid, plan_shapes, plan_verify_shapes
 from experiments.engine_run import add_model_args, build_runner, device_label, engine_config, warm_up
@@ -95,7 +96,8 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
     mixed: list[MixedSample] = []
     verify: list[VerifySample] = []
     total = grid.passes * len(dec_shapes) + len(pf_shapes) + len(mixed_shapes) + len(verify_shapes)
-    with tqdm(total=total, desc="calibrating", unit="shape", disable=not progress) as bar:
+    # The heap frozen as in the replays it prices (engine.heap): no full collection inside a timed step.
+    with tqdm(total=total, desc="calibrating", unit="shape", disable=not progress) as bar, frozen_heap():
         for i in range(grid.passes):
             for size, ctx in dec_shapes if i % 2 == 0 else dec_shapes[::-1]:
                 passes[(size, ctx)].append(driver.decode(size, ctx, grid.warmup, grid.repeats))
