@@ -57,6 +57,9 @@ class DecodeInputs:
                                            for name, dtype, cols in _FIELDS), device)
         self.host, self.dev = self.buffers.host, self.buffers.dev
         self._table_offset = self.buffers.offsets["block_tables"]
+        # Per row, the block-table entries last written to the mirror (None: unknown): steady decode steps
+        # find their tables already there and rewrite nothing, a grown table writes only its new entries.
+        self._staged: list[list[int] | None] = [None] * max_rows
         self._pad(0, max_rows)
         self.host["block_tables"][:] = scratch_block
         self.buffers.upload_all()
@@ -69,6 +72,7 @@ class DecodeInputs:
         h["seq_lens"][start:stop] = 1
         h["group_lens"][start:stop] = 1
         h["block_tables"][start:stop, 0] = self.scratch_block
+        self._staged[start:stop] = [None] * (stop - start)
 
     def stage(self, decodes: Seq[Sequence] | DecodeRows, rows: int) -> None:
         """Write a decode step into rows ``0..rows-1`` (padding after them) and copy it.
@@ -86,7 +90,7 @@ class DecodeInputs:
         if not n <= rows <= self.max_rows:
             raise ValueError(f"cannot stage {n} decodes in {rows} rows (at most {self.max_rows})")
         self.buffers.wait_for_copy()  # the previous copy must have left the pinned buffer
-        bs, tables, h = self.block_size, self.host["block_tables"], self.host
+        bs, h = self.block_size, self.host
         # With row groups the decode kernel reads only a group leader's table row: the other rows of a
         # group keep stale (valid) entries, and their slots come from the host-side table below.
         groups = step.group_lens(self.max_group) if self.max_group > 1 else [1] * n
@@ -94,7 +98,7 @@ class DecodeInputs:
         for i, (p, table, lead) in enumerate(zip(step.positions, step.tables, groups, strict=True)):
             slots[i] = table[p // bs] * bs + p % bs
             if lead:
-                tables[i, : len(table)] = table
+                self._write_table(i, table)
         h["input_ids"][:n] = step.ids
         h["positions"][:n] = step.positions
         h["slot_mapping"][:n] = slots
@@ -104,6 +108,16 @@ class DecodeInputs:
         if rows > n:
             self._pad(n, rows)
         self.buffers.upload((0, self._table_offset + rows * self.width * 4))
+
+    def _write_table(self, row: int, table: list[int]) -> None:
+        """Make mirror row ``row`` start with ``table``, writing only the entries that differ from what the
+        row is known to hold (compared by value, so any change of the table is caught)."""
+        done = self._staged[row]
+        if done == table:
+            return
+        have = len(done) if done is not None and len(done) <= len(table) and table[: len(done)] == done else 0
+        self.host["block_tables"][row, have : len(table)] = table[have:]
+        self._staged[row] = list(table)
 
     def advance(self, ids: torch.Tensor, rows: int) -> None:
         """Turn the first ``rows`` rows, on the device, into the next decode step of the same sequences.

@@ -186,3 +186,29 @@ def test_grouped_staging_reads_only_the_leaders_tables(tiny_llama):
     assert plain.meta(16).decode_group_lens is None
     want = r.model.forward(plain.meta(16), r.attention)[:9]
     torch.testing.assert_close(r.model.forward(grouped.meta(16), r.attention)[:9], want, atol=0, rtol=0)
+
+
+def test_restaging_writes_every_table_change(cpu_runner):
+    """Staging skips table entries a row already holds, compared by value: a grown table, a table of the
+    same length with other blocks (swap-in, recompute), another sequence in the row and a row that was
+    padding all end up exactly in the mirror."""
+    r = cpu_runner
+    a, b, c = decoding_seqs(r, (9, 21, 13), seed=3, first_blocks=(0, 20, 40))
+    inputs = DecodeInputs(4, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device)
+    tables = inputs.host["block_tables"]
+
+    def staged(seqs: list, rows: int) -> None:
+        inputs.stage(seqs, rows)
+        for i, s in enumerate(seqs):
+            assert tables[i, : len(s.block_table)].tolist() == s.block_table, (i, s.seq_id)
+
+    staged([a, b], 4)
+    staged([a, b], 4)  # unchanged
+    a.block_table.append(60)  # grown by a block
+    staged([a, b], 4)
+    b.block_table[:] = list(range(30, 30 + len(b.block_table)))  # same length, other blocks
+    staged([a, b], 4)
+    staged([b, a], 2)  # the rows swap sequences
+    staged([c], 1)  # row 0 to another sequence; row 1 keeps a's table
+    staged([c, a, b], 4)  # row 2 was padding
+    assert (tables[3, :1] == r.kv.scratch_block).all()
