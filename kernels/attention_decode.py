@@ -58,11 +58,12 @@ def _active_splits(ctx, keys_per_split, num_splits):
 
 
 @triton.jit
-def _store_normalised(out_ptr, row, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask):
-    """out[row, head, :] = acc / l_i per tile row (rows with no key, l_i == 0, get acc == 0 and so zeros)."""
+def _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask):
+    """out[row, head, :] = acc / l_i, ``row_off`` the row's element offset (a scalar, or per tile row
+    [BLOCK_G, 1]); rows with no key (l_i == 0) get acc == 0 and so zeros."""
     out = acc / tl.maximum(l_i, 1e-30)[:, None]
-    tl.store(out_ptr + row.to(tl.int64)[:, None] * stride_os + head[:, None] * stride_oh + offs_d[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=io_mask)
+    tl.store(out_ptr + row_off + head[:, None] * stride_oh + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=io_mask)
 
 
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
@@ -80,14 +81,16 @@ def _decode_partition_kernel(
     s = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    # Without GROUPED (compile-time) every branch below is the one-row-per-sequence kernel, unchanged.
     if GROUPED:
         nq = tl.minimum(tl.load(group_ptr + s), MAX_ROWS)
         if nq == 0:
             return  # a row inside an earlier row's group: that row's programs attend for it
+        ctx_first = tl.load(seq_lens_ptr + s)
+        ctx = tl.load(seq_lens_ptr + s + nq - 1)  # the group's longest context sets the splits
     else:
-        nq = 1
-    ctx_first = tl.load(seq_lens_ptr + s)
-    ctx = tl.load(seq_lens_ptr + s + nq - 1)  # the group's longest context sets the splits
+        ctx = tl.load(seq_lens_ptr + s)
+        ctx_first = ctx
     n_s = _active_splits(ctx, keys_per_split, num_splits)
     if split >= n_s:
         return  # this sequence needs fewer splits
@@ -95,18 +98,24 @@ def _decode_partition_kernel(
     # The last active split takes every remaining key: ragged, and robust to ctx > num_splits * keys_per_split.
     hi = tl.where(split == n_s - 1, ctx, lo + keys_per_split)
 
-    # Tile row r holds query row s + r // GROUP, head kvh * GROUP + r % GROUP (the GQA group of each row).
     offs_g = tl.arange(0, BLOCK_G)
     offs_d = tl.arange(0, BLOCK_D)
-    j = offs_g // GROUP
-    row = s + j
-    head = kvh * GROUP + offs_g % GROUP
-    g_ok = (j < nq) & (offs_g < GROUP * MAX_ROWS)
+    if GROUPED:  # tile row r: query row s + r // GROUP, head kvh * GROUP + r % GROUP
+        row = s + offs_g // GROUP
+        head = kvh * GROUP + offs_g % GROUP
+        g_ok = (offs_g // GROUP < nq) & (offs_g < GROUP * MAX_ROWS)
+        row_off = row.to(tl.int64)[:, None] * stride_os
+        q_off = row.to(tl.int64)[:, None] * stride_qs
+        row_ctx = tl.load(seq_lens_ptr + row, mask=g_ok, other=0)
+        pos = row_ctx - 1
+    else:  # tile row r: head kvh * GROUP + r of the sequence's one row
+        head = kvh * GROUP + offs_g
+        g_ok = offs_g < GROUP
+        row_off = s.to(tl.int64) * stride_os
+        q_off = s.to(tl.int64) * stride_qs
+        pos = tl.zeros([BLOCK_G], tl.int32) + (ctx - 1)
     io_mask = g_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(q_ptr + row.to(tl.int64)[:, None] * stride_qs + head[:, None] * stride_qh + offs_d[None, :],
-                mask=io_mask, other=0.0).to(DOT_DT)
-    row_ctx = tl.load(seq_lens_ptr + row, mask=g_ok, other=0)
-    pos = row_ctx - 1
+    q = tl.load(q_ptr + q_off + head[:, None] * stride_qh + offs_d[None, :], mask=io_mask, other=0.0).to(DOT_DT)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -125,22 +134,28 @@ def _decode_partition_kernel(
             kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_row, block_size, num_kv_heads, kvh,
             HEAD_DIM, BLOCK_D, BLOCK_N, QUANT, True, DOT_DT)
 
-    if SPLIT:
-        # Each row by its own split count: an unsplit row (also ctx == 0) is written normalised by split 0,
-        # a split row gets a partial from each of its splits (each holds >= 1 of its keys, so a finite max).
+    # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits]; a row's partials are
+    # written only by its first n_s splits (each holds >= 1 of its keys, so a finite max).
+    if SPLIT and GROUPED:
+        # Each row by its own split count: an unsplit row (also ctx == 0) is written normalised by split 0.
         row_ns = _active_splits(row_ctx, keys_per_split, num_splits)
         if split == 0:
-            _store_normalised(out_ptr, row, head, offs_d, stride_os, stride_oh, acc, l_i,
-                              io_mask & (row_ns == 1)[:, None])
-        # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits]; only the first
-        # n_s splits of a row are written.
+            _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask & (row_ns == 1)[:, None])
         part_ok = g_ok & (row_ns > 1) & (split < row_ns)
         prow = (row.to(tl.int64) * num_q_heads + head) * num_splits + split
         tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=part_ok[:, None])
         tl.store(pm_ptr + prow, m_i, mask=part_ok)
         tl.store(pl_ptr + prow, l_i, mask=part_ok)
+    elif SPLIT:
+        if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
+            _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
+        else:
+            prow = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
+            tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
+            tl.store(pm_ptr + prow, m_i, mask=g_ok)
+            tl.store(pl_ptr + prow, l_i, mask=g_ok)
     else:
-        _store_normalised(out_ptr, row, head, offs_d, stride_os, stride_oh, acc, l_i, io_mask)
+        _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
 
 
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
