@@ -27,7 +27,8 @@ class CalibrationGrid:
         mixed_context: context per decoding sequence in those steps.
         verify_batches: decodes of the verification steps (timed only on an engine with a
             ``speculative_method``; empty: none).
-        verify_drafts: draft tokens per decode in those steps.
+        verify_drafts: draft tokens per decode in those steps (4, the ``fixed`` policy's default, is also
+            the first count whose rows re-read their context in groups of 4 rows: 1B's).
     """
 
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
@@ -41,7 +42,7 @@ class CalibrationGrid:
     mixed_batches: tuple[int, ...] = (16, 64, 128, 224)
     mixed_context: int = 1024
     verify_batches: tuple[int, ...] = (1, 4, 16, 32)
-    verify_drafts: tuple[int, ...] = (1, 3, 6)
+    verify_drafts: tuple[int, ...] = (1, 3, 4, 6)
 
     def __post_init__(self) -> None:
         for name in ("batch_sizes", "prefill_tokens"):
