@@ -137,19 +137,23 @@ class NgramProposer:
         self._calls = 0
 
     def propose(self, plan: StepPlan) -> list[list[int]]:
-        """Draft tokens per decode of ``plan``: exactly ``plan.draft_lens[i]`` for decode ``i``.
+        """Draft tokens per decode of ``plan``: exactly ``plan.draft_lens[i]`` for decode ``i``. A decode that
+        drafts nothing costs nothing here (its history catches up when it next drafts).
 
         Raises:
-            ValueError: a sequence without prompt token ids.
+            ValueError: a drafting sequence without prompt token ids.
         """
         out: list[list[int]] = []
         histories = self._histories
         for seq, k in zip(plan.decodes, plan.draft_lens, strict=True):
+            if not k:
+                out.append([])
+                continue
             h = histories.get(id(seq))
             if h is None or h.seq is not seq:
                 h = histories[id(seq)] = _History(seq, self._ns)
             h.update()
-            out.append(h.draft(k) if k else [])
+            out.append(h.draft(k))
         self._calls += 1
         if self._calls % _SWEEP_EVERY == 0:
             self._histories = {key: h for key, h in histories.items() if not h.seq.is_finished}

@@ -137,6 +137,21 @@ def test_ngram_drafts_continue_the_latest_match():
         NgramConfig(3, 2)
 
 
+def test_ngram_skips_decodes_that_draft_nothing_and_catches_up():
+    prop = NgramProposer(NgramConfig(1, 3))
+    big = (1 << 21) - 1  # the largest id a packed key holds
+    a, b = seq_of([big, 7, 8, big, 7]), seq_of([5, 6, 5])
+    assert prop.propose(StepPlan(1, 0.0, decodes=[a, b], draft_lens=[0, 2], num_draft_tokens=2)) == [[], [6, 5]]
+    assert len(prop) == 1  # a drafted nothing: no history built for it
+    a.output_ids.extend([9, big, 7])  # a decoded three tokens meanwhile
+    a.total_len += 3
+    plan = StepPlan(2, 0.0, decodes=[a], draft_lens=[2], num_draft_tokens=2)
+    assert prop.propose(plan) == [[9, big]]  # suffix (big, 7) last seen before 9, big
+    bad = seq_of([1 << 21, 3])
+    with pytest.raises(ValueError, match=r"token ids outside \[0, 2\^21\)"):
+        prop.propose(StepPlan(3, 0.0, decodes=[bad], draft_lens=[1], num_draft_tokens=1))
+
+
 @pytest.mark.parametrize("method", [None, "ngram"])  # "ngram": a's 3 rows attend as one group of rows
 def test_verification_rows_stage_like_the_eager_step(tiny_llama, method):
     """A mixed step whose decode verifies drafts: the captured-step staging gives the eager step's logits."""
