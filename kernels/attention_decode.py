@@ -90,7 +90,6 @@ def _decode_partition_kernel(
         ctx = tl.load(seq_lens_ptr + s + nq - 1)  # the group's longest context sets the splits
     else:
         ctx = tl.load(seq_lens_ptr + s)
-        ctx_first = ctx
     n_s = _active_splits(ctx, keys_per_split, num_splits)
     if split >= n_s:
         return  # this sequence needs fewer splits
@@ -121,8 +120,10 @@ def _decode_partition_kernel(
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     bt_row = bt_ptr + s.to(tl.int64) * stride_bt
-    # Keys before the group's shortest context are seen by every row: unmasked blocks up to there.
-    n_full = lo + tl.maximum(tl.minimum(hi, ctx_first) - lo, 0) // BLOCK_N * BLOCK_N
+    if GROUPED:  # keys before the group's shortest context are seen by every row: unmasked blocks up to there
+        n_full = lo + tl.maximum(tl.minimum(hi, ctx_first) - lo, 0) // BLOCK_N * BLOCK_N
+    else:
+        n_full = lo + tl.maximum(hi - lo, 0) // BLOCK_N * BLOCK_N
     for start_n in range(lo, n_full, BLOCK_N):
         acc, m_i, l_i = attend_block(
             acc, m_i, l_i, q, qk_scale, start_n, hi, pos,
@@ -136,24 +137,26 @@ def _decode_partition_kernel(
 
     # Partial buffers: po [S, Hq, num_splits, BLOCK_D], pm / pl [S, Hq, num_splits]; a row's partials are
     # written only by its first n_s splits (each holds >= 1 of its keys, so a finite max).
-    if SPLIT and GROUPED:
-        # Each row by its own split count: an unsplit row (also ctx == 0) is written normalised by split 0.
-        row_ns = _active_splits(row_ctx, keys_per_split, num_splits)
-        if split == 0:
-            _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask & (row_ns == 1)[:, None])
-        part_ok = g_ok & (row_ns > 1) & (split < row_ns)
-        prow = (row.to(tl.int64) * num_q_heads + head) * num_splits + split
-        tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=part_ok[:, None])
-        tl.store(pm_ptr + prow, m_i, mask=part_ok)
-        tl.store(pl_ptr + prow, l_i, mask=part_ok)
-    elif SPLIT:
-        if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
-            _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
+    if SPLIT:
+        if GROUPED:
+            # Each row by its own split count: an unsplit row (also ctx == 0) is written normalised by split 0.
+            row_ns = _active_splits(row_ctx, keys_per_split, num_splits)
+            if split == 0:
+                _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i,
+                                  io_mask & (row_ns == 1)[:, None])
+            part_ok = g_ok & (row_ns > 1) & (split < row_ns)
+            prow = (row.to(tl.int64) * num_q_heads + head) * num_splits + split
+            tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=part_ok[:, None])
+            tl.store(pm_ptr + prow, m_i, mask=part_ok)
+            tl.store(pl_ptr + prow, l_i, mask=part_ok)
         else:
-            prow = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
-            tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
-            tl.store(pm_ptr + prow, m_i, mask=g_ok)
-            tl.store(pl_ptr + prow, l_i, mask=g_ok)
+            if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
+                _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
+            else:
+                prow = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
+                tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
+                tl.store(pm_ptr + prow, m_i, mask=g_ok)
+                tl.store(pl_ptr + prow, l_i, mask=g_ok)
     else:
         _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
 
