@@ -93,7 +93,7 @@ class DecodeInputs:
         bs, h = self.block_size, self.host
         # With row groups the decode kernel reads only a group leader's table row: the other rows of a
         # group keep stale (valid) entries, and their slots come from the host-side table below.
-        groups = step.group_lens(self.max_group) if self.max_group > 1 else [1] * n
+        groups = step.group_lens(self.max_group)
         slots = [0] * n
         for i, (p, table, lead) in enumerate(zip(step.positions, step.tables, groups, strict=True)):
             slots[i] = table[p // bs] * bs + p % bs

@@ -115,7 +115,7 @@ class MixedInputs:
         sampling: list[Sequence] = list(step.seqs)
         nd = len(sampling)
         d_blocks = [0] * nd  # filled in Python, written to numpy at once
-        groups = step.group_lens(self.max_group) if self.max_group > 1 else [1] * nd
+        groups = step.group_lens(self.max_group)
         for i, (p, bt, lead) in enumerate(zip(step.positions, step.tables, groups, strict=True)):
             d_blocks[i] = bt[p // bs]
             if lead:  # the decode kernel reads only a group leader's table row

@@ -118,6 +118,8 @@ class DecodeRows:
         """Row groups of the decode attention kernel: consecutive rows of one sequence (same table, positions
         one apart), cut into pieces of at most ``max_group`` rows; per row, the rows of the piece it starts,
         0 inside a piece (``group_lens`` of ``kernels.attention_decode``)."""
+        if max_group == 1:  # every row its own group (plain decode steps, engines without groups)
+            return [1] * len(self.seqs)
         out = [0] * len(self.seqs)
         lead, prev = 0, None
         for i, seq in enumerate(self.seqs):
