@@ -1,1 +1,21 @@
 """Triton kernels with plain PyTorch references (see each module)."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import NoReturn
+
+
+def __getattr__(name: str) -> NoReturn:
+    """A name this package lacks: explain the one known cause, a clash with Hugging Face ``kernels``.
+
+    transformers >= 5.25 requires the Hugging Face ``kernels`` distribution, which installs a top-level
+    package also called ``kernels``. Whichever of the two is imported first shadows the other, and
+    transformers then asks this package for names of its own (e.g. ``CUDAProperties``).
+    """
+    if name.startswith("_") or importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        raise AttributeError(name)  # dunder probes, and submodules not imported yet (``from kernels import rope``)
+    raise ImportError(
+        f"servegym's kernels package has no {name!r}: something expected the Hugging Face 'kernels' package, "
+        "whose import name clashes with servegym's kernels/. Install transformers<5.25 and remove the other "
+        "package (pip uninstall kernels), as pyproject.toml pins.")

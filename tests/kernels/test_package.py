@@ -1,0 +1,16 @@
+"""The kernels package names the clash with Hugging Face ``kernels`` instead of failing obscurely."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def test_a_missing_name_explains_the_hugging_face_clash() -> None:
+    with pytest.raises(ImportError, match="Hugging Face 'kernels'.*transformers<5.25"):
+        from kernels import CUDAProperties  # noqa: F401 - a name of the other package
+
+
+def test_submodules_still_import_by_from_import() -> None:
+    from kernels import norm
+
+    assert norm.__name__ == "kernels.norm"
