@@ -9,7 +9,9 @@ the next captured size. Mixed steps (``MixedGraphs``, inputs ``MixedInputs``):
 every sequence is a chunk of the paged prefill kernel and a step is padded to
 the next captured token count. Per step the host writes the small inputs into
 the pinned mirror, issues one host-to-device copy and one graph launch; all
-graphs share one memory pool (they replay one at a time).
+graphs share one memory pool (they replay one at a time). With row groups (speculative
+verification, ``max_group > 1``) every size is captured twice: over the groups, for steps that
+verify drafts, and without them, for plain steps, which the ungrouped kernel runs faster.
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ def _step(forward: ForwardFn, meta: StepMetadata, epilogue: Epilogue | None) -> 
     return logits, ids
 
 
+def _variants(max_group: int) -> tuple[bool, ...]:
+    """The graphs each size needs: ungrouped, and grouped too where the inputs carry row groups."""
+    return (False, True) if max_group > 1 else (False,)
+
+
 def capture(forward: ForwardFn, meta: StepMetadata, device: torch.device, pool: PoolHandle | None,
             epilogue: Epilogue | None = None) -> GraphStep:
     """Warm ``forward`` up on ``meta`` (Triton JIT, cuBLAS workspaces), then capture it with its argmax.
@@ -124,15 +131,17 @@ class DecodeGraphs:
         self.inputs = inputs
         self.device = device
         self.graphs: dict[int, GraphStep | EagerStep] = {}
+        self.grouped: dict[int, GraphStep | EagerStep] = {}  # over the row groups (inputs.max_group > 1)
         for b in reversed(sizes):  # largest first, so smaller graphs fit in its memory pool
             epilogue = (lambda ids, rows=b: inputs.advance(ids, rows)) if advance else None
-            meta = inputs.meta(b)
-            if eager:
-                self.graphs[b] = EagerStep(lambda meta=meta, epilogue=epilogue: _step(forward, meta, epilogue))
-            else:
-                step = capture(forward, meta, device, pool, epilogue)
-                self.graphs[b] = step
-                pool = step.graph.pool()
+            for grouped in _variants(inputs.max_group):
+                meta = inputs.meta(b, grouped)
+                if eager:
+                    step = EagerStep(lambda meta=meta, epilogue=epilogue: _step(forward, meta, epilogue))
+                else:
+                    step = capture(forward, meta, device, pool, epilogue)
+                    pool = step.graph.pool()
+                (self.grouped if grouped else self.graphs)[b] = step
         self.pool = pool
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -173,8 +182,7 @@ class DecodeGraphs:
         n = len(decodes)
         b = self.size_for(n)
         assert b is not None  # run() chunks steps larger than the largest graph
-        self.inputs.stage(decodes, b)
-        step = self.graphs[b]
+        step = (self.grouped if self.inputs.stage(decodes, b) else self.graphs)[b]
         step.replay()
         return step.logits[:n], step.ids[:n]
 
@@ -213,9 +221,12 @@ class MixedGraphs:
         self.sizes = sizes
         self.inputs = inputs
         self.graphs: dict[int, GraphStep] = {}
+        self.grouped: dict[int, GraphStep] = {}  # over the decode rows' groups (inputs.max_group > 1)
         for t in reversed(sizes):  # largest first, so smaller graphs fit in its memory pool
-            self.graphs[t] = capture(forward, inputs.meta(t, min(t, inputs.max_rows)), device, pool)
-            pool = self.graphs[t].graph.pool()
+            for grouped in _variants(inputs.max_group):
+                step = capture(forward, inputs.meta(t, min(t, inputs.max_rows), grouped), device, pool)
+                (self.grouped if grouped else self.graphs)[t] = step
+                pool = step.graph.pool()
         self.pool = pool
         torch.cuda.synchronize(device)
 
@@ -235,7 +246,7 @@ class MixedGraphs:
             ``(logits [n, V] in the model dtype, greedy ids int64 [n], the n sampling sequences)``;
             the tensors are views of static buffers: read them before the next replay.
         """
-        seqs = self.inputs.stage(plan, size, decode_rows)
-        step = self.graphs[size]
+        seqs, grouped = self.inputs.stage(plan, size, decode_rows)
+        step = (self.grouped if grouped else self.graphs)[size]
         step.replay()
         return step.logits[: len(seqs)], step.ids[: len(seqs)], seqs

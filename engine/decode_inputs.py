@@ -24,6 +24,7 @@ import torch
 
 from engine.static_buffers import StaticBuffers
 from engine.step_metadata import DecodeRows, StepMetadata, padded_width
+from engine.table_mirror import TableMirror
 from policies.sequence import Sequence
 
 _FIELDS = (("input_ids", np.int64, 1), ("positions", np.int64, 1), ("slot_mapping", np.int64, 1),
@@ -57,9 +58,7 @@ class DecodeInputs:
                                            for name, dtype, cols in _FIELDS), device)
         self.host, self.dev = self.buffers.host, self.buffers.dev
         self._table_offset = self.buffers.offsets["block_tables"]
-        # Per row, the block-table entries last written to the mirror (None: unknown): steady decode steps
-        # find their tables already there and rewrite nothing, a grown table writes only its new entries.
-        self._staged: list[list[int] | None] = [None] * max_rows
+        self.tables = TableMirror(self.host["block_tables"])  # rewrites only the entries that changed
         self._pad(0, max_rows)
         self.host["block_tables"][:] = scratch_block
         self.buffers.upload_all()
@@ -72,15 +71,19 @@ class DecodeInputs:
         h["seq_lens"][start:stop] = 1
         h["group_lens"][start:stop] = 1
         h["block_tables"][start:stop, 0] = self.scratch_block
-        self._staged[start:stop] = [None] * (stop - start)
+        self.tables.forget(start, stop)
 
-    def stage(self, decodes: Seq[Sequence] | DecodeRows, rows: int) -> None:
+    def stage(self, decodes: Seq[Sequence] | DecodeRows, rows: int) -> bool:
         """Write a decode step into rows ``0..rows-1`` (padding after them) and copy it.
 
         Args:
             decodes: the step's decoding sequences in row order (one row each), or its rows
                 (speculative verification, draft-model steps).
             rows: the captured batch size the step runs at (>= the step's rows).
+
+        Returns:
+            Whether the step has a group of more than one row (verification): only then does it need
+            the grouped kernel (``meta(rows, grouped=True)``); groups of one run faster ungrouped.
 
         Raises:
             ValueError: more rows than ``rows``, or ``rows`` above ``max_rows``.
@@ -98,7 +101,7 @@ class DecodeInputs:
         for i, (p, table, lead) in enumerate(zip(step.positions, step.tables, groups, strict=True)):
             slots[i] = table[p // bs] * bs + p % bs
             if lead:
-                self._write_table(i, table)
+                self.tables.write(i, table)
         h["input_ids"][:n] = step.ids
         h["positions"][:n] = step.positions
         h["slot_mapping"][:n] = slots
@@ -108,16 +111,7 @@ class DecodeInputs:
         if rows > n:
             self._pad(n, rows)
         self.buffers.upload((0, self._table_offset + rows * self.width * 4))
-
-    def _write_table(self, row: int, table: list[int]) -> None:
-        """Make mirror row ``row`` start with ``table``, writing only the entries that differ from what the
-        row is known to hold (compared by value, so any change of the table is caught)."""
-        done = self._staged[row]
-        if done == table:
-            return
-        have = len(done) if done is not None and len(done) <= len(table) and table[: len(done)] == done else 0
-        self.host["block_tables"][row, have : len(table)] = table[have:]
-        self._staged[row] = list(table)
+        return 0 in groups  # a row inside a group (never without groups: then every row leads)
 
     def advance(self, ids: torch.Tensor, rows: int) -> None:
         """Turn the first ``rows`` rows, on the device, into the next decode step of the same sequences.
@@ -138,8 +132,9 @@ class DecodeInputs:
         fn(ids, d["input_ids"][:rows], d["positions"][:rows], d["slot_mapping"][:rows], d["seq_lens"][:rows],
            d["block_tables"][:rows], self.block_size)
 
-    def meta(self, rows: int) -> StepMetadata:
-        """Views of the first ``rows`` rows as a decode-only step (every row samples)."""
+    def meta(self, rows: int, grouped: bool = True) -> StepMetadata:
+        """Views of the first ``rows`` rows as a decode-only step (every row samples); with ``grouped`` (and
+        ``max_group > 1``) the attention reads the row groups, else every row alone."""
         d = self.dev
         i32 = {"dtype": torch.int32, "device": self.device}
         return StepMetadata(
@@ -149,4 +144,4 @@ class DecodeInputs:
             prefill_block_tables=torch.zeros((0, 1), **i32),
             decode_seq_lens=d["seq_lens"][:rows], decode_block_tables=d["block_tables"][:rows],
             num_prefill_tokens=0, num_decodes=rows, prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[],
-            decode_group_lens=d["group_lens"][:rows] if self.max_group > 1 else None)
+            decode_group_lens=d["group_lens"][:rows] if grouped and self.max_group > 1 else None)

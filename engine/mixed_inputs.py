@@ -33,6 +33,7 @@ import torch
 
 from engine.static_buffers import StaticBuffers
 from engine.step_metadata import DecodeRows, StepMetadata, padded_width
+from engine.table_mirror import TableMirror
 from policies.sequence import Sequence
 from policies.types import StepPlan
 
@@ -75,6 +76,10 @@ class MixedInputs:
         self._decode_table_offset = self.buffers.offsets["decode_block_tables"]
         self.host["block_tables"][:] = scratch_block
         self.host["decode_block_tables"][:] = scratch_block
+        # both tables rewrite only the entries that changed (a chunked prompt's or a decode's table in the
+        # same slot step after step)
+        self.tables, self.decode_tables = TableMirror(self.host["block_tables"]), TableMirror(
+            self.host["decode_block_tables"])
         self.host["slot_mapping"][:] = scratch_block * block_size
         self.host["decode_group_lens"][:] = 1
         self.buffers.upload_all()
@@ -85,7 +90,8 @@ class MixedInputs:
         rows = sum(c.samples for c in plan.prefills) + plan.num_decode_rows
         return plan.num_tokens <= self.max_tokens and seqs <= self.max_seqs and rows <= self.max_rows
 
-    def stage(self, plan: StepPlan, tokens: int, decode_rows: DecodeRows | None = None) -> list[Sequence]:
+    def stage(self, plan: StepPlan, tokens: int, decode_rows: DecodeRows | None = None,
+              ) -> tuple[list[Sequence], bool]:
         """Write ``plan`` (decode rows, then prefill chunks) padded to ``tokens`` and copy it.
 
         Args:
@@ -96,7 +102,8 @@ class MixedInputs:
 
         Returns:
             The sampling sequences in row order (row ``i`` of the graph's logits is sequence ``i``):
-            the decode rows' sequences, then the chunks that sample.
+            the decode rows' sequences, then the chunks that sample; and whether a group of decode rows
+            holds more than one row (``DecodeInputs.stage``: only then is the grouped kernel needed).
 
         Raises:
             ValueError: the plan does not fit, or ``tokens`` is below its tokens or above ``max_tokens``.
@@ -110,7 +117,6 @@ class MixedInputs:
         self.buffers.wait_for_copy()  # the previous copy must have left the pinned buffer
         h, bs = self.host, self.block_size
         ids, pos, rows = h["input_ids"], h["positions"], h["logits_indices"]
-        d_table, p_table = h["decode_block_tables"], h["block_tables"]
         cu, lens = h["cu_seqlens"], h["seq_lens"]
         sampling: list[Sequence] = list(step.seqs)
         nd = len(sampling)
@@ -119,7 +125,7 @@ class MixedInputs:
         for i, (p, bt, lead) in enumerate(zip(step.positions, step.tables, groups, strict=True)):
             d_blocks[i] = bt[p // bs]
             if lead:  # the decode kernel reads only a group leader's table row
-                d_table[i, : len(bt)] = bt
+                self.decode_tables.write(i, bt)
         if self.max_group > 1:
             h["decode_group_lens"][:nd] = groups
             h["decode_group_lens"][nd:] = 1
@@ -135,7 +141,7 @@ class MixedInputs:
             p = np.arange(start, start + n)
             pos[offset : offset + n] = p
             bt = seq.block_table
-            p_table[i, : len(bt)] = bt
+            self.tables.write(i, bt)
             slot_blocks.append(np.asarray(bt, dtype=np.int64)[p // bs])
             lens[i] = start + n
             offset += n
@@ -151,11 +157,12 @@ class MixedInputs:
         rows[len(sampling) :] = 0
         d_lo = self._decode_table_offset
         self.buffers.upload((0, self._table_offset + npf * self.width * 4), (d_lo, d_lo + nd * self.width * 4))
-        return sampling
+        return sampling, 0 in groups
 
-    def meta(self, tokens: int, rows: int) -> StepMetadata:
+    def meta(self, tokens: int, rows: int, grouped: bool = True) -> StepMetadata:
         """Views of a step of ``tokens`` tokens with ``rows`` sampling rows: ``min(tokens, max_seqs)``
-        leading decode slots, then every chunk slot (``padded``: see ``StepMetadata``)."""
+        leading decode slots, then every chunk slot (``padded``: see ``StepMetadata``); with ``grouped``
+        (and ``max_group > 1``) the decode attention reads the row groups."""
         d = self.dev
         nd = min(tokens, self.max_seqs)
         return StepMetadata(
@@ -165,4 +172,4 @@ class MixedInputs:
             prefill_block_tables=d["block_tables"], decode_seq_lens=d["decode_seq_lens"][:nd],
             decode_block_tables=d["decode_block_tables"][:nd], num_prefill_tokens=tokens, num_decodes=nd,
             prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[], padded=True,
-            decode_group_lens=d["decode_group_lens"][:nd] if self.max_group > 1 else None)
+            decode_group_lens=d["decode_group_lens"][:nd] if grouped and self.max_group > 1 else None)

@@ -157,7 +157,7 @@ class MetadataBuilder:
             padded block-table entries point there.
         device: target device.
         max_group: most decode rows of one sequence attended together (``DecodeRows.group_lens``);
-            1 builds no groups.
+            only steps with a group of more than one row carry groups (1: none does).
     """
 
     def __init__(self, block_size: int, scratch_block: int, device: torch.device, max_group: int = 1) -> None:
@@ -237,9 +237,9 @@ class MetadataBuilder:
             "decode_seq_lens": d_lens,
             "decode_block_tables": d_bt,
         }
-        if self.max_group > 1:  # padding rows are groups of one
-            arrays["decode_group_lens"] = np.asarray(rows.group_lens(self.max_group) + [1] * (padded - nd),
-                                                     dtype=np.int32)
+        groups = rows.group_lens(self.max_group) if self.max_group > 1 else []
+        if 0 in groups:  # rows in groups (verification); groups of one run faster ungrouped; padding: groups of one
+            arrays["decode_group_lens"] = np.asarray(groups + [1] * (padded - nd), dtype=np.int32)
         tensors = self._to_device(arrays)
         return StepMetadata(**tensors, num_prefill_tokens=num_prefill, num_decodes=padded,
                             prefill_q_lens=q_lens, prefill_ctx_lens=ctx_lens, sampling_seqs=sampling_seqs)

@@ -51,9 +51,10 @@ METRICS = ("throughput_output_tok_s", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s",
            "tpot_p99_s", "e2e_mean_s", "e2e_p50_s", "e2e_p99_s", "preemptions", "prefix_cache_hit_rate")
 SPEC_METRICS = ("spec_acceptance_rate",)
 ERROR_COLUMNS = ("trace", "policy", "metric", "sim", "real", "rel_error")
-# Engine settings that change step times: a profile measured with other values is a poor fit.
+# Engine settings that change step times: a profile measured with other values is a poor fit. The
+# verification row groups are compared as the engines resolve them (None is a per-model default), in validate.
 TIMING_FIELDS = ("dtype", "block_size", "max_model_len", "max_num_seqs", "enforce_eager", "cuda_graph_batch_sizes",
-                 "cuda_graph_token_sizes", "kv_cache_dtype", "quantization", "attention_backend", "verify_group_rows")
+                 "cuda_graph_token_sizes", "kv_cache_dtype", "quantization", "attention_backend")
 
 
 def _number(value: Any) -> float:

@@ -69,6 +69,14 @@ __all__ = ["CostModel", "RooflineCostModel", "CalibratedCostModel", "write_profi
 
 
 class CostModel(Protocol):
+    """What the simulator needs from a step-time predictor.
+
+    A cost model may also carry ``verify_group_rows`` (int): how many verification rows of one decode
+    the priced engine attends together, which sets the draft context the scheduler counts
+    (``SchedulerConfig.verify_group_rows``). ``simulate`` reads it when the scheduler config leaves
+    it None, and takes 1 (every draft row reads its own context) when a cost model has none.
+    """
+
     def step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` in seconds."""
         ...

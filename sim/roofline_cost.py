@@ -37,6 +37,7 @@ class RooflineCostModel:
         self.gpu = get_gpu(gpu)
         self.weight_dtype, self.kv_dtype = weight_dtype, kv_dtype
         self.step_overhead_s = step_overhead_s
+        self.verify_group_rows = 1  # no grouped verification kernel modelled: each draft row reads its context
         self.swap_block_s = self.model.kv_bytes_per_token(kv_dtype) * block_size / self.gpu.host_bw
         groups: dict[str, list[OpCost]] = {"tokens": [], "samples": []}
         flop_rate, bw = self.gpu.attainable_ops, self.gpu.attainable_bw

@@ -227,7 +227,7 @@ def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_conf
     """
     t0 = time.perf_counter()
     if scheduler_config.verify_group_rows is None:
-        rows = getattr(cost_model, "verify_group_rows", 1)
+        rows = getattr(cost_model, "verify_group_rows", 1)  # optional in the CostModel protocol
         scheduler_config = dataclasses.replace(scheduler_config, verify_group_rows=rows)
     sim = Simulator(requests, Scheduler(scheduler_config, policy, speculation), cost_model, progress, acceptance)
     sim.run()

@@ -171,21 +171,47 @@ def test_grouped_staging_reads_only_the_leaders_tables(tiny_llama):
     pytest.importorskip("kernels.attention_decode")
     from engine.step_metadata import DecodeRows
 
-    r = runner(tiny_llama, dtype="bfloat16", attention_backend="triton", speculative_method="ngram")
+    r = runner(tiny_llama, dtype="bfloat16", attention_backend="triton", speculative_method="ngram",
+               device="cuda" if CUDA else "cpu")
     assert r.max_group == 4  # 8 query heads over 2 kv heads: 4 rows fill the 16-row tile
     a, b, c = decoding_seqs(r, (9, 21, 13), seed=8, first_blocks=(0, 20, 40))
     rows = DecodeRows.of([a, b], [[11, 12, 13, 14, 15], [16, 17]])  # a: pieces of 4 + 2 rows; b: 3 rows
     grouped = DecodeInputs(16, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device, max_group=4)
     grouped.host["block_tables"][:9, : len(c.block_table)] = c.block_table  # every row holds c's table
-    grouped.stage(rows, 16)
+    assert grouped.stage(rows, 16)  # rows in groups: the grouped kernel's step
     tables = grouped.host["block_tables"]
     assert grouped.host["group_lens"][:9].tolist() == [4, 0, 0, 0, 2, 0, 3, 0, 0]
     assert [tables[i, 0] for i in range(9)] == [0, 40, 40, 40, 0, 40, 20, 40, 40]  # leaders only
     plain = DecodeInputs(16, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device)
-    plain.stage(rows, 16)
+    assert not plain.stage(rows, 16)  # no groups at all
     assert plain.meta(16).decode_group_lens is None
     want = r.model.forward(plain.meta(16), r.attention)[:9]
     torch.testing.assert_close(r.model.forward(grouped.meta(16), r.attention)[:9], want, atol=0, rtol=0)
+
+
+def test_plain_steps_replay_the_ungrouped_graph(tiny_llama):
+    """With row groups each size has two steps: verification rows replay the grouped one, plain decodes
+    (groups of one, which the ungrouped kernel runs faster) the ungrouped one; both give the eager logits."""
+    pytest.importorskip("kernels.attention_decode")
+    from engine.cuda_graphs import DecodeGraphs
+    from engine.step_metadata import DecodeRows
+
+    r = runner(tiny_llama, dtype="bfloat16", attention_backend="triton", speculative_method="ngram",
+               device="cuda" if CUDA else "cpu", enforce_eager=True)
+    inputs = DecodeInputs(8, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device, max_group=r.max_group)
+    graphs = DecodeGraphs(r._graph_forward, (2, 8), inputs, r.device, eager=not CUDA)
+    assert set(graphs.graphs) == set(graphs.grouped) == {2, 8}
+    a, b = decoding_seqs(r, (9, 21), seed=6)
+    logits, _ = graphs.run([a, b])
+    assert logits.data_ptr() == graphs.graphs[2].logits.data_ptr()
+    want = r.logits(StepPlan(1, 0.0, decodes=[a, b]))[0]
+    torch.testing.assert_close(logits.float(), want, atol=3e-2, rtol=0)
+    rows = DecodeRows.of([a, b], [[5, 6], []])  # a verifies two drafts: one group of 3 rows, then b alone
+    logits, _ = graphs.run(rows)
+    assert logits.shape[0] == 4 and logits.data_ptr() == graphs.grouped[8].logits.data_ptr()
+    plan = StepPlan(2, 0.0, decodes=[a, b], draft_lens=[2, 0], num_draft_tokens=2)
+    eager = r.model.forward(r.builder.build(plan, rows=rows), r.attention)
+    torch.testing.assert_close(logits.float(), eager.float(), atol=3e-2, rtol=0)
 
 
 def test_restaging_writes_every_table_change(cpu_runner):

@@ -45,8 +45,8 @@ def test_staging_layout_and_logits_match_the_eager_step(triton_runner):
     assert eager_seqs == [cached, a, b]  # the eager order: sampling chunks, then decodes
     inputs = MixedInputs(64, 8, 8, r.max_blocks_per_seq, BS, r.kv.scratch_block, r.device)
     assert inputs.fits(plan)
-    seqs = inputs.stage(plan, 32)
-    assert seqs == [a, b, cached]  # decodes lead in a captured step
+    seqs, grouped = inputs.stage(plan, 32)
+    assert seqs == [a, b, cached] and not grouped  # decodes lead in a captured step
     meta = inputs.meta(32, 8)
     assert meta.padded and meta.num_decodes == 8 and meta.num_prefill_tokens == 32
     assert meta.decode_seq_lens.tolist() == [9, 14, 0, 0, 0, 0, 0, 0]
@@ -73,7 +73,7 @@ def test_restaging_a_smaller_step_resets_its_padding(triton_runner):
     inputs.stage(plan, 32)
     small = StepPlan(5, 0.0, prefills=[plan.prefills[1]], num_prefill_tokens=11)
     eager = r.logits(small)[0]
-    assert inputs.stage(small, 16) == [plan.prefills[1].seq]
+    assert inputs.stage(small, 16) == ([plan.prefills[1].seq], False)
     meta = inputs.meta(16, 8)
     assert meta.prefill_cu_seqlens.tolist() == [0, 11, *[11] * 7]
     assert meta.decode_seq_lens.tolist() == [0] * 8  # the earlier step's decodes are gone

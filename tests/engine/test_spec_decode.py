@@ -3,6 +3,8 @@ proposals, verification rows through the mixed-step staging, and the errors."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -172,11 +174,19 @@ def test_verification_rows_stage_like_the_eager_step(tiny_llama, method):
     eager_logits, _, eager_seqs, first = r.run_rows(plan, rows)
     assert first == 1 and eager_seqs[1:] == [a, a, a, b, b]  # eager: the sampling chunk, then the decode rows
     inputs = MixedInputs(64, 8, 8, r.max_blocks_per_seq, 4, r.kv.scratch_block, r.device, r.max_group)
-    seqs = inputs.stage(plan, 32, rows)
-    assert seqs == [a, a, a, b, b, eager_seqs[0]]
+    seqs, grouped = inputs.stage(plan, 32, rows)
+    assert seqs == [a, a, a, b, b, eager_seqs[0]] and grouped == bool(method)
     meta = inputs.meta(32, 8)
     if method:
         assert meta.decode_group_lens[:6].tolist() == [3, 0, 0, 2, 0, 1]
+        assert inputs.meta(32, 8, grouped=False).decode_group_lens is None
+        # the same step without drafts has groups of one only: staged as ungrouped
+        plain_rows = DecodeRows.of(plan.decodes)
+        plain_plan = dataclasses.replace(plan, draft_lens=[], num_draft_tokens=0)
+        assert inputs.stage(plain_plan, 32, plain_rows)[1] is False
+        assert r.builder.build(plain_plan, rows=plain_rows).decode_group_lens is None  # eager, likewise
+        assert r.builder.build(plan, rows=rows).decode_group_lens[:2].tolist() == [3, 0]
+        inputs.stage(plan, 32, rows)
     want = [a.num_computed + j for j in range(3)] + [b.num_computed + j for j in range(2)]
     assert meta.positions[:5].tolist() == want
     assert meta.decode_seq_lens[:5].tolist() == [p + 1 for p in meta.positions[:5].tolist()]
@@ -250,6 +260,27 @@ def test_bad_speculative_settings_name_the_problem(tiny_llama, tmp_path):
         llm(tiny_llama, speculation="fixed", speculative_method="draft", draft_model=str(other_vocab))
 
 
+def greedy_gaps(runner, prompt: list[int], out: list[int]) -> list[float]:
+    """Per token of ``out``, how far below the best logit its own lies on ``runner``, given the prompt and
+    the tokens before it (one teacher-forced prefill; 0 where it is the greedy choice)."""
+    from tests.engine.test_model import chunked_logits, make_seq
+
+    ids = list(prompt) + list(out[:-1])
+    seq = make_seq("teacher-forced", ids, first_block=0)
+    rows = chunked_logits(runner, seq, [len(ids)])[len(prompt) - 1 :]
+    chosen = rows.gather(1, torch.tensor(out, device=rows.device)[:, None])[:, 0]
+    return (rows.max(dim=1).values - chosen).tolist()
+
+
+def test_greedy_gaps_measure_distance_from_the_greedy_choice(tiny_llama):
+    """The helper above: an engine's own greedy output has gaps of 0; a wrong token has a positive gap."""
+    engine = llm(tiny_llama)
+    out = engine.generate([PROMPTS[1]], max_tokens=6)[0]["token_ids"]
+    assert greedy_gaps(engine.runner, PROMPTS[1], out) == pytest.approx([0.0] * 6, abs=1e-5)
+    wrong = out[:5] + [(out[5] + 1) % 300]
+    assert greedy_gaps(engine.runner, PROMPTS[1], wrong)[5] > 0
+
+
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("method", ["ngram", "draft"])
 @pytest.mark.parametrize("sizes", [None, (1, 2, 4)])
@@ -259,7 +290,7 @@ def test_graphed_speculation_on_cuda(tiny_llama, method, sizes):
     kw = {"dtype": "bfloat16", "device": "cuda", "block_size": 16, "num_gpu_blocks": 256}
     if sizes is not None:
         kw["cuda_graph_batch_sizes"] = sizes
-    reference = [o["token_ids"] for o in LLM(str(tiny_llama), **kw).generate(PROMPTS, max_tokens=32)]
+    plain = LLM(str(tiny_llama), **kw)
     extra = {"draft_model": str(tiny_llama)} if method == "draft" else {}
     engine = LLM(str(tiny_llama), speculation="fixed:num_draft_tokens=3", speculative_method=method, **extra, **kw)
     runner = engine.runner
@@ -274,11 +305,11 @@ def test_graphed_speculation_on_cuda(tiny_llama, method, sizes):
     runner.speculative.execute = spy
     out = engine.generate(PROMPTS, max_tokens=32)
     assert graphed and all(graphed)
-    # A bf16 row's logits depend a little on how many rows its GEMMs hold (1-5 plain, up to 20 verifying),
-    # so a near-tie may flip; outputs must agree on nearly every token.
-    agree = [next((i for i, (x, y) in enumerate(zip(o["token_ids"], r, strict=True)) if x != y), len(r))
-             for o, r in zip(out, reference, strict=True)]
-    assert sum(agree) >= 0.9 * 32 * len(PROMPTS), agree
+    # A bf16 row's logits depend a little on how many rows its GEMMs hold (1-5 plain, up to 20 verifying) and
+    # on the attention kernel, so a near-tie may flip and the rest of the output differ: every emitted token
+    # must be the plain engine's greedy choice on the emitted prefix, up to bf16 noise.
+    gaps = [g for p, o in zip(PROMPTS, out, strict=True) for g in greedy_gaps(plain.runner, p, o["token_ids"])]
+    assert len(gaps) == 32 * len(PROMPTS) and max(gaps) <= 0.02, sorted(gaps)[-5:]  # bf16 noise: ~0.004
     recs = [o["record"] for o in out]
     if method == "draft":  # the draft is the target: it proposes the target's own greedy choices
         assert sum(r["accepted_draft_tokens"] for r in recs) >= 0.9 * sum(r["draft_tokens"] for r in recs)
