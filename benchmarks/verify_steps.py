@@ -51,7 +51,7 @@ def main(model: str) -> None:
         sched = driver.all_decoding(b, 1024, 65536, b, 12, spec)
         times = []
         for _ in range(12):
-            plan, dt = driver.step(sched)
+            plan, dt, _ = driver.step(sched)
             times.append(dt)
         print(f"SHAPE B={b} k={k} every={every} ctx=1024: rows={plan.num_decode_rows} drafts={plan.num_draft_tokens} "
               f"decode_ctx={plan.decode_ctx_tokens} draft_ctx={plan.draft_ctx_tokens} "

@@ -3,7 +3,10 @@
 Each timed step is one turn of the replay loop: ``scheduler.schedule`` + ``runner.execute`` +
 ``scheduler.postprocess``. The loop period (not only schedule + execute) is what separates the
 starts of consecutive steps in a busy replay, and the simulator runs its steps back to back,
-so the period is the step time a simulation must predict.
+so the period is the step time a simulation must predict. The part of it after ``execute`` returns
+(``postprocess``) is timed too: the replay logs a step's tokens before that work, so the profile's
+``host_tail_s`` (``experiments.tail_fit``) tells the simulator how long before a step's end its tokens
+come out.
 
 The step shapes come from a real ``Scheduler`` with ``ContinuousBatching`` driven by synthetic
 requests of random (unique) token ids:
@@ -55,6 +58,7 @@ from experiments.profile_fit import (
     fit_verify,
     typical,
 )
+from experiments.tail_fit import fit_host_tail
 from sim.cost_model import CalibratedCostModel
 from sim.profile import PROFILE_FORMAT, validate_profile, write_profile
 
@@ -114,7 +118,8 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
     decodes = []
     for (batch, _), runs in passes.items():
         pooled = tuple(t for d in runs for t in d.times)
-        decodes.append(DecodeSample(batch, statistics.median(d.ctx_tokens for d in runs), typical(pooled), pooled))
+        decodes.append(DecodeSample(batch, statistics.median(d.ctx_tokens for d in runs), typical(pooled), pooled,
+                                    statistics.fmean(d.tail_s for d in runs)))
     fitted = fit_profile(decodes, prefills)
     cfg, s = runner.config, runner.spec
     dtype = SHORT_DTYPES[cfg.dtype]
@@ -138,6 +143,8 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
                                           runner.kv_dtype) / runner.block_size,
         "swap_bytes_per_s": swap_rate(runner),
         "tables": {name: {"x": xs, "time_s": ys} for name, (xs, ys) in fitted.tables.items()},
+        # the tables' part after a step's tokens are out (the simulator emits the tokens before it)
+        "host_tail_s": fit_host_tail(decodes, prefills),
     }
     if runner.graphs is not None:  # decode-only steps up to the largest size replay padded graphs
         profile["graph_batch_sizes"] = [int(b) for b in runner.graphs.sizes]

@@ -45,15 +45,18 @@ class StepDriver:
         batching = ContinuousBatching(max_num_seqs=max_num_seqs, token_budget=budget)
         return Scheduler(cfg, batching, speculation=speculation)
 
-    def step(self, sched: Scheduler) -> tuple[StepPlan, float]:
-        """One loop turn; returns its plan and its wall time."""
+    def step(self, sched: Scheduler) -> tuple[StepPlan, float, float]:
+        """One loop turn; returns its plan, its wall time, and the part of it after the step's tokens were
+        out (``scheduler.postprocess``: the host tail, ``host_tail_s`` of the profile)."""
         t0 = time.perf_counter()
         plan = sched.schedule(0.0)
         if plan.is_empty:
             raise RuntimeError(f"calibration: the scheduler planned nothing at step {plan.step_id}")
         result = self.runner.execute(plan)
+        t_out = time.perf_counter()
         sched.postprocess(plan, StepResult(result.duration_s, result.token_ids))
-        return plan, time.perf_counter() - t0
+        t_end = time.perf_counter()
+        return plan, t_end - t0, t_end - t_out
 
     def all_decoding(self, batch: int, context: int, budget: int, max_num_seqs: int, steps: int,
                       speculation: SpeculationPolicy | None = None) -> Scheduler:
@@ -66,7 +69,7 @@ class StepDriver:
         for _ in range(batch):
             sched.add_request(self.request(context - 1, (steps + setup) * per_step + 2))
         for _ in range(setup + 1):
-            plan, _ = self.step(sched)
+            plan, _, _ = self.step(sched)
             if not plan.prefills and len(plan.decodes) == batch:
                 return sched
         raise RuntimeError(f"calibration: {batch} sequences of context {context} never all decode")
@@ -75,15 +78,18 @@ class StepDriver:
         budget = max(2 * batch, self.runner.config.max_num_batched_tokens)
         sched = self.all_decoding(batch, context, budget, batch, warmup + repeats)
         times: list[float] = []
+        tails: list[float] = []
         ctx: list[float] = []
         for _ in range(warmup + repeats):
-            plan, dt = self.step(sched)
+            plan, dt, tail = self.step(sched)
             if plan.prefills or len(plan.decodes) != batch:
                 raise RuntimeError(f"calibration: expected {batch} decodes, got {len(plan.decodes)} and "
                                    f"{len(plan.prefills)} chunks")
             times.append(dt)
+            tails.append(tail)
             ctx.append(plan.decode_ctx_tokens)
-        return DecodeSample(batch, statistics.median(ctx[warmup:]), typical(times[warmup:]), tuple(times[warmup:]))
+        return DecodeSample(batch, statistics.median(ctx[warmup:]), typical(times[warmup:]), tuple(times[warmup:]),
+                            typical(tails[warmup:]))
 
     def prefill(self, tokens: int, context: int, seqs: int, warmup: int, repeats: int) -> PrefillSample:
         budget = max(tokens, self.runner.config.max_num_batched_tokens)
@@ -96,17 +102,19 @@ class StepDriver:
             while sched.has_unfinished():
                 self.step(sched)
         times: list[float] = []
+        tails: list[float] = []
         want = [(context, t) for t in chunk_sizes(tokens, seqs)]
         for _ in range(warmup + repeats):
             for _, t in want:
                 sched.add_request(self.request(context + t, 1, prefix))
-            plan, dt = self.step(sched)
+            plan, dt, tail = self.step(sched)
             chunks = [(c.start, c.num_tokens) for c in plan.prefills]
             if sorted(chunks) != sorted(want) or plan.decodes:
                 raise RuntimeError(f"calibration: expected chunks {want} (start, tokens), got chunks {chunks} "
                                    f"and {len(plan.decodes)} decodes")
             times.append(dt)
-        return PrefillSample(tokens, context, typical(times[warmup:]), seqs)
+            tails.append(tail)
+        return PrefillSample(tokens, context, typical(times[warmup:]), seqs, typical(tails[warmup:]))
 
     def mixed(self, tokens: int, batch: int, context: int, warmup: int, repeats: int) -> MixedSample:
         """Steps of one fresh ``tokens``-token chunk beside ``batch`` decodes at about ``context`` tokens each.
@@ -122,7 +130,7 @@ class StepDriver:
         ctx: list[float] = []
         for _ in range(rounds):
             sched.add_request(self.request(tokens, 1))
-            plan, dt = self.step(sched)
+            plan, dt, _ = self.step(sched)
             chunks = [(c.start, c.num_tokens) for c in plan.prefills]
             if chunks != [(0, tokens)] or len(plan.decodes) != batch:
                 raise RuntimeError(f"calibration: expected one chunk (0, {tokens}) beside {batch} decodes, got "
@@ -141,7 +149,7 @@ class StepDriver:
         times: list[float] = []
         ctx: list[tuple[float, float]] = []
         for _ in range(warmup + repeats):
-            plan, dt = self.step(sched)
+            plan, dt, _ = self.step(sched)
             if plan.prefills or len(plan.decodes) != batch or plan.num_draft_tokens != batch * drafts:
                 raise RuntimeError(f"calibration: expected {batch} decodes verifying {drafts} drafts each, got "
                                    f"{len(plan.decodes)} decodes, {plan.num_draft_tokens} drafts and "

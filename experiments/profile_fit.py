@@ -72,23 +72,26 @@ def typical(times: Sequence[float], trim: float = 0.1) -> float:
 @dataclass(frozen=True)
 class DecodeSample:
     """Typical time (``typical``) of a decode-only step: ``batch`` decodes reading ``ctx_tokens`` in all;
-    ``times`` are the timed steps it came from."""
+    ``times`` are the timed steps it came from; ``tail_s`` the typical part of a step after its tokens
+    were out (the scheduler's bookkeeping)."""
 
     batch: int
     ctx_tokens: float
     time_s: float
     times: tuple[float, ...] = ()
+    tail_s: float = 0.0
 
 
 @dataclass(frozen=True)
 class PrefillSample:
     """Typical time of a prefill-only step of ``tokens`` in ``seqs`` near-equal chunks, each after
-    ``context`` cached tokens."""
+    ``context`` cached tokens; ``tail_s`` as for ``DecodeSample``."""
 
     tokens: int
     context: int
     time_s: float
     seqs: int = 1
+    tail_s: float = 0.0
 
     @property
     def pairs(self) -> float:
@@ -295,3 +298,4 @@ def fit_verify(samples: Sequence[VerifySample], predict: Callable[[VerifySample]
     a = np.array([[1.0, b, n] for b, n, _ in rows])
     coef = nonnegative_lstsq(a, np.array([e for _, _, e in rows]))
     return monotone_table(points), dict(zip(("step", "per_decode", "per_draft"), map(float, coef), strict=True))
+

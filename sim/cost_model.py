@@ -43,6 +43,9 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
   draft rows read the blocks its own row reads, at the same time, mostly from cache)
   and adds ``step + per_decode * (D - N) + per_draft * N`` (proposals, row staging and
   verification on the host; a draft model's forward passes).
+  With the profile's ``host_tail_s``, ``host_tail(plan) = step + per_prefill_token *
+  prefill tokens + per_decode * D`` is the part of that time after the step's tokens are out (the
+  scheduler's bookkeeping); the simulator emits the tokens that much before the step ends.
   Without ``graph_batch_sizes`` decode-only steps cost ``dense(B)``; without
   ``mixed_dense`` the other steps cost ``dense(T)``. Each table interpolated
   piecewise-linearly (flat below its first point, linearly extrapolated beyond
@@ -53,6 +56,7 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,6 +79,9 @@ class CostModel(Protocol):
     the priced engine attends together, which sets the draft context the scheduler counts
     (``SchedulerConfig.verify_group_rows``). ``simulate`` reads it when the scheduler config leaves
     it None, and takes 1 (every draft row reads its own context) when a cost model has none.
+    It may also have ``host_tail``, a callable ``plan -> float`` or None: the seconds at the end of
+    ``step_time(plan)`` that the host spends after the step's tokens are out; the simulator emits the
+    tokens that much before the step ends (without one: at its end).
     """
 
     def step_time(self, plan: StepPlan) -> float:
@@ -109,6 +116,12 @@ class CalibratedCostModel:
         # (step, per_decode, per_draft) seconds of a step verifying drafts, or None: drafts priced as decodes
         self._spec: tuple[float, float, float] | None = (
             None if spec is None else (float(spec["step"]), float(spec["per_decode"]), float(spec["per_draft"])))
+        tail = profile.get("host_tail_s")
+        # (step, per_prefill_token, per_decode) seconds after a step's tokens are out, or None: no tail
+        self._tail: tuple[float, float, float] | None = None if tail is None else (
+            float(tail["step"]), float(tail["per_prefill_token"]), float(tail["per_decode"]))
+        #: ``plan -> seconds`` after the step's tokens are out, or None (no tail: the simulator skips the call)
+        self.host_tail: Callable[[StepPlan], float] | None = self._plan_tail if self._tail is not None else None
         self.graph_batch_sizes: list[int] = list(profile.get("graph_batch_sizes") or [])
         # Dense time of a graphed decode step of B sequences, by B (the graph's padded size).
         self._graph_dense = [0.0]
@@ -138,6 +151,16 @@ class CalibratedCostModel:
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out), plan.num_draft_tokens,
                                plan.draft_ctx_tokens)
+
+    def _plan_tail(self, plan: StepPlan) -> float:
+        return self.tail_time(plan.num_prefill_tokens, len(plan.decodes) + plan.num_draft_tokens)
+
+    def tail_time(self, prefill_tokens: float, decodes: float) -> float:
+        """``host_tail`` from a step's aggregates (0 without ``host_tail_s`` in the profile)."""
+        if self._tail is None:
+            return 0.0
+        step, per_token, per_decode = self._tail
+        return step + per_token * prefill_tokens + per_decode * decodes
 
     def shape_time(self, prefill_tokens: float, prefills: float, decodes: float, decode_ctx_tokens: float,
                    prefill_attn_pairs: float, swapped_blocks: float = 0, draft_tokens: float = 0,

@@ -20,6 +20,7 @@ Format (JSON, ``"format": "servegym-profile/1"``)::
         "draft_attention":   {"x": [...], "time_s": [...]}   # optional; x: context tokens draft rows read
       },
       "speculative_overhead_s": {"step": 0.0, "per_decode": 0.0, "per_draft": 0.0},  # with draft_attention
+      "host_tail_s": {"step": 0.0, "per_prefill_token": 0.0, "per_decode": 0.0},     # optional
       "graph_batch_sizes": [1, 2, 4, ...],  # optional: decode batch sizes that run as CUDA graphs
       "graph_token_sizes": [16, 32, ...]    # optional: token counts of mixed steps run as CUDA graphs
     }
@@ -39,7 +40,11 @@ host-side staging and bookkeeping, their LM-head rows). ``draft_attention`` and
 ``speculative_overhead_s`` (both or neither) price steps that verify draft tokens: the draft rows
 of a decode read the blocks its own row reads, at the same time, so their attention is a table of
 their own; the speculative path's extra work (proposals, row staging, verification) is
-``step + per_decode * decodes + per_draft * drafts``. ``PiecewiseLinear``
+``step + per_decode * decodes + per_draft * drafts``. ``host_tail_s`` is the part of a step's
+time the host spends after its tokens are out (the scheduler's bookkeeping: committing the
+prompt blocks a chunk filled, booking the new tokens), ``step + per_prefill_token * prefill
+tokens + per_decode * decodes``; the tables include it, and a simulator emits a step's tokens
+that much before the step ends (none when absent). ``PiecewiseLinear``
 evaluates a table; its last segment must not decrease (so extrapolation never predicts less time for more work).
 """
 
@@ -56,6 +61,7 @@ PROFILE_FORMAT = "servegym-profile/1"
 REQUIRED_TABLES = ("dense", "decode_attention", "prefill_attention")
 OPTIONAL_TABLES = ("lm_head", "mixed_dense", "mixed_decode", "draft_attention")
 SPEC_OVERHEAD_KEYS = ("step", "per_decode", "per_draft")
+HOST_TAIL_KEYS = ("step", "per_prefill_token", "per_decode")
 REQUIRED_META = ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "source", "command", "created")
 SOURCES = ("roofline", "measured")
 
@@ -165,6 +171,13 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
                                f"{list(SPEC_OVERHEAD_KEYS)}, got {spec!r}")
         for key in SPEC_OVERHEAD_KEYS:
             _number(spec[key], source, f"speculative_overhead_s.{key}")
+    tail = data.get("host_tail_s")
+    if tail is not None:
+        if not isinstance(tail, dict) or sorted(tail) != sorted(HOST_TAIL_KEYS):
+            raise ProfileError(f"{source}: field 'host_tail_s' must be an object with exactly the keys "
+                               f"{list(HOST_TAIL_KEYS)}, got {tail!r}")
+        for key in HOST_TAIL_KEYS:
+            _number(tail[key], source, f"host_tail_s.{key}")
     out: dict[str, PiecewiseLinear] = {}
     for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
         if name not in tables:

@@ -108,6 +108,8 @@ class Simulator:
         # clock would, and the SimPy clock catches up before anything that involves the other process.
         env, sched = self.env, self.scheduler
         step_time, postprocess = self.cost_model.step_time, sched.postprocess
+        # the part of a step after its tokens are out (host bookkeeping), when the cost model prices one
+        host_tail = getattr(self.cost_model, "host_tail", None)
         requests, num_requests, inf = self.requests, len(self.requests), float("inf")
         now = env.now
         while True:
@@ -145,10 +147,12 @@ class Simulator:
                 yield from self._catch_up(now)
                 yield env.timeout(duration)
                 now = env.now
+            # The tokens are out (and the step logged as over) before the host's tail of the step.
+            out = duration - min(host_tail(plan), duration) if host_tail is not None else duration
             if plan.num_draft_tokens:
-                result = StepResult(duration, accepted=self.acceptance.draw(plan.draft_lens))  # type: ignore[union-attr]
+                result = StepResult(out, accepted=self.acceptance.draw(plan.draft_lens))  # type: ignore[union-attr]
             else:
-                result = StepResult(duration)
+                result = StepResult(out)
             done = postprocess(plan, result)
             self.num_steps += 1
             if done:

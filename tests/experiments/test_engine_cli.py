@@ -63,6 +63,11 @@ def test_calibrate_writes_a_valid_measured_profile(profile: Path) -> None:
     assert [(m["tokens"], m["batch"]) for m in meta["mixed_samples"]] == [(8, 2), (8, 3)]
     assert all(16 * m["batch"] <= m["ctx_tokens"] <= 32 * m["batch"] for m in meta["mixed_samples"])
     assert data["tables"]["mixed_decode"]["x"][0] == 0.0
+    # the host tail: each sample's postprocess time, measured, and fitted as a non-negative linear model
+    tails = [d["tail_s"] for d in meta["decode_samples"]] + [p["tail_s"] for p in meta["prefill_samples"]]
+    assert all(0 < t < 0.05 for t in tails)
+    assert set(data["host_tail_s"]) == {"step", "per_prefill_token", "per_decode"}
+    assert min(data["host_tail_s"].values()) >= 0 and sum(data["host_tail_s"].values()) > 0
 
 
 def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_path: Path,

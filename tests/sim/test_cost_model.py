@@ -256,6 +256,11 @@ def test_bad_profiles_name_file_and_field(tmp_path: Path) -> None:
             tmp_path, tiny_profile() | {"graph_batch_sizes": sizes})
         assert "'graph_token_sizes' must be a non-empty strictly increasing" in _bad(
             tmp_path, tiny_profile() | {"graph_token_sizes": sizes})
+    tail = {"step": 1e-5, "per_prefill_token": 1e-8, "per_decode": 1e-6}
+    assert "'host_tail_s' must be an object with exactly the keys ['step', 'per_prefill_token', 'per_decode']" \
+        in _bad(tmp_path, tiny_profile() | {"host_tail_s": {"step": 0.0}})
+    assert "'host_tail_s.per_decode' must be a finite number >= 0" in _bad(
+        tmp_path, tiny_profile() | {"host_tail_s": tail | {"per_decode": -1e-6}})
     for rows in (0, 2.5, True):
         assert f"field 'verify_group_rows' must be a positive integer, got {rows!r}" in _bad(
             tmp_path, tiny_profile() | {"verify_group_rows": rows})
@@ -308,3 +313,15 @@ def test_load_cost_model(tmp_path: Path) -> None:
         load_cost_model("llama-3.2-1b", "h100", kind="magic")
     with pytest.raises(FileNotFoundError, match=r"llama-3.2-1b_a100_bf16.json; shipped profiles: \["):
         load_cost_model("llama-3.2-1b", "a100")
+
+
+def test_host_tail_prices_the_bookkeeping_after_a_step() -> None:
+    """``host_tail_s``: ``step + per_prefill_token * tokens + per_decode * decode rows``; None without it."""
+    assert CalibratedCostModel(tiny_profile()).host_tail is None
+    cost = CalibratedCostModel(tiny_profile() | {"host_tail_s": {"step": 2e-5, "per_prefill_token": 1e-7,
+                                                                 "per_decode": 3e-6}})
+    plan = make_plan(prefill=[(100, 0)], decode_ctx=[10, 20])
+    assert cost.host_tail is not None
+    assert cost.host_tail(plan) == pytest.approx(2e-5 + 100 * 1e-7 + 2 * 3e-6)
+    assert cost.tail_time(100, 2) == cost.host_tail(plan)
+    assert cost.step_time(plan) == CalibratedCostModel(tiny_profile()).step_time(plan)  # part of the price

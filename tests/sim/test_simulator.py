@@ -68,6 +68,26 @@ def test_a_policy_that_never_admits_is_reported_not_hung() -> None:
         sim.run()
 
 
+def test_tokens_come_out_before_the_host_tail_of_their_step() -> None:
+    """A cost model's ``host_tail``: a step's tokens (and its logged end) come that much before the step
+    ends; the next step still starts when it ends, so the timeline's length is unchanged."""
+
+    class Tailed(LinearCost):
+        def __init__(self) -> None:
+            super().__init__()
+            self.host_tail = lambda plan: 0.002 + 1e-5 * plan.num_prefill_tokens
+
+    req = Request("a", 0.0, 100, 3)
+    plain = simulate([req], make_policy("continuous"), SchedulerConfig(num_gpu_blocks=64), LinearCost())
+    tailed = simulate([Request("a", 0.0, 100, 3)], make_policy("continuous"), SchedulerConfig(num_gpu_blocks=64),
+                      Tailed())
+    p, t = plain.requests.iloc[0], tailed.requests.iloc[0]
+    assert t["ttft_s"] == pytest.approx(p["ttft_s"] - 0.003)  # the prefill step's tail: 2 ms + 100 x 10 us
+    assert t["finish_s"] == pytest.approx(p["finish_s"] - 0.002)  # the last decode step's tail
+    assert list(tailed.steps["start_s"]) == pytest.approx(list(plain.steps["start_s"]))
+    assert list(tailed.steps["duration_s"]) == pytest.approx([0.02 - 0.003, 0.01 - 0.002, 0.01 - 0.002])
+
+
 def test_swap_preemption_costs_time_in_the_plan() -> None:
     seen = []
 
