@@ -14,3 +14,11 @@ def test_submodules_still_import_by_from_import() -> None:
     from kernels import norm
 
     assert norm.__name__ == "kernels.norm"
+
+
+def test_other_missing_names_stay_attribute_errors() -> None:
+    import kernels
+
+    assert not hasattr(kernels, "no_such_helper")  # hasattr probes see an AttributeError, not the clash
+    with pytest.raises(ImportError, match="Hugging Face 'kernels'"):
+        from kernels import get_kernel  # noqa: F401
