@@ -2,6 +2,9 @@
 
     python -m benchmarks.sim_vs_real --out DIR [--trace-dir ../shared/traces] [--n 300]
 
+(With the device tool, write DIR outside ``$OUT`` and put ``tar czf $OUT/svr.tgz -C DIR/.. svr`` under
+it: the per-run folders ``validate/<trace>/<policy>/{real,sim}`` do not come back one by one.)
+
 Steps, each a ``servegym`` command printed and appended to ``DIR/commands.txt``:
 
 1. ``random-checkpoint``: Llama-3.2-1B shapes, random bf16 weights (skipped if the folder exists);
