@@ -2,8 +2,8 @@
 
     python -m benchmarks.sim_vs_real --out DIR [--trace-dir ../shared/traces] [--n 300]
 
-(With the device tool, write DIR outside ``$OUT`` and put ``tar czf $OUT/svr.tgz -C DIR/.. svr`` under
-it: the per-run folders ``validate/<trace>/<policy>/{real,sim}`` do not come back one by one.)
+(With the device tool, write DIR outside ``$OUT`` and tar it into one file under ``$OUT``: the per-run
+folders ``validate/<trace>/<policy>/{real,sim}`` do not come back one by one.)
 
 Steps, each a ``servegym`` command printed and appended to ``DIR/commands.txt``:
 
