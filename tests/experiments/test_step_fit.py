@@ -34,3 +34,17 @@ def test_draft_context_is_priced_by_a_profile_that_calibrated_verification():
     want = cost.shape_time(0, 0, 16, 16030, 0, 0, 12, 12030)
     assert got.loc[got["kind"] == "all", "sim_s"].item() == pytest.approx(want)
     assert want != pytest.approx(cost.shape_time(0, 0, 16, 16030, 0))  # the draft terms changed the price
+
+
+def test_real_steps_are_compared_without_the_host_tail():
+    """A real step's logged duration ends when its tokens are out: the price minus the profile's host tail."""
+    profile = read_profile(MEASURED_DIR / profile_name("llama-3.2-1b", "h100"))
+    profile["host_tail_s"] = {"step": 1e-5, "per_prefill_token": 1e-7, "per_decode": 2e-6}
+    cost = CalibratedCostModel(profile)
+    steps = pd.DataFrame({"prefill_tokens": [2048, 0], "prefills": [1, 0], "decodes": [8, 8],
+                          "decode_ctx_tokens": [8000, 8008], "prefill_attn_pairs": [2048 * 2049 / 2, 0],
+                          "duration_s": [0.01, 0.002]})
+    got = step_fit(steps, cost, "t", "p")
+    want = (cost.shape_time(2048, 1, 8, 8000, 2048 * 2049 / 2) - (1e-5 + 2048e-7 + 8 * 2e-6)
+            + cost.shape_time(0, 0, 8, 8008, 0) - (1e-5 + 8 * 2e-6))
+    assert got.loc[got["kind"] == "all", "sim_s"].item() == pytest.approx(want)
