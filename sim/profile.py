@@ -105,6 +105,17 @@ def _number(value: Any, source: str, field: str, *, positive: bool = False) -> f
     return float(value)
 
 
+def _coefficients(value: Any, keys: tuple[str, ...], source: str, field: str) -> None:
+    """An optional object of exactly ``keys``, each a finite number >= 0."""
+    if value is None:
+        return
+    if not isinstance(value, dict) or sorted(value) != sorted(keys):
+        raise ProfileError(f"{source}: field '{field}' must be an object with exactly the keys {list(keys)}, "
+                           f"got {value!r}")
+    for key in keys:
+        _number(value[key], source, f"{field}.{key}")
+
+
 def _table(data: Any, source: str, field: str) -> PiecewiseLinear:
     if not isinstance(data, dict) or "x" not in data or "time_s" not in data:
         raise ProfileError(f"{source}: field '{field}' must be an object with lists 'x' and 'time_s'")
@@ -165,19 +176,8 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
     if (spec is None) != ("draft_attention" not in tables):
         raise ProfileError(f"{source}: fields 'speculative_overhead_s' and 'tables.draft_attention' must be given "
                            "together (both price steps that verify draft tokens)")
-    if spec is not None:
-        if not isinstance(spec, dict) or sorted(spec) != sorted(SPEC_OVERHEAD_KEYS):
-            raise ProfileError(f"{source}: field 'speculative_overhead_s' must be an object with exactly the keys "
-                               f"{list(SPEC_OVERHEAD_KEYS)}, got {spec!r}")
-        for key in SPEC_OVERHEAD_KEYS:
-            _number(spec[key], source, f"speculative_overhead_s.{key}")
-    tail = data.get("host_tail_s")
-    if tail is not None:
-        if not isinstance(tail, dict) or sorted(tail) != sorted(HOST_TAIL_KEYS):
-            raise ProfileError(f"{source}: field 'host_tail_s' must be an object with exactly the keys "
-                               f"{list(HOST_TAIL_KEYS)}, got {tail!r}")
-        for key in HOST_TAIL_KEYS:
-            _number(tail[key], source, f"host_tail_s.{key}")
+    for field, keys in (("speculative_overhead_s", SPEC_OVERHEAD_KEYS), ("host_tail_s", HOST_TAIL_KEYS)):
+        _coefficients(data.get(field), keys, source, field)
     out: dict[str, PiecewiseLinear] = {}
     for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
         if name not in tables:
