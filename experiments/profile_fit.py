@@ -298,4 +298,3 @@ def fit_verify(samples: Sequence[VerifySample], predict: Callable[[VerifySample]
     a = np.array([[1.0, b, n] for b, n, _ in rows])
     coef = nonnegative_lstsq(a, np.array([e for _, _, e in rows]))
     return monotone_table(points), dict(zip(("step", "per_decode", "per_draft"), map(float, coef), strict=True))
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import NoReturn
 
 # Functions of the Hugging Face package that transformers imports (its classes are caught by their capitals).
@@ -18,10 +17,8 @@ def __getattr__(name: str) -> NoReturn:
     transformers then asks this package for names of its own (e.g. ``CUDAProperties``, ``get_kernel``).
     Other missing names stay an ``AttributeError``, so ``hasattr`` probes keep working.
     """
-    if name not in _HUB_NAMES and not name[:1].isupper():
+    if name not in _HUB_NAMES and not name[:1].isupper():  # no submodule here has such a name
         raise AttributeError(name)  # probes, and submodules not imported yet (``from kernels import rope``)
-    if importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        raise AttributeError(name)
     raise ImportError(
         f"servegym's kernels package has no {name!r}: something expected the Hugging Face 'kernels' package, "
         "whose import name clashes with servegym's kernels/. Install transformers<5.25 and remove the other "
