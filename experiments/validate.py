@@ -7,12 +7,18 @@ size) and policy, priced by ``CalibratedCostModel`` from the given profile. Writ
 ``DIR/<trace>/<policy>/{real,sim}/`` (result files as ``servegym sim``), ``DIR/errors.csv``
 (``trace, policy, metric, sim, real, rel_error``), ``DIR/step_fit.csv`` (the cost model's
 error on the real runs' own steps, ``experiments.step_fit``), ``DIR/summaries.csv`` and the plots.
+
+With ``--real-from EARLIER``, nothing runs on the engine: each real run is read from
+``EARLIER/<trace>/<policy>/real/`` (an earlier ``servegym validate`` output, e.g. from a GPU) and
+only the simulator side runs, so a new profile or cost model is judged against saved replays on a
+CPU. ``--model`` then needs only the model's ``config.json``; the real runs stay where they are.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -108,6 +114,25 @@ def _unique_labels(labels: list[str]) -> list[str]:
     return out
 
 
+def saved_run(root: Path, label: str, spec: str) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """An earlier validate's real run of one trace and policy (``--real-from``).
+
+    Returns:
+        Its per-request rows, step log, summary and engine config (``engine.json``).
+
+    Raises:
+        FileNotFoundError: a file of ``root/<trace>/<policy>/real/`` is missing (named).
+    """
+    run = root / slug(label) / slug(spec) / "real"
+    names = ("requests.parquet", "steps.parquet", "summary.json", "engine.json")
+    missing = [n for n in names if not (run / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"--real-from: {run} has no {', '.join(missing)} (an earlier servegym validate "
+                                f"folder holds <trace>/<policy>/real/ for every trace and policy given)")
+    return (pd.read_parquet(run / names[0]), pd.read_parquet(run / names[1]), json.loads((run / names[2]).read_text()),
+            json.loads((run / names[3]).read_text()))
+
+
 def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the whole validation of the ``servegym validate`` flags.
 
@@ -130,20 +155,26 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     loaded = [load_requests(t, vocab, mml) for t in ns.traces]
     labels = _unique_labels([label for label, _ in loaded])
     traces: list[tuple[str, list[Request]]] = [(lab, reqs) for lab, (_, reqs) in zip(labels, loaded, strict=True)]
-    runner = build_runner(cfg)
-    sched_cfg = scheduler_config(ns, runner)
+    saved = Path(ns.real_from) if ns.real_from else None
+    runner = build_runner(cfg) if saved is None else None
+    sched_cfg = scheduler_config(ns, runner) if runner is not None else None
+    engine_settings = dataclasses.asdict(runner.config) if runner is not None else {}
     for label, reqs in traces:
         for spec, policy in policies:
-            precheck(reqs, sched_cfg, policy, f"trace {label!r}, policy {spec!r}")
-    mismatches = profile_mismatches(cost.meta.get("engine"), dataclasses.asdict(runner.config))
-    if speculation is not None and cost.verify_group_rows != runner.max_group:
+            if saved is not None:  # read every saved run up front: a missing one fails before any simulation
+                engine_settings = saved_run(saved, label, spec)[3]
+            else:
+                precheck(reqs, sched_cfg, policy, f"trace {label!r}, policy {spec!r}")
+    mismatches = profile_mismatches(cost.meta.get("engine"), engine_settings)
+    if speculation is not None and runner is not None and cost.verify_group_rows != runner.max_group:
         mismatches.append(f"verification row groups: profile {cost.verify_group_rows}, this engine {runner.max_group}")
     for line in mismatches:
         print(f"servegym validate: warning: profile {ns.profile} was measured with different engine settings: "
               f"{line}", file=sys.stderr)
-    warm_up(runner)
+    if runner is not None:
+        warm_up(runner)
     out = Path(ns.out)
-    gpu, model = device_label(runner), ns.model
+    model = ns.model
     rows: list[dict[str, Any]] = []
     summaries: list[dict[str, Any]] = []
     fits: list[pd.DataFrame] = []
@@ -156,19 +187,29 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
         for spec, policy in policies:
             run_dir = out / slug(label) / slug(spec)
             bar.set_postfix_str(f"{label} {spec}")
-            r_req, r_steps, r_sum = replay_on_engine(reqs, policy, sched_cfg, runner, slo, not ns.quiet,
-                                                     desc=f"replay {spec}", speculation=speculation)
-            # The simulator's acceptance model takes the replay's measured per-token acceptance.
-            acceptance = GeometricAcceptance(_alpha(r_sum)) if speculation is not None else None
-            s = simulate(reqs, policy, sched_cfg, cost, slo, speculation=speculation, acceptance=acceptance)
-            labels_ = {"trace": label, "policy": spec, "speculation": ns.speculation, "rate_scale": 1.0, "model": model,
-                       "num_gpu_blocks": runner.num_gpu_blocks}
             rate = offered_rate(reqs)
-            real_sum = {**labels_, "offered_rate_req_s": rate, "gpu": gpu, "cost_model": "engine", **r_sum}
-            sim_sum = {**labels_, "offered_rate_req_s": rate, "gpu": cost.meta.get("gpu"),
-                       "cost_model": "calibrated", **s.summary}
-            write_results(run_dir / "real", r_req, r_steps, real_sum)
-            write_engine_config(run_dir / "real", runner.config)
+            if runner is not None:
+                r_req, r_steps, r_sum = replay_on_engine(reqs, policy, sched_cfg, runner, slo, not ns.quiet,
+                                                         desc=f"replay {spec}", speculation=speculation)
+                blocks = runner.num_gpu_blocks
+                real_sum = {"trace": label, "policy": spec, "speculation": ns.speculation, "rate_scale": 1.0,
+                            "model": model, "num_gpu_blocks": blocks, "offered_rate_req_s": rate,
+                            "gpu": device_label(runner), "cost_model": "engine", **r_sum}
+                write_results(run_dir / "real", r_req, r_steps, real_sum)
+                write_engine_config(run_dir / "real", runner.config)
+                run_cfg = sched_cfg
+            else:
+                r_req, r_steps, real_sum, engine = saved_run(saved, label, spec)
+                blocks = int(real_sum["num_gpu_blocks"])
+                run_cfg = from_args(SchedulerConfig, ns, num_gpu_blocks=blocks, block_size=engine["block_size"],
+                                    num_cpu_blocks=engine["num_cpu_blocks"],
+                                    verify_group_rows=cost.verify_group_rows or 1)
+            # The simulator's acceptance model takes the replay's measured per-token acceptance.
+            acceptance = GeometricAcceptance(_alpha(real_sum)) if speculation is not None else None
+            s = simulate(reqs, policy, run_cfg, cost, slo, speculation=speculation, acceptance=acceptance)
+            sim_sum = {"trace": label, "policy": spec, "speculation": ns.speculation, "rate_scale": 1.0,
+                       "model": model, "num_gpu_blocks": blocks, "offered_rate_req_s": rate,
+                       "gpu": cost.meta.get("gpu"), "cost_model": "calibrated", **s.summary}
             write_results(run_dir / "sim", s.requests, s.steps, sim_sum)
             rows += error_rows(label, spec, sim_sum, real_sum)
             fits.append(step_fit(r_steps, cost, label, spec))
@@ -216,6 +257,8 @@ def add_validate_args(p: argparse.ArgumentParser, default_policies: Sequence[str
     p.add_argument("--profile", required=True, help="profile file (servegym calibrate) for the simulator")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--real-from", metavar="DIR", help="an earlier validate output folder: read its real runs "
+                   "instead of replaying (no engine; --model needs only config.json)")
 
 
 def cmd_validate(ns: argparse.Namespace) -> int:

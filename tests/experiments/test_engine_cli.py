@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -103,6 +104,29 @@ def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_p
         steps = pd.read_parquet(tmp_path / "poisson-r50" / slug(policy) / "real" / "steps.parquet")
         busy = steps[steps["prefill_tokens"] + steps["decodes"] > 0]
         assert whole["steps"] == len(busy) and whole["real_s"] == pytest.approx(busy["duration_s"].sum())
+
+    # --real-from: the saved replays, simulated again with no engine (a config.json alone is the model)
+    config_only = tmp_path / "config_only"
+    config_only.mkdir()
+    shutil.copy(tiny_model / "config.json", config_only / "config.json")
+    again = tmp_path / "again"
+    resim = ["validate", "--traces", TRACE, "--policies", *specs, "--model", str(config_only), "--out", str(again),
+             "--quiet", "--real-from", str(tmp_path), *ENGINE]
+    assert main([*resim, "--profile", str(profile)]) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(again / "errors.csv"), errors)  # the same simulations, the same rows
+    assert not (again / "poisson-r50" / "continuous" / "real").exists()
+    slower = json.loads(profile.read_text())
+    slower["step_overhead_s"] += 0.01
+    (tmp_path / "slower.json").write_text(json.dumps(slower))
+    assert main([*resim, "--profile", str(tmp_path / "slower.json")]) == 0
+    priced = pd.read_csv(again / "errors.csv")
+    assert priced["real"].equals(errors["real"])
+    e2e = priced["metric"] == "e2e_mean_s"
+    assert (priced.loc[e2e, "sim"] > errors.loc[e2e, "sim"]).all()
+    capsys.readouterr()
+    assert main([*resim, "--profile", str(profile), "--policies", "continuous:max_num_seqs=3"]) == 2
+    err = capsys.readouterr().err
+    assert "--real-from" in err and "continuous-max_num_seqs=3" in err and "requests.parquet" in err
 
 
 @pytest.fixture(scope="module")

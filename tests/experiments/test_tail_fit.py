@@ -23,3 +23,17 @@ def test_recovers_a_linear_tail_and_keeps_coefficients_non_negative() -> None:
     assert fit["step"] == pytest.approx(sum(d.tail_s for d in shrinking) / 3)
     with pytest.raises(ValueError, match="at least one sample"):
         fit_host_tail([], [])
+
+
+def test_step_term_comes_from_the_decodes_and_prefixed_prefills_are_left_out() -> None:
+    # prefills behind a cached prefix free that prefix's blocks in their step (their requests finish
+    # there): a cost replay steps do not pay, so their long tails must not raise the per-step term
+    step, per_token, per_decode = 1e-5, 9e-8, 1e-6
+    decodes = [DecodeSample(b, 100.0 * b, 1e-3, (), step + per_decode * b) for b in (1, 4, 16, 64)]
+    fresh = [PrefillSample(t, 0, 1e-2, 1, step + per_token * t) for t in (16, 256, 512)]
+    prefixed = [PrefillSample(t, 4096, 1e-2, 1, 2e-4 + per_token * t) for t in (16, 256, 512)]
+    fit = fit_host_tail(decodes, fresh + prefixed)
+    assert fit == pytest.approx({"step": step, "per_prefill_token": per_token, "per_decode": per_decode}, rel=1e-6)
+    # with only prefixed prefills they are all there is: fitted, not dropped
+    only = fit_host_tail([], prefixed)
+    assert only["step"] == pytest.approx(2e-4, rel=1e-6) and only["per_prefill_token"] == pytest.approx(per_token)
