@@ -34,9 +34,9 @@ from experiments.engine_run import (
     build_runner,
     device_label,
     engine_config,
+    labelled,
     load_requests,
     max_model_len_of,
-    offered_rate,
     precheck,
     replay_on_engine,
     scheduler_config,
@@ -155,16 +155,16 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
     loaded = [load_requests(t, vocab, mml) for t in ns.traces]
     labels = _unique_labels([label for label, _ in loaded])
     traces: list[tuple[str, list[Request]]] = [(lab, reqs) for lab, (_, reqs) in zip(labels, loaded, strict=True)]
-    saved = Path(ns.real_from) if ns.real_from else None
-    runner = build_runner(cfg) if saved is None else None
+    # --real-from: every saved run read up front (a missing one fails before any simulation), else the engine
+    saved = {(label, spec): saved_run(Path(ns.real_from), label, spec) for label, _ in traces
+             for spec, _ in policies} if ns.real_from else {}
+    runner = None if saved else build_runner(cfg)
     sched_cfg = scheduler_config(ns, runner) if runner is not None else None
-    engine_settings = dataclasses.asdict(runner.config) if runner is not None else {}
-    for label, reqs in traces:
-        for spec, policy in policies:
-            if saved is not None:  # read every saved run up front: a missing one fails before any simulation
-                engine_settings = saved_run(saved, label, spec)[3]
-            else:
+    if runner is not None:
+        for label, reqs in traces:
+            for spec, policy in policies:
                 precheck(reqs, sched_cfg, policy, f"trace {label!r}, policy {spec!r}")
+    engine_settings = dataclasses.asdict(runner.config) if runner is not None else next(iter(saved.values()))[3]
     mismatches = profile_mismatches(cost.meta.get("engine"), engine_settings)
     if speculation is not None and runner is not None and cost.verify_group_rows != runner.max_group:
         mismatches.append(f"verification row groups: profile {cost.verify_group_rows}, this engine {runner.max_group}")
@@ -187,19 +187,17 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
         for spec, policy in policies:
             run_dir = out / slug(label) / slug(spec)
             bar.set_postfix_str(f"{label} {spec}")
-            rate = offered_rate(reqs)
+            labels_ = {"trace": label, "policy": spec, "model": model, "requests": reqs, "speculation": ns.speculation}
             if runner is not None:
                 r_req, r_steps, r_sum = replay_on_engine(reqs, policy, sched_cfg, runner, slo, not ns.quiet,
                                                          desc=f"replay {spec}", speculation=speculation)
-                blocks = runner.num_gpu_blocks
-                real_sum = {"trace": label, "policy": spec, "speculation": ns.speculation, "rate_scale": 1.0,
-                            "model": model, "num_gpu_blocks": blocks, "offered_rate_req_s": rate,
-                            "gpu": device_label(runner), "cost_model": "engine", **r_sum}
+                blocks, run_cfg = runner.num_gpu_blocks, sched_cfg
+                real_sum = labelled(r_sum, gpu=device_label(runner), cost_model="engine", num_gpu_blocks=blocks,
+                                    **labels_)
                 write_results(run_dir / "real", r_req, r_steps, real_sum)
                 write_engine_config(run_dir / "real", runner.config)
-                run_cfg = sched_cfg
             else:
-                r_req, r_steps, real_sum, engine = saved_run(saved, label, spec)
+                r_req, r_steps, real_sum, engine = saved[label, spec]
                 blocks = int(real_sum["num_gpu_blocks"])
                 run_cfg = from_args(SchedulerConfig, ns, num_gpu_blocks=blocks, block_size=engine["block_size"],
                                     num_cpu_blocks=engine["num_cpu_blocks"],
@@ -207,9 +205,8 @@ def validate(ns: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame]:
             # The simulator's acceptance model takes the replay's measured per-token acceptance.
             acceptance = GeometricAcceptance(_alpha(real_sum)) if speculation is not None else None
             s = simulate(reqs, policy, run_cfg, cost, slo, speculation=speculation, acceptance=acceptance)
-            sim_sum = {"trace": label, "policy": spec, "speculation": ns.speculation, "rate_scale": 1.0,
-                       "model": model, "num_gpu_blocks": blocks, "offered_rate_req_s": rate,
-                       "gpu": cost.meta.get("gpu"), "cost_model": "calibrated", **s.summary}
+            sim_sum = labelled(s.summary, gpu=cost.meta.get("gpu"), cost_model="calibrated", num_gpu_blocks=blocks,
+                               **labels_)
             write_results(run_dir / "sim", s.requests, s.steps, sim_sum)
             rows += error_rows(label, spec, sim_sum, real_sum)
             fits.append(step_fit(r_steps, cost, label, spec))
