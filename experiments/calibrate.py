@@ -13,7 +13,7 @@ requests of random (unique) token ids:
 
 * decode-only steps of ``B`` sequences (``max_num_seqs = B``): ``B`` prompts of ``c - 1`` tokens
   are prefilled (those steps are not timed), then the decode-only steps of all ``B`` are timed,
-  at a small and a large per-sequence context ``c``;
+  at each of the grid's per-sequence contexts ``c`` (the profile's ``decode_steps`` keeps them all);
 * prefill-only steps of one ``T``-token chunk: a prompt of ``T`` fresh tokens, and one of
   ``C`` tokens already in the prefix cache (a seed request computed them) followed by ``T``
   fresh tokens, so the chunk starts at ``C``;
@@ -53,6 +53,7 @@ from experiments.profile_fit import (
     MixedSample,
     PrefillSample,
     VerifySample,
+    decode_steps_table,
     fit_mixed_decode,
     fit_profile,
     fit_verify,
@@ -160,6 +161,8 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
         profile["tables"]["draft_attention"] = {"x": xs, "time_s": ys}
         profile["speculative_overhead_s"] = overhead
         profile["verify_group_rows"] = runner.max_group
+    # Last, so that the fits above price their base steps by the tables, as the simulator prices those steps.
+    profile["decode_steps"] = decode_steps_table(decodes)
     validate_profile(profile, "<calibration>")
     return profile
 
@@ -168,8 +171,8 @@ def add_calibrate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="profile file to write (JSON)")
     p.add_argument("--quick", action="store_true", help="a coarse grid (seconds instead of a minute)")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="decode batch sizes")
-    p.add_argument("--decode-contexts", type=int, nargs=2, default=None, metavar=("SMALL", "LARGE"),
-                   help="per-sequence decode contexts")
+    p.add_argument("--decode-contexts", type=int, nargs="+", default=None, metavar="CTX",
+                   help="per-sequence decode contexts (>= 2, increasing)")
     p.add_argument("--prefill-tokens", type=int, nargs="+", default=None, help="prefill chunk sizes")
     p.add_argument("--prefill-context", type=int, default=None, help="cached context of the second prefill series")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per shape")

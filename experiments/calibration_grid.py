@@ -15,7 +15,8 @@ class CalibrationGrid:
 
     Args:
         batch_sizes: decode batch sizes (>= 2 of them).
-        decode_contexts: (small, large) context per decoding sequence, in tokens.
+        decode_contexts: contexts per decoding sequence, in tokens (>= 2, increasing): every batch size
+            is timed at each (shrunk to fit the pool and ``max_model_len``).
         prefill_tokens: chunk sizes of the prefill-only steps (>= 2 of them).
         prefill_context: cached context under the second prefill series.
         warmup: steps of each shape run before the timed ones.
@@ -32,7 +33,7 @@ class CalibrationGrid:
     """
 
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
-    decode_contexts: tuple[int, int] = (32, 2048)
+    decode_contexts: tuple[int, ...] = (32, 512, 2048, 6144)
     prefill_tokens: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
     prefill_context: int = 4096
     warmup: int = 3
@@ -49,9 +50,10 @@ class CalibrationGrid:
             values = getattr(self, name)
             if len(values) < 2 or any(v < 1 for v in values) or list(values) != sorted(set(values)):
                 raise ValueError(f"CalibrationGrid.{name}: need >= 2 strictly increasing sizes >= 1, got {values}")
-        lo, hi = self.decode_contexts
-        if not 2 <= lo < hi:
-            raise ValueError(f"CalibrationGrid.decode_contexts: need 2 <= small < large, got {self.decode_contexts}")
+        ctxs = self.decode_contexts
+        if len(ctxs) < 2 or ctxs[0] < 2 or list(ctxs) != sorted(set(ctxs)):
+            raise ValueError(f"CalibrationGrid.decode_contexts: need >= 2 strictly increasing contexts >= 2, "
+                             f"got {ctxs}")
         for name in ("mixed_tokens", "mixed_batches", "verify_batches", "verify_drafts"):
             values = getattr(self, name)
             if any(v < 1 for v in values) or list(values) != sorted(set(values)):
@@ -71,7 +73,7 @@ QUICK_GRID = CalibrationGrid(batch_sizes=(1, 4, 16, 64, 256), decode_contexts=(3
 
 def plan_verify_shapes(grid: CalibrationGrid, runner: ModelRunner) -> list[tuple[int, int, int]]:
     """The (batch, drafts, context) verification shapes that fit this engine: none without a
-    ``speculative_method``; each (batch, drafts) at both decode contexts, shrunk to fit the pool
+    ``speculative_method``; each (batch, drafts) at the smallest and largest decode context, shrunk to fit the pool
     (every step may allocate ``drafts + 1`` more slots per sequence) and ``max_model_len``.
 
     With decode graphs, shapes of more rows (``batch * (drafts + 1)``) than the largest graph are
@@ -87,8 +89,9 @@ def plan_verify_shapes(grid: CalibrationGrid, runner: ModelRunner) -> list[tuple
     for b in grid.verify_batches:
         for k in grid.verify_drafts:
             ctxs = _decode_contexts(grid, runner, b, k + 1)
+            ctxs = ctxs[:1] + ctxs[-1:] if len(ctxs) >= 2 else []  # the smallest and largest: fit_verify's slope
             rows = b * (k + 1)
-            if len(ctxs) == 2 and rows <= runner.config.max_num_batched_tokens and (most is None or rows <= most):
+            if ctxs and rows <= runner.config.max_num_batched_tokens and (most is None or rows <= most):
                 shapes += [(b, k, c) for c in ctxs]
     return shapes
 
@@ -117,7 +120,7 @@ def plan_shapes(grid: CalibrationGrid, runner: ModelRunner
     decodes: list[tuple[int, int]] = []
     for b in grid.batch_sizes:
         shapes = _decode_contexts(grid, runner, b, 1)
-        if len(shapes) == 2:
+        if len(shapes) >= 2:
             decodes += [(b, c) for c in shapes]
     prefills: list[tuple[int, int, int]] = []
     cfg = runner.config

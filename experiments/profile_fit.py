@@ -37,6 +37,10 @@ table: the dense tables include it). The fit:
    intercepts ``e(B, k) = r - slope * y`` are fitted as ``step + per_decode * B + per_draft * B k``
    by least squares with non-negative coefficients (``speculative_overhead_s``).
 
+7. (``decode_steps_table``) the decode samples themselves, by batch size: step time against context per
+   sequence, for the profile's ``decode_steps`` (``sim/decode_surface.py`` prices decode-only steps from
+   it; the tables of steps 1-2 stay for the other kinds of step).
+
 Every table is then made non-decreasing by isotonic regression (pool adjacent
 violators), duplicates in ``x`` averaged, negative times clipped to 0. Nothing here
 looks at a trace: only the synthetic calibration steps.
@@ -232,6 +236,29 @@ def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSampl
                 "prefill_attention": pf_table, "mixed_dense": mixed_table},
         mixed_extra_s=extra,
     )
+
+
+def decode_steps_table(decodes: Sequence[DecodeSample]) -> dict[str, list]:
+    """The profile's ``decode_steps`` (module docstring, step 7): per batch size timed at >= 2 contexts, the
+    per-sequence contexts and the step times there (non-decreasing).
+
+    Raises:
+        ValueError: no batch size timed at two contexts.
+    """
+    by_batch: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for s in decodes:
+        by_batch[s.batch].append((s.ctx_tokens / s.batch, s.time_s))
+    table: dict[str, list] = {"batch": [], "ctx": [], "time_s": []}
+    for b in sorted(by_batch):
+        if len({c for c, _ in by_batch[b]}) < 2:
+            continue
+        xs, ys = monotone_table(by_batch[b])
+        table["batch"].append(b)
+        table["ctx"].append(xs)
+        table["time_s"].append(ys)
+    if not table["batch"]:
+        raise ValueError("decode_steps_table needs a batch size timed at >= 2 contexts")
+    return table
 
 
 def fit_mixed_decode(samples: Sequence[MixedSample], predict: Callable[[MixedSample], float]

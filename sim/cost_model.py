@@ -43,6 +43,10 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
   draft rows read the blocks its own row reads, at the same time, mostly from cache)
   and adds ``step + per_decode * (D - N) + per_draft * N`` (proposals, row staging and
   verification on the host; a draft model's forward passes).
+  With the profile's ``decode_steps`` (measured whole decode-only steps by batch size and context per
+  sequence), a decode-only step of at most its largest batch size, without drafts priced apart, costs
+  ``DecodeSurface(B, decode_ctx)`` instead (``sim/decode_surface.py``: the padded graph's time at a short
+  context plus what the per-sequence context adds, interpolated between the calibrated sizes).
   With the profile's ``host_tail_s``, ``host_tail(plan) = step + per_prefill_token *
   prefill tokens + per_decode * D`` is the part of that time after the step's tokens are out (the
   scheduler's bookkeeping); the simulator emits the tokens that much before the step ends.
@@ -61,9 +65,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from policies.types import StepPlan
+from sim.decode_surface import DecodeSurface
 from sim.hardware import get_gpu
 from sim.model_spec import ModelSpec
-from sim.profile import read_profile, validate_profile, write_profile
+from sim.profile import decode_steps_rows, read_profile, validate_profile, write_profile
 from sim.roofline_cost import RooflineCostModel
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
@@ -134,6 +139,9 @@ class CalibratedCostModel:
             self._graph_base = [base + self._lm(b) for b, base in enumerate(self._graph_base)]
         # Token counts of captured mixed steps (a step holding a prefill is padded to the next one).
         self.graph_token_sizes: list[int] = list(profile.get("graph_token_sizes") or [])
+        measured = decode_steps_rows(profile.get("decode_steps"), source)
+        # Decode-only steps up to its largest batch size, measured whole (None: priced by the tables).
+        self._surface = None if measured is None else DecodeSurface(*measured, self.graph_batch_sizes)
 
     @classmethod
     def from_file(cls, path: str | Path, block_size: int = 16) -> CalibratedCostModel:
@@ -143,10 +151,12 @@ class CalibratedCostModel:
     def step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` in seconds."""
         nd = len(plan.decodes) + plan.num_draft_tokens  # decode rows: a verified draft is one more row
-        if not (plan.prefills or plan.swap_in or plan.swap_out) and 0 < nd < len(self._graph_dense) \
-                and (not plan.num_draft_tokens or self._spec is None):
-            # The hot case, a graphed decode-only step: ``shape_time``'s terms in its order.
-            return self._graph_base[nd] + self._dec(plan.decode_ctx_tokens)
+        if nd and not (plan.prefills or plan.swap_in or plan.swap_out) \
+                and (not plan.num_draft_tokens or self._spec is None):  # the hot case, a plain decode-only step
+            if self._surface is not None and self._surface.covers(nd):
+                return self._surface(nd, plan.decode_ctx_tokens)
+            if nd < len(self._graph_dense):  # graphed: ``shape_time``'s terms in its order
+                return self._graph_base[nd] + self._dec(plan.decode_ctx_tokens)
         return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), nd,
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out), plan.num_draft_tokens,
@@ -181,6 +191,9 @@ class CalibratedCostModel:
             Seconds.
         """
         nd, tp = int(decodes), prefill_tokens
+        if not (tp or swapped_blocks) and (not draft_tokens or self._spec is None) and self._surface is not None \
+                and self._surface.covers(nd):
+            return self._surface(nd, decode_ctx_tokens)
         swap = swapped_blocks * self.swap_block_s
         if nd + tp == 0:
             return self.step_overhead_s + swap if swapped_blocks else 0.0

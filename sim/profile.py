@@ -21,6 +21,9 @@ Format (JSON, ``"format": "servegym-profile/1"``)::
       },
       "speculative_overhead_s": {"step": 0.0, "per_decode": 0.0, "per_draft": 0.0},  # with draft_attention
       "host_tail_s": {"step": 0.0, "per_prefill_token": 0.0, "per_decode": 0.0},     # optional
+      "decode_steps": {"batch": [1, 2, ...],         # optional: measured decode-only steps, per batch size
+                       "ctx": [[32, 512, ...], ...], #   per-sequence contexts (strictly increasing)
+                       "time_s": [[...], ...]},      #   whole-step seconds at those contexts
       "graph_batch_sizes": [1, 2, 4, ...],  # optional: decode batch sizes that run as CUDA graphs
       "graph_token_sizes": [16, 32, ...]    # optional: token counts of mixed steps run as CUDA graphs
     }
@@ -44,7 +47,9 @@ their own; the speculative path's extra work (proposals, row staging, verificati
 time the host spends after its tokens are out (the scheduler's bookkeeping: committing the
 prompt blocks a chunk filled, booking the new tokens), ``step + per_prefill_token * prefill
 tokens + per_decode * decodes``; the tables include it, and a simulator emits a step's tokens
-that much before the step ends (none when absent). ``PiecewiseLinear``
+that much before the step ends (none when absent). ``decode_steps`` holds whole decode-only steps
+(every term above included) by batch size and context per sequence; with it the cost model prices
+plain decode-only steps from it (``sim/decode_surface.py``) instead of the tables. ``PiecewiseLinear``
 evaluates a table; its last segment must not decrease (so extrapolation never predicts less time for more work).
 """
 
@@ -178,6 +183,7 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
                            "together (both price steps that verify draft tokens)")
     for field, keys in (("speculative_overhead_s", SPEC_OVERHEAD_KEYS), ("host_tail_s", HOST_TAIL_KEYS)):
         _coefficients(data.get(field), keys, source, field)
+    decode_steps_rows(data.get("decode_steps"), source)
     out: dict[str, PiecewiseLinear] = {}
     for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
         if name not in tables:
@@ -186,6 +192,32 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
             continue
         out[name] = _table(tables[name], source, f"tables.{name}")
     return out
+
+
+def decode_steps_rows(data: Any, source: str = "<profile>") -> tuple[list[int], list[PiecewiseLinear]] | None:
+    """The batch sizes of a profile's ``decode_steps`` and one table of seconds against per-sequence context
+    per size (None when the field is absent).
+
+    Raises:
+        ProfileError: naming ``source`` and the offending entry.
+    """
+    if data is None:
+        return None
+    field = "decode_steps"
+    if not isinstance(data, dict) or sorted(data) != ["batch", "ctx", "time_s"]:
+        raise ProfileError(f"{source}: field '{field}' must be an object with exactly the lists 'batch', 'ctx' "
+                           "and 'time_s'")
+    batches, ctxs, times = data["batch"], data["ctx"], data["time_s"]
+    if (not isinstance(batches, list) or not batches or not isinstance(ctxs, list) or not isinstance(times, list)
+            or not len(batches) == len(ctxs) == len(times)):
+        raise ProfileError(f"{source}: field '{field}': 'batch', 'ctx' and 'time_s' must be non-empty lists of "
+                           f"equal length, got {len(batches) if isinstance(batches, list) else batches!r} sizes")
+    if any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in batches) or batches != sorted(set(batches)):
+        raise ProfileError(f"{source}: field '{field}.batch' must be strictly increasing positive integers, "
+                           f"got {batches!r}")
+    rows = [_table({"x": c, "time_s": t}, source, f"{field}[batch={b}]")
+            for b, c, t in zip(batches, ctxs, times, strict=True)]
+    return list(batches), rows
 
 
 def read_profile(path: str | Path) -> dict[str, Any]:

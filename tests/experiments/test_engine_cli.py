@@ -17,7 +17,7 @@ from sim.profile import read_profile
 
 TRACE = "synthetic:poisson,rate=50,n=12,seed=0,in=uniform:4:60,out=uniform:1:12"
 ENGINE = ["--dtype", "float32", "--device", "cpu", "--num-gpu-blocks", "128"]
-GRID = ["--batch-sizes", "1", "2", "4", "--decode-contexts", "8", "96", "--prefill-tokens", "8", "32",
+GRID = ["--batch-sizes", "1", "2", "4", "--decode-contexts", "8", "40", "96", "--prefill-tokens", "8", "32",
         "--prefill-context", "64", "--warmup", "1", "--repeats", "2", "--passes", "2", "--mixed-tokens", "8",
         "--mixed-batches", "2", "3", "--mixed-context", "16"]
 
@@ -53,9 +53,16 @@ def test_calibrate_writes_a_valid_measured_profile(profile: Path) -> None:
     meta = data["meta"]
     assert meta["source"] == "measured" and meta["command"].startswith("servegym calibrate --model")
     assert "--prefill-context 64" in meta["command"]
-    assert len(meta["decode_samples"]) == 6 and len(meta["prefill_samples"]) == 4
+    assert len(meta["decode_samples"]) == 9 and len(meta["prefill_samples"]) == 4
     # every decode shape timed in both passes (2 steps each); the kept time is the trimmed mean of all 4
-    assert [len(t) for t in meta["decode_pass_times_s"]] == [2] * 6
+    assert [len(t) for t in meta["decode_pass_times_s"]] == [2] * 9
+    # the decode steps by batch size and context per sequence, as measured (3 batch sizes x 3 contexts)
+    steps = data["decode_steps"]
+    assert steps["batch"] == [1, 2, 4] and all(len(c) == 3 for c in steps["ctx"])
+    for b, ctxs, times in zip(steps["batch"], steps["ctx"], steps["time_s"], strict=True):
+        measured = sorted((d["ctx_tokens"] / b, d["time_s"]) for d in meta["decode_samples"] if d["batch"] == b)
+        assert ctxs == [c for c, _ in measured] and 8 <= ctxs[0] < ctxs[1] < ctxs[2] <= 96 + 8
+        assert times == sorted(times) and sum(times) == pytest.approx(sum(t for _, t in measured))
     for d in meta["decode_samples"]:
         assert len(d["times"]) == 4 and d["time_s"] == pytest.approx(sum(sorted(d["times"])) / 4)
     assert data["step_overhead_s"] >= 0 and data["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # K+V, layers, heads

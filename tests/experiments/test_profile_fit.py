@@ -12,6 +12,7 @@ from experiments.profile_fit import (
     MixedSample,
     PrefillSample,
     VerifySample,
+    decode_steps_table,
     fit_mixed_decode,
     fit_profile,
     fit_verify,
@@ -163,3 +164,17 @@ def test_nonnegative_lstsq_never_returns_a_negative_coefficient() -> None:
     err = float(np.sum((a @ x - b) ** 2))
     trials = np.abs(x + rng.normal(0, 0.5, (2000, 3)))  # random non-negative points around it fit no better
     assert (np.sum((trials @ a.T - b) ** 2, axis=1) >= err - 1e-9).all()
+
+
+def test_decode_steps_table_keeps_each_batch_by_context_per_sequence() -> None:
+    # batch 4 timed at three contexts (given out of order, one slower than the next: made monotone);
+    # batch 2 at one context only: left out
+    samples = [DecodeSample(4, 4 * 2048, 3e-3), DecodeSample(4, 4 * 32, 1e-3), DecodeSample(4, 4 * 512, 3.2e-3),
+               DecodeSample(1, 40, 0.9e-3), DecodeSample(1, 6000, 1.1e-3), DecodeSample(2, 100, 1e-3)]
+    table = decode_steps_table(samples)
+    assert table["batch"] == [1, 4]
+    assert table["ctx"] == [[40.0, 6000.0], [32.0, 512.0, 2048.0]]
+    assert table["time_s"][0] == [0.9e-3, 1.1e-3]
+    assert table["time_s"][1] == pytest.approx([1e-3, 3.1e-3, 3.1e-3])  # pooled, non-decreasing
+    with pytest.raises(ValueError, match="a batch size timed at >= 2 contexts"):
+        decode_steps_table([DecodeSample(2, 100, 1e-3), DecodeSample(4, 100, 1e-3)])
