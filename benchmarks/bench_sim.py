@@ -1,6 +1,6 @@
 """Simulator speed: 10,000 chat-like requests, continuous batching, Llama-3.2-1B on H100.
 
-Run on one core:  taskset -c 0 python -m benchmarks.bench_sim [--n 10000] [--repeat 3]
+Run on one core:  taskset -c 0 python -m benchmarks.bench_sim [--n 10000] [--repeat 3] [--profile FILE]
 Prints wall and CPU time (trace generation excluded; the run and the metrics
 included), requests per wall-second and simulated seconds per wall-second, per
 trace. CPU time is the figure to trust on a shared machine.
@@ -29,8 +29,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cost-model", default="calibrated", choices=["calibrated", "roofline"])
+    parser.add_argument("--profile", default=None, help="profile file (default: the shipped H100 one)")
     args = parser.parse_args()
-    sim_cfg = SimConfig(model="llama-3.2-1b", gpu="h100", cost_model=args.cost_model)
+    sim_cfg = SimConfig(model="llama-3.2-1b", gpu="h100", cost_model=args.cost_model, profile=args.profile)
     sched_cfg = SchedulerConfig(num_gpu_blocks=sim_cfg.kv_blocks(16), block_size=16)
     cost = sim_cfg.build_cost_model(16)
     print(f"| trace | requests | steps | wall s (best of {args.repeat}) | CPU s | requests/s | sim-s per wall-s |")

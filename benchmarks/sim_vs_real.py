@@ -87,6 +87,8 @@ def main() -> None:
     p.add_argument("--gamma-load", type=float, default=0.7)
     p.add_argument("--policies", nargs="+", default=list(POLICIES))
     p.add_argument("--calibrate-args", default="", help="extra calibrate flags, e.g. '--quick'")
+    p.add_argument("--engine-args", default="",
+                   help="engine flags for both calibrate and validate, e.g. '--decode-lookahead true'")
     p.add_argument("--spec-load", type=float, default=0.3, help="Poisson load of --suite speculation")
     p.add_argument("--suite", choices=("main", "preemption", "speculation", "none"), default="main",
                    help="main: 4 traces x the policies; preemption: repeat runs and small KV pools; speculation: "
@@ -105,7 +107,7 @@ def main() -> None:
                   "--device", "cuda"], log)
     profile = out / "profile_1b.json"
     calibrate = sg + ["calibrate", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-batched-tokens", "65536",
-                      "--quiet", *shlex.split(args.calibrate_args)]
+                      "--quiet", *shlex.split(args.engine_args), *shlex.split(args.calibrate_args)]
     spec_cal = ["--speculative-method", "ngram"] if args.suite == "speculation" else []
     run(calibrate + [*spec_cal, "--model", str(model), "--out", str(profile), "--model-name",
                      Path(args.model_config).stem], log)
@@ -121,7 +123,7 @@ def main() -> None:
     mooncake = (f"{td / 'mooncake_conversation_trace.jsonl'}:n={args.n_real},len_scale=0.25,rate_scale=6,"
                 "max_in=6144,max_out=1024")
     validate = sg + ["validate", "--model", str(model), "--profile", str(profile), "--max-model-len",
-                     str(MAX_MODEL_LEN), "--quiet"]
+                     str(MAX_MODEL_LEN), "--quiet", *shlex.split(args.engine_args)]
     if args.suite == "main":
         run(validate + ["--out", str(out / "validate"), "--traces", poisson, gamma, azure, mooncake,
                         "--policies", *args.policies], log)
