@@ -23,6 +23,12 @@ requests of random (unique) token ids:
   engine's own proposer, at the two decode contexts (``StepDriver.verify``; the ``draft_attention``
   table and ``speculative_overhead_s``).
 
+With ``EngineConfig.decode_lookahead`` the steady decode loops above are served by looked-ahead steps
+(not the step before the sequences' next token opens a block: ``StepDriver.decode`` keeps only the
+served ones); each decode shape is then timed again right after with the lookahead paused
+(``calibration_driver.without_lookahead``), as every step no looked-ahead step serves runs, and the
+profile's ``decode_steps_cold`` keeps those (``sim/lookahead.py``).
+
 The first ``warmup`` steps of each shape are dropped and the next ``repeats`` are timed; a
 shape's time is their trimmed mean (``profile_fit.typical``: a simulation sums step times, so
 it needs means). The decode grid is timed ``passes`` times, every other pass in reverse order,
@@ -97,16 +103,22 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
     dec_shapes, pf_shapes, mixed_shapes = plan_shapes(grid, runner)
     verify_shapes = plan_verify_shapes(grid, runner)
     passes: dict[tuple[int, int], list[DecodeSample]] = {shape: [] for shape in dec_shapes}
+    # with the decode lookahead, each decode shape is timed cold too, right after (decode_steps_cold)
+    lookahead = runner.lookahead is not None
+    cold_passes: dict[tuple[int, int], list[DecodeSample]] = {shape: [] for shape in dec_shapes} if lookahead else {}
     prefills: list[PrefillSample] = []
     mixed: list[MixedSample] = []
     verify: list[VerifySample] = []
-    total = grid.passes * len(dec_shapes) + len(pf_shapes) + len(mixed_shapes) + len(verify_shapes)
+    total = grid.passes * len(dec_shapes) * (1 + lookahead) + len(pf_shapes) + len(mixed_shapes) + len(verify_shapes)
     # The heap frozen as in the replays it prices (engine.heap): no full collection inside a timed step.
     with tqdm(total=total, desc="calibrating", unit="shape", disable=not progress) as bar, frozen_heap():
         for i in range(grid.passes):
             for size, ctx in dec_shapes if i % 2 == 0 else dec_shapes[::-1]:
                 passes[(size, ctx)].append(driver.decode(size, ctx, grid.warmup, grid.repeats))
                 bar.update()
+                if lookahead:
+                    cold_passes[(size, ctx)].append(driver.decode(size, ctx, grid.warmup, grid.repeats, cold=True))
+                    bar.update()
         for size, ctx, seqs in pf_shapes:
             prefills.append(driver.prefill(size, ctx, seqs, grid.warmup, grid.repeats))
             bar.update()
@@ -116,11 +128,7 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
         for size, drafts, ctx in verify_shapes:
             verify.append(driver.verify(size, drafts, ctx, grid.warmup, grid.repeats))
             bar.update()
-    decodes = []
-    for (batch, _), runs in passes.items():
-        pooled = tuple(t for d in runs for t in d.times)
-        decodes.append(DecodeSample(batch, statistics.median(d.ctx_tokens for d in runs), typical(pooled), pooled,
-                                    statistics.fmean(d.tail_s for d in runs)))
+    decodes, cold = pooled_decodes(passes), pooled_decodes(cold_passes)
     fitted = fit_profile(decodes, prefills)
     cfg, s = runner.config, runner.spec
     dtype = SHORT_DTYPES[cfg.dtype]
@@ -136,6 +144,7 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
                  "grid": dataclasses.asdict(grid), "calibration_wall_s": time.perf_counter() - t_start,
                  "decode_samples": [dataclasses.asdict(d) for d in decodes],
                  "decode_pass_times_s": [[d.time_s for d in runs] for runs in passes.values()],  # per pass
+                 "cold_decode_samples": [dataclasses.asdict(d) for d in cold],
                  "prefill_samples": [dataclasses.asdict(p) for p in prefills],
                  "mixed_samples": [dataclasses.asdict(m) for m in mixed],
                  "verify_samples": [dataclasses.asdict(v) for v in verify]},
@@ -163,8 +172,20 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
         profile["verify_group_rows"] = runner.max_group
     # Last, so that the fits above price their base steps by the tables, as the simulator prices those steps.
     profile["decode_steps"] = decode_steps_table(decodes)
+    if cold:  # the steps no looked-ahead step serves (sim/lookahead.py says which)
+        profile["decode_steps_cold"] = decode_steps_table(cold)
     validate_profile(profile, "<calibration>")
     return profile
+
+
+def pooled_decodes(passes: dict[tuple[int, int], list[DecodeSample]]) -> list[DecodeSample]:
+    """One sample per decode shape from the steps of all its passes."""
+    decodes = []
+    for (batch, _), runs in passes.items():
+        pooled = tuple(t for d in runs for t in d.times)
+        decodes.append(DecodeSample(batch, statistics.median(d.ctx_tokens for d in runs), typical(pooled), pooled,
+                                    statistics.fmean(d.tail_s for d in runs)))
+    return decodes
 
 
 def add_calibrate_args(p: argparse.ArgumentParser) -> None:

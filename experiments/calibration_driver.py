@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +23,19 @@ from policies.types import Request, StepPlan, StepResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.model_runner import ModelRunner
+
+
+@contextmanager
+def without_lookahead(runner: ModelRunner) -> Iterator[None]:
+    """Inside, ``runner`` looks no decode step ahead (``EngineConfig.decode_lookahead``): every decode step
+    runs as a step no looked-ahead step serves does, host work and GPU work one after the other."""
+    ahead, runner.lookahead = runner.lookahead, None
+    if ahead is not None:
+        ahead.drop()  # a pending step would serve no plan
+    try:
+        yield
+    finally:
+        runner.lookahead = ahead
 
 
 class StepDriver:
@@ -74,22 +89,31 @@ class StepDriver:
                 return sched
         raise RuntimeError(f"calibration: {batch} sequences of context {context} never all decode")
 
-    def decode(self, batch: int, context: int, warmup: int, repeats: int) -> DecodeSample:
+    def decode(self, batch: int, context: int, warmup: int, repeats: int, cold: bool = False) -> DecodeSample:
+        """Decode-only steps of ``batch`` sequences at about ``context`` tokens each; with ``cold``, none served
+        by a looked-ahead step (``without_lookahead``; the profile's ``decode_steps_cold``)."""
         budget = max(2 * batch, self.runner.config.max_num_batched_tokens)
         sched = self.all_decoding(batch, context, budget, batch, warmup + repeats)
         times: list[float] = []
         tails: list[float] = []
         ctx: list[float] = []
-        for _ in range(warmup + repeats):
-            plan, dt, tail = self.step(sched)
-            if plan.prefills or len(plan.decodes) != batch:
-                raise RuntimeError(f"calibration: expected {batch} decodes, got {len(plan.decodes)} and "
-                                   f"{len(plan.prefills)} chunks")
-            times.append(dt)
-            tails.append(tail)
-            ctx.append(plan.decode_ctx_tokens)
-        return DecodeSample(batch, statistics.median(ctx[warmup:]), typical(times[warmup:]), tuple(times[warmup:]),
-                            typical(tails[warmup:]))
+        ahead = self.runner.lookahead
+        served: list[bool] = []  # per step, whether a looked-ahead step served it
+        with without_lookahead(self.runner) if cold else nullcontext():
+            for _ in range(warmup + repeats):
+                hits = ahead.hits if ahead is not None else 0
+                plan, dt, tail = self.step(sched)
+                if plan.prefills or len(plan.decodes) != batch:
+                    raise RuntimeError(f"calibration: expected {batch} decodes, got {len(plan.decodes)} and "
+                                       f"{len(plan.prefills)} chunks")
+                times.append(dt)
+                tails.append(tail)
+                ctx.append(plan.decode_ctx_tokens)
+                served.append(ahead is not None and ahead.hits > hits)
+        kept = times[warmup:]
+        if ahead is not None and not cold:  # the steps whose next token opened a block were not served: not kept
+            kept = [t for t, hit in zip(kept, served[warmup:], strict=True) if hit] or kept
+        return DecodeSample(batch, statistics.median(ctx[warmup:]), typical(kept), tuple(kept), typical(tails[warmup:]))
 
     def prefill(self, tokens: int, context: int, seqs: int, warmup: int, repeats: int) -> PrefillSample:
         budget = max(tokens, self.runner.config.max_num_batched_tokens)

@@ -47,6 +47,9 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
   sequence), a decode-only step of at most its largest batch size, without drafts priced apart, costs
   ``DecodeSurface(B, decode_ctx)`` instead (``sim/decode_surface.py``: the padded graph's time at a short
   context plus what the per-sequence context adds, interpolated between the calibrated sizes).
+  With the engine's decode lookahead the profile's ``decode_steps`` holds the steps a looked-ahead step
+  serves and ``decode_steps_cold`` the others; ``cold_step_time`` prices those from it, and the
+  simulator tells the two apart by the engine's own rules (``sim/lookahead.py``).
   With the profile's ``host_tail_s``, ``host_tail(plan) = step + per_prefill_token *
   prefill tokens + per_decode * D`` is the part of that time after the step's tokens are out (the
   scheduler's bookkeeping); the simulator emits the tokens that much before the step ends.
@@ -142,6 +145,13 @@ class CalibratedCostModel:
         measured = decode_steps_rows(profile.get("decode_steps"), source)
         # Decode-only steps up to its largest batch size, measured whole (None: priced by the tables).
         self._surface = None if measured is None else DecodeSurface(*measured, self.graph_batch_sizes)
+        cold = decode_steps_rows(profile.get("decode_steps_cold"), source, "decode_steps_cold")
+        # The same steps when no looked-ahead step serves them (a calibration with the decode lookahead).
+        self._cold = None if cold is None else DecodeSurface(*cold, self.graph_batch_sizes)
+        #: the largest decode step the profiled engine looks ahead (its largest graph), or None: the profile
+        #: prices every step alike (no lookahead, or no ``decode_steps_cold``)
+        self.lookahead_rows: int | None = (
+            (self.graph_batch_sizes or [self._cold.max_batch])[-1] if self._cold is not None else None)
 
     @classmethod
     def from_file(cls, path: str | Path, block_size: int = 16) -> CalibratedCostModel:
@@ -161,6 +171,18 @@ class CalibratedCostModel:
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out), plan.num_draft_tokens,
                                plan.draft_ctx_tokens)
+
+    def cold_step_time(self, plan: StepPlan) -> float:
+        """Predicted duration of ``plan`` when no looked-ahead step serves it (``sim/lookahead.py``).
+
+        A plain decode-only step the profile's ``decode_steps_cold`` covers is priced from it; every
+        other step (and every step of a profile without it) as ``step_time``.
+        """
+        nd = len(plan.decodes)
+        if self._cold is not None and self._cold.covers(nd) and not (
+                plan.prefills or plan.swap_in or plan.swap_out or plan.num_draft_tokens):
+            return self._cold(nd, plan.decode_ctx_tokens)
+        return self.step_time(plan)
 
     def _plan_tail(self, plan: StepPlan) -> float:
         return self.tail_time(plan.num_prefill_tokens, len(plan.decodes) + plan.num_draft_tokens)

@@ -24,6 +24,7 @@ Format (JSON, ``"format": "servegym-profile/1"``)::
       "decode_steps": {"batch": [1, 2, ...],         # optional: measured decode-only steps, per batch size
                        "ctx": [[32, 512, ...], ...], #   per-sequence contexts (strictly increasing)
                        "time_s": [[...], ...]},      #   whole-step seconds at those contexts
+      "decode_steps_cold": {...},      # optional, as decode_steps: the steps no decode lookahead serves
       "graph_batch_sizes": [1, 2, 4, ...],  # optional: decode batch sizes that run as CUDA graphs
       "graph_token_sizes": [16, 32, ...]    # optional: token counts of mixed steps run as CUDA graphs
     }
@@ -49,7 +50,10 @@ prompt blocks a chunk filled, booking the new tokens), ``step + per_prefill_toke
 tokens + per_decode * decodes``; the tables include it, and a simulator emits a step's tokens
 that much before the step ends (none when absent). ``decode_steps`` holds whole decode-only steps
 (every term above included) by batch size and context per sequence; with it the cost model prices
-plain decode-only steps from it (``sim/decode_surface.py``) instead of the tables. ``PiecewiseLinear``
+plain decode-only steps from it (``sim/decode_surface.py``) instead of the tables. A profile calibrated
+with the engine's decode lookahead also holds ``decode_steps_cold``, the same steps timed with no
+looked-ahead step serving them (``sim/lookahead.py`` says which steps of a run those are); ``decode_steps``
+then holds the served ones. ``PiecewiseLinear``
 evaluates a table; its last segment must not decrease (so extrapolation never predicts less time for more work).
 """
 
@@ -184,6 +188,9 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
     for field, keys in (("speculative_overhead_s", SPEC_OVERHEAD_KEYS), ("host_tail_s", HOST_TAIL_KEYS)):
         _coefficients(data.get(field), keys, source, field)
     decode_steps_rows(data.get("decode_steps"), source)
+    cold = decode_steps_rows(data.get("decode_steps_cold"), source, "decode_steps_cold")
+    if cold is not None and "decode_steps" not in data:
+        raise ProfileError(f"{source}: field 'decode_steps_cold' needs 'decode_steps' (the steps a lookahead serves)")
     out: dict[str, PiecewiseLinear] = {}
     for name in (*REQUIRED_TABLES, *OPTIONAL_TABLES):
         if name not in tables:
@@ -194,16 +201,16 @@ def validate_profile(data: Any, source: str = "<profile>") -> dict[str, Piecewis
     return out
 
 
-def decode_steps_rows(data: Any, source: str = "<profile>") -> tuple[list[int], list[PiecewiseLinear]] | None:
-    """The batch sizes of a profile's ``decode_steps`` and one table of seconds against per-sequence context
-    per size (None when the field is absent).
+def decode_steps_rows(data: Any, source: str = "<profile>", field: str = "decode_steps",
+                      ) -> tuple[list[int], list[PiecewiseLinear]] | None:
+    """The batch sizes of a profile's ``decode_steps`` (or ``decode_steps_cold``: ``field``) and one table of
+    seconds against per-sequence context per size (None when the field is absent).
 
     Raises:
         ProfileError: naming ``source`` and the offending entry.
     """
     if data is None:
         return None
-    field = "decode_steps"
     if not isinstance(data, dict) or sorted(data) != ["batch", "ctx", "time_s"]:
         raise ProfileError(f"{source}: field '{field}' must be an object with exactly the lists 'batch', 'ctx' "
                            "and 'time_s'")

@@ -27,6 +27,7 @@ from policies.metrics import SLO, requests_frame, steps_frame, summarize
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.speculation import SpeculationPolicy
 from policies.types import Request, StepResult
+from sim.lookahead import LookaheadTracker
 
 if TYPE_CHECKING:  # pragma: no cover
     from sim.acceptance import GeometricAcceptance
@@ -110,6 +111,11 @@ class Simulator:
         step_time, postprocess = self.cost_model.step_time, sched.postprocess
         # the part of a step after its tokens are out (host bookkeeping), when the cost model prices one
         host_tail = getattr(self.cost_model, "host_tail", None)
+        # a profile calibrated with the engine's decode lookahead prices the steps no looked-ahead step serves
+        # apart; which ones those are follows from the plans (sim.lookahead)
+        rows = getattr(self.cost_model, "lookahead_rows", None)
+        ahead = LookaheadTracker(sched.bm.block_size, rows) if rows else None
+        cold_time = getattr(self.cost_model, "cold_step_time", step_time)
         requests, num_requests, inf = self.requests, len(self.requests), float("inf")
         now = env.now
         while True:
@@ -138,7 +144,7 @@ class Simulator:
                 now = env.now
                 self._decision_done()
                 continue
-            duration = step_time(plan)
+            duration = step_time(plan) if ahead is None or ahead.served(plan) else cold_time(plan)
             arrived = self._arrived  # the next arrival's time, inline: the simulator's hottest lines
             if now + duration < (requests[arrived].arrival_s if arrived < num_requests else inf) \
                     and not self._stepwise:

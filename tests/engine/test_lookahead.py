@@ -141,3 +141,53 @@ def test_steps_past_the_largest_graph_replay_it_on_chunks_of_rows(tiny_llama):
     five = StepPlan(0, 0.0, decodes=list(chunked.last_scheduler.finished[:5]))
     assert chunked.runner.uses_graph(five) and not plain.runner.uses_graph(five)
     assert chunked.runner.lookahead.hits > 0  # the steps of 1 and 2 decodes were still looked ahead
+
+
+class Watched:
+    """The runner's ``execute``, noting per plan whether the engine served it from a looked-ahead step and
+    whether the simulator's ``LookaheadTracker``, shown the same plan first, said it would."""
+
+    def __init__(self, runner) -> None:
+        from sim.lookahead import LookaheadTracker
+
+        self.runner, self.execute_ = runner, runner.execute
+        self.tracker = LookaheadTracker(runner.block_size, runner.graphs.sizes[-1])
+        self.engine: list[bool] = []
+        self.sim: list[bool] = []
+        runner.execute = self
+
+    def __call__(self, plan):
+        self.sim.append(self.tracker.served(plan))
+        hits = self.runner.lookahead.hits
+        result = self.execute_(plan)
+        self.engine.append(self.runner.lookahead.hits > hits)
+        return result
+
+
+@pytest.mark.parametrize("kw", [
+    {},
+    {"token_budget": 7},
+    {"num_gpu_blocks": 14, "token_budget": 16},
+    {"num_gpu_blocks": 14, "token_budget": 16, "preemption_mode": "swap", "num_cpu_blocks": 64},
+    {"cuda_graph_batch_sizes": (1, 2)},  # larger decode steps replay the largest graph on chunks: never ahead
+])
+def test_the_simulators_tracker_predicts_every_served_step(tiny_llama, kw):
+    engine = llm(tiny_llama, decode_lookahead=True, **kw)
+    watched = Watched(engine.runner)
+    requests = [Request(str(i), 0.0, len(p), 4 + 5 * i, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
+    sampled = Request("s", 0.0, 6, 9, prompt_token_ids=tuple(range(6)), sampling=SamplingParams(temperature=1.0))
+    engine.run([*requests, sampled])
+    assert watched.sim == watched.engine
+    assert 0 < sum(watched.engine) < len(watched.engine)  # both kinds of step occurred
+
+
+def test_the_tracker_follows_arrivals_mid_decode(tiny_llama):
+    from experiments.replay import replay
+
+    engine = llm(tiny_llama, decode_lookahead=True)
+    watched = Watched(engine.runner)
+    clock = SteppedClock(engine.runner)  # its execute is the watched one
+    sched = Scheduler(engine.scheduler_config, engine.policy)
+    requests = [Request(str(i), 0.0035 * i, len(p), 10, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
+    replay(requests, sched, clock, clock=clock, sleep=clock.sleep)
+    assert watched.sim == watched.engine and engine.runner.lookahead.misses > 0 and any(watched.engine)

@@ -136,6 +136,29 @@ def test_validate_writes_errors_and_plots(tiny_model: Path, profile: Path, tmp_p
     assert "--real-from" in err and "continuous-max_num_seqs=3" in err and "requests.parquet" in err
 
 
+def test_calibrate_with_the_lookahead_times_cold_decode_steps_too(tiny_model: Path, profile: Path,
+                                                                   tmp_path: Path) -> None:
+    from sim.cost_model import CalibratedCostModel
+
+    out = tmp_path / "ahead.json"
+    grid = ["--batch-sizes", "1", "3", "--decode-contexts", "8", "40", "--prefill-tokens", "8", "32", "--warmup", "1",
+            "--repeats", "2", "--passes", "1", "--mixed-batches", "2", "3"]
+    assert main(["calibrate", "--model", str(tiny_model), "--out", str(out), "--quiet", *ENGINE, *grid,
+                 "--decode-lookahead", "true"]) == 0
+    data = read_profile(out)
+    cold, served = data["decode_steps_cold"], data["decode_steps"]
+    assert cold["batch"] == served["batch"] == [1, 3]
+    assert [len(c) for c in cold["ctx"]] == [2, 2] and min(min(t) for t in cold["time_s"]) > 0
+    samples = data["meta"]["cold_decode_samples"]
+    assert sorted((d["batch"], len(d["times"])) for d in samples) == [(1, 2), (1, 2), (3, 2), (3, 2)]
+    assert CalibratedCostModel(data).lookahead_rows == data["graph_batch_sizes"][-1]
+    # the served samples keep only the steps a looked-ahead step served (at most the 2 timed ones)
+    assert all(1 <= len(d["times"]) <= 2 for d in data["meta"]["decode_samples"])
+    plain = read_profile(profile)  # an engine without the lookahead: every step alike
+    assert "decode_steps_cold" not in plain and plain["meta"]["cold_decode_samples"] == []
+    assert CalibratedCostModel(plain).lookahead_rows is None
+
+
 @pytest.fixture(scope="module")
 def spec_profile(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("profile") / "tiny_spec.json"

@@ -1,0 +1,67 @@
+"""Which decode steps the engine's decode lookahead serves, decided from the plans alone.
+
+With ``EngineConfig.decode_lookahead`` (``engine/lookahead.py``) the engine replays, right after a greedy
+decode-only graph step, the next step of the same sequences, so that step's GPU work overlaps the host's
+bookkeeping. A plan that is exactly that next step is *served*: its time is the GPU's alone. Any other
+decode-only step is *cold*: the host's share of it (reading ids back, ``postprocess``, ``schedule``,
+staging inputs, launching) runs while the GPU idles. A calibration with the lookahead on times steady
+decode loops, which are served; its profile's ``decode_steps_cold`` prices the cold ones
+(``CalibratedCostModel.cold_step_time``).
+
+How often a replay's steps are cold depends on the plans, not on timing: after a step in which a
+sequence takes its last token, after a step holding a prefill, and whenever some sequence's next token
+opens a new KV block (the scheduler allocates that block only when it plans the step), so at batch
+``B`` with block size 16 and unaligned sequences most steps are cold. ``LookaheadTracker`` applies the
+engine's own rules (``DecodeLookahead.launch_after`` and ``take``) to the simulator's plans.
+"""
+
+from __future__ import annotations
+
+from operator import is_
+
+from policies.sequence import Sequence
+from policies.types import StepPlan
+
+
+class LookaheadTracker:
+    """Follows the engine's decode lookahead over a run's plans, one call per planned step.
+
+    Args:
+        block_size: tokens per KV block.
+        max_rows: the largest decode graph (a larger decode step replays it on chunks and is never looked
+            ahead).
+    """
+
+    __slots__ = ("block_size", "max_rows", "_pending")
+
+    def __init__(self, block_size: int, max_rows: int) -> None:
+        if block_size < 1 or max_rows < 1:
+            raise ValueError(f"LookaheadTracker: need block_size >= 1 and max_rows >= 1, got {block_size} and "
+                             f"{max_rows}")
+        self.block_size = block_size
+        self.max_rows = max_rows
+        self._pending: list[Sequence] | None = None  # whom the looked-ahead step decodes, in order
+
+    def served(self, plan: StepPlan) -> bool:
+        """Whether the engine serves ``plan`` from the step it looked ahead after the previous plan.
+
+        Call once per planned step, in order, before the step is booked (``postprocess``): it also notes
+        whether the engine looks ahead after ``plan``.
+
+        Returns:
+            True for a served decode-only step; False for every other step.
+        """
+        pending, self._pending = self._pending, None
+        decodes = plan.decodes
+        if plan.prefills or plan.num_draft_tokens or not decodes or len(decodes) > self.max_rows:
+            return False
+        # the same sequences in the same order; each is one token further, over the same blocks, as it
+        # was planned in the step before (only a preemption changes blocks, and it leaves the batch)
+        hit = (pending is not None and not (plan.swap_in or plan.swap_out) and len(pending) == len(decodes)
+               and all(map(is_, pending, decodes)))
+        # a step that swaps blocks runs its graph after the copies, and is looked ahead after like any other
+        bs = self.block_size
+        if all(s.output_len - s.num_generated > 1 and (s.num_computed + 1) // bs < len(s.block_table)
+               and s.request.sampling.temperature == 0.0 for s in decodes):
+            self._pending = list(decodes)
+        return hit
