@@ -89,6 +89,8 @@ class DecodeLookahead:
     Attributes:
         hits: plans served by a looked-ahead step.
         misses: looked-ahead steps dropped (the plan was a different step, or none came).
+        launching: whether ``launch_after`` looks ahead at all (False: every decode step runs cold, through
+            the same readback; calibration times the steps no looked-ahead step serves this way).
     """
 
     def __init__(self, graphs: DecodeGraphs, readback: IdsReadback, block_size: int) -> None:
@@ -97,6 +99,7 @@ class DecodeLookahead:
         self.block_size = block_size
         self.hits = 0
         self.misses = 0
+        self.launching = True
         self._pending: _Pending | None = None
 
     def _continues(self, seq: Sequence) -> bool:
@@ -108,7 +111,7 @@ class DecodeLookahead:
         """Replay the next step of ``plan`` (a greedy decode-only step just launched at ``rows`` rows whose
         ids copy is already queued) if every one of its sequences decodes again."""
         decodes = plan.decodes
-        if plan.prefills or not all(self._continues(s) for s in decodes):
+        if not self.launching or plan.prefills or not all(self._continues(s) for s in decodes):
             return
         ids = self.graphs.replay_static(rows)
         ticket = self.readback.start(ids[: len(decodes)])

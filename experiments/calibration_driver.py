@@ -27,15 +27,19 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @contextmanager
 def without_lookahead(runner: ModelRunner) -> Iterator[None]:
-    """Inside, ``runner`` looks no decode step ahead (``EngineConfig.decode_lookahead``): every decode step
-    runs as a step no looked-ahead step serves does, host work and GPU work one after the other."""
-    ahead, runner.lookahead = runner.lookahead, None
-    if ahead is not None:
-        ahead.drop()  # a pending step would serve no plan
+    """Inside, ``runner``'s decode lookahead (``EngineConfig.decode_lookahead``) launches no looked-ahead step:
+    every decode step runs as a replay's step that no looked-ahead step serves does (host work, then GPU
+    work, then the same asynchronous readback of the ids)."""
+    ahead = runner.lookahead
+    if ahead is None:
+        yield
+        return
+    ahead.drop()  # a pending step would serve no plan
+    ahead.launching = False
     try:
         yield
     finally:
-        runner.lookahead = ahead
+        ahead.launching = True
 
 
 class StepDriver:

@@ -188,12 +188,18 @@ def replay_on_engine(requests: Sequence[Request], policy: BatchingPolicy, config
         speculation: the speculation policy (the runner needs a ``speculative_method``).
 
     Returns:
-        Per-request rows, the step log and the summary (simulator format).
+        Per-request rows, the step log and the summary (simulator format; with the decode lookahead,
+        ``lookahead_served_steps``: the steps a looked-ahead step served).
     """
     scheduler = Scheduler(config, policy, speculation)
+    ahead = runner.lookahead
+    hits = ahead.hits if ahead is not None else 0
     with tqdm(total=len(requests), unit="req", desc=desc, leave=False, disable=not progress) as bar:
         wall = replay(requests, scheduler, runner, on_step=lambda n: bar.update(n) if n else None)
-    return replay_summary(scheduler, wall, slo)
+    reqs, steps, summary = replay_summary(scheduler, wall, slo)
+    if ahead is not None:  # the simulator counts the same (sim.lookahead.LookaheadTracker.hits)
+        summary["lookahead_served_steps"] = ahead.hits - hits
+    return reqs, steps, summary
 
 
 def offered_rate(requests: Sequence[Request]) -> float:

@@ -56,6 +56,7 @@ from sim.simulator import simulate
 METRICS = ("throughput_output_tok_s", "ttft_mean_s", "ttft_p50_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s",
            "tpot_p99_s", "e2e_mean_s", "e2e_p50_s", "e2e_p99_s", "preemptions", "prefix_cache_hit_rate")
 SPEC_METRICS = ("spec_acceptance_rate",)
+LOOKAHEAD_METRICS = ("lookahead_served_steps",)  # when the engine ran with the decode lookahead
 ERROR_COLUMNS = ("trace", "policy", "metric", "sim", "real", "rel_error")
 # Engine settings that change step times: a profile measured with other values is a poor fit. The
 # verification row groups are compared as the engines resolve them (None is a per-model default), in validate.
@@ -79,8 +80,9 @@ def rel_error(sim: Any, real: Any) -> float:
 
 def error_rows(trace: str, policy: str, sim: dict[str, Any], real: dict[str, Any]) -> list[dict[str, Any]]:
     """One row of ``ERROR_COLUMNS`` per metric of ``METRICS`` (and ``SPEC_METRICS`` when the real run
-    verified draft tokens)."""
-    metrics = METRICS + (SPEC_METRICS if real.get("spec_draft_tokens") else ())
+    verified draft tokens, ``LOOKAHEAD_METRICS`` when it looked decode steps ahead)."""
+    metrics = METRICS + (SPEC_METRICS if real.get("spec_draft_tokens") else ()) \
+        + (LOOKAHEAD_METRICS if "lookahead_served_steps" in real else ())
     return [{"trace": trace, "policy": policy, "metric": m, "sim": _number(sim.get(m)),
              "real": _number(real.get(m)), "rel_error": rel_error(sim.get(m), real.get(m))} for m in metrics]
 

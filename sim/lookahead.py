@@ -30,9 +30,12 @@ class LookaheadTracker:
         block_size: tokens per KV block.
         max_rows: the largest decode graph (a larger decode step replays it on chunks and is never looked
             ahead).
+
+    Attributes:
+        hits: plans served so far (the engine's ``DecodeLookahead.hits`` over the same plans).
     """
 
-    __slots__ = ("block_size", "max_rows", "_pending")
+    __slots__ = ("block_size", "max_rows", "hits", "_pending")
 
     def __init__(self, block_size: int, max_rows: int) -> None:
         if block_size < 1 or max_rows < 1:
@@ -40,6 +43,7 @@ class LookaheadTracker:
                              f"{max_rows}")
         self.block_size = block_size
         self.max_rows = max_rows
+        self.hits = 0
         self._pending: list[Sequence] | None = None  # whom the looked-ahead step decodes, in order
 
     def served(self, plan: StepPlan) -> bool:
@@ -64,4 +68,5 @@ class LookaheadTracker:
         if all(s.output_len - s.num_generated > 1 and (s.num_computed + 1) // bs < len(s.block_table)
                and s.request.sampling.temperature == 0.0 for s in decodes):
             self._pending = list(decodes)
+        self.hits += hit
         return hit

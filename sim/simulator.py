@@ -73,6 +73,7 @@ class Simulator:
         self.acceptance = acceptance
         self.env = simpy.Environment()
         self.num_steps = 0
+        self.lookahead: LookaheadTracker | None = None  # set when the loop starts, if the profile has one
         self._arrivals_done = False
         self._wakeup: simpy.Event | None = None
         self._step_event: simpy.Event | None = None  # set by step-wise drivers (gym env)
@@ -114,7 +115,7 @@ class Simulator:
         # a profile calibrated with the engine's decode lookahead prices the steps no looked-ahead step serves
         # apart; which ones those are follows from the plans (sim.lookahead)
         rows = getattr(self.cost_model, "lookahead_rows", None)
-        ahead = LookaheadTracker(sched.bm.block_size, rows) if rows else None
+        self.lookahead = ahead = LookaheadTracker(sched.bm.block_size, rows) if rows else None
         cold_time = getattr(self.cost_model, "cold_step_time", step_time)
         requests, num_requests, inf = self.requests, len(self.requests), float("inf")
         now = env.now
@@ -212,7 +213,10 @@ class Simulator:
         seqs = [*sched.finished, *sched.running, *sched.swapped, *sched.waiting]
         requests = requests_frame(seqs)
         steps = steps_frame(sched.step_log, sched.bm.num_blocks)
-        return SimResult(requests, steps, summarize(requests, steps, slo, wall_s), sched)
+        summary = summarize(requests, steps, slo, wall_s)
+        if self.lookahead is not None:  # as the engine's replay reports it (experiments.engine_run)
+            summary["lookahead_served_steps"] = self.lookahead.hits
+        return SimResult(requests, steps, summary, sched)
 
 
 def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_config: SchedulerConfig,

@@ -191,3 +191,29 @@ def test_the_tracker_follows_arrivals_mid_decode(tiny_llama):
     requests = [Request(str(i), 0.0035 * i, len(p), 10, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
     replay(requests, sched, clock, clock=clock, sleep=clock.sleep)
     assert watched.sim == watched.engine and engine.runner.lookahead.misses > 0 and any(watched.engine)
+
+
+def test_a_replay_counts_the_served_steps_as_the_simulator_does(tiny_llama):
+    from experiments.engine_run import replay_on_engine
+
+    engine = llm(tiny_llama, decode_lookahead=True)
+    watched = Watched(engine.runner)
+    requests = [Request(str(i), 0.0, len(p), 4 + 5 * i, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
+    _, _, summary = replay_on_engine(requests, engine.policy, engine.scheduler_config, engine.runner,
+                                     progress=False)
+    assert summary["lookahead_served_steps"] == sum(watched.sim) == sum(watched.engine) > 0
+
+
+def test_a_lookahead_not_launching_serves_nothing_and_changes_no_token(tiny_llama):
+    """``DecodeLookahead.launching`` False (calibration's cold decode steps): every decode step runs cold
+    through the lookahead's readback, with the tokens of a run without it."""
+    engine = llm(tiny_llama, decode_lookahead=True)
+    ahead = engine.runner.lookahead
+    ahead.launching = False
+    out = engine.generate([PROMPTS[1], PROMPTS[2]], max_tokens=MAX_TOKENS)
+    want = llm(tiny_llama).generate([PROMPTS[1], PROMPTS[2]], max_tokens=MAX_TOKENS)
+    assert [o["token_ids"] for o in out] == [w["token_ids"] for w in want]
+    assert ahead.hits == ahead.misses == 0
+    ahead.launching = True
+    engine.generate([PROMPTS[1]], max_tokens=MAX_TOKENS)
+    assert ahead.hits > 0

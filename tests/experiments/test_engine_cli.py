@@ -157,6 +157,14 @@ def test_calibrate_with_the_lookahead_times_cold_decode_steps_too(tiny_model: Pa
     plain = read_profile(profile)  # an engine without the lookahead: every step alike
     assert "decode_steps_cold" not in plain and plain["meta"]["cold_decode_samples"] == []
     assert CalibratedCostModel(plain).lookahead_rows is None
+    # validated with the lookahead in both worlds: both count the served steps
+    assert main(["validate", "--traces", TRACE, "--policies", "continuous", "--model", str(tiny_model),
+                 "--profile", str(out), "--out", str(tmp_path / "v"), "--quiet", *ENGINE,
+                 "--decode-lookahead", "true"]) == 0
+    errors = pd.read_csv(tmp_path / "v" / "errors.csv")
+    assert list(errors["metric"]) == [*METRICS, "lookahead_served_steps"]
+    served_row = errors.iloc[-1]
+    assert served_row["real"] > 0 and served_row["sim"] > 0
 
 
 @pytest.fixture(scope="module")

@@ -81,9 +81,13 @@ def test_cold_steps_cost_the_cold_table_in_the_simulator() -> None:
     for prompt, cold_steps in ((12, 2), (16, 1)):
         req = [Request("a", 0.0, prompt, 10)]
         base = simulate(req, policy, cfg, served_only).requests.iloc[0]
-        got = simulate(req, policy, cfg, both).requests.iloc[0]
+        run = simulate(req, policy, cfg, both)
+        got = run.requests.iloc[0]
+        # 9 decode steps, the cold ones not served; the summary counts as the engine's replay does
+        assert run.summary["lookahead_served_steps"] == 9 - cold_steps
         assert got["ttft_s"] == pytest.approx(base["ttft_s"], rel=1e-12)
         assert got["e2e_s"] - base["e2e_s"] == pytest.approx(cold_steps * EXTRA, rel=1e-9)
+    assert "lookahead_served_steps" not in simulate(req, policy, cfg, served_only).summary
 
 
 def _bad(tmp_path: Path, profile: dict[str, Any]) -> str:
