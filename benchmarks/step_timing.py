@@ -1,18 +1,24 @@
-"""Where a decode step's time goes, in calibration-style loops and in wall-clock replays: GPU or host.
+"""Where a step's time goes, in calibration-style loops and in wall-clock replays: GPU or host.
 
     python -m benchmarks.step_timing --model DIR --out OUT [--traces SPEC ...] [--policy static]
+        [--decode-lookahead] [--cold] [--mixed T:D:CTX ...] [--prefill T:CTX ...]
 
 One engine (the sim-vs-real suite's settings). Every graph replay is bracketed by CUDA events, so each
 step's row holds its loop time (schedule + execute + postprocess), its ``execute`` time and the GPU time
-of its graph replays. Order: calibration-style decode loops (``StepDriver.decode``) at a few batch
-sizes, the replays of ``--traces``, then the same decode loops again. Writes ``OUT/step_timing.parquet``
-(one row per step) and prints medians per phase and batch size; ``host = loop - gpu``.
+of its own graph replays (``gpu_s``). With ``--decode-lookahead`` a step served by a looked-ahead step
+launches nothing of its own: its ``gpu_s`` is the GPU time of the replay the step before launched for it
+(``served`` says which steps those are; ``wasted_gpu_s`` is a dropped looked-ahead step's GPU time, charged
+to the step that dropped it). Order: calibration-style loops (``StepDriver``: decode loops at a few batch
+sizes, cold ones with ``--cold``, mixed steps of one T-token chunk beside D decodes at CTX tokens each,
+prefills of T tokens on CTX cached ones), the replays of ``--traces``, then the decode loops again. Writes
+``OUT/step_timing.parquet`` (one row per step) and prints medians per phase and shape; ``host = loop - gpu``.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -29,6 +35,7 @@ from policies.metrics import steps_frame
 from policies.scheduler import Scheduler
 from policies.scheduler_config import SchedulerConfig
 from policies.spec import parse_policy
+from policies.types import StepPlan, StepResult
 
 
 class StepClock:
@@ -36,9 +43,11 @@ class StepClock:
 
     def __init__(self, runner: ModelRunner) -> None:
         self.runner = runner
-        self.events: list[tuple[int, torch.cuda.Event, torch.cuda.Event]] = []  # (step, start, end)
-        self.execs: list[tuple[int, float]] = []  # (step, execute seconds)
+        # (step, start, end, launched by the lookahead)
+        self.events: list[tuple[int, torch.cuda.Event, torch.cuda.Event, bool]] = []
+        self.steps: dict[int, dict] = {}  # step -> plan aggregates, execute seconds, served
         self.step = 0
+        self._ahead = False
         graph_sets = [runner.graphs, runner.mixed_graphs]
         for graphs in (g for g in graph_sets if g is not None):
             for table in (graphs.graphs, getattr(graphs, "grouped", {})):
@@ -46,43 +55,101 @@ class StepClock:
                     if isinstance(step, GraphStep):
                         step.replay = self._timed(step.replay)  # this instance only
         self._execute = runner.execute
+        ahead = runner.lookahead
+        if ahead is not None:
+            launch = ahead.launch_after
 
-    def _timed(self, replay):  # noqa: ANN001, ANN202 - a bound method in, a wrapper out
+            def tagged(plan: StepPlan, rows: int) -> None:
+                self._ahead = True
+                try:
+                    launch(plan, rows)
+                finally:
+                    self._ahead = False
+            ahead.launch_after = tagged  # this instance only
+
+    def _timed(self, replay: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             replay()
             end.record()
-            self.events.append((self.step, start, end))
+            self.events.append((self.step, start, end, self._ahead))
         return run
 
-    def execute(self, plan):  # noqa: ANN001, ANN201 - the executor contract
+    def execute(self, plan: StepPlan) -> StepResult:
+        """The runner's ``execute``, timed, its plan's aggregates kept."""
         self.step += 1
+        ahead = self.runner.lookahead
+        hits = ahead.hits if ahead is not None else 0
         t0 = time.perf_counter()
         result = self._execute(plan)
-        self.execs.append((self.step, time.perf_counter() - t0))
+        self.steps[self.step] = {
+            "exec_s": time.perf_counter() - t0, "served": ahead is not None and ahead.hits > hits,
+            "decodes": len(plan.decodes), "prefills": len(plan.prefills), "prefill_tokens": plan.num_prefill_tokens,
+            "decode_ctx_tokens": plan.decode_ctx_tokens, "prefill_ctx_tokens": plan.prefill_ctx_tokens,
+            "prefill_attn_pairs": plan.prefill_attn_pairs}
         return result
 
-    def gpu_seconds(self) -> dict[int, float]:
+    def gpu_seconds(self) -> pd.DataFrame:
+        """Per step: ``gpu_s`` (its own replays, or the looked-ahead replay that served it) and
+        ``wasted_gpu_s`` (a looked-ahead replay launched in the step before that it dropped)."""
         if self.events:  # none on the CPU (no graphs)
             torch.cuda.synchronize()
-        out: dict[int, float] = {}
-        for step, start, end in self.events:
-            out[step] = out.get(step, 0.0) + start.elapsed_time(end) / 1e3
-        return out
+        own: dict[int, float] = {}
+        ahead: dict[int, float] = {}  # launched in step s, for step s + 1
+        for step, start, end, looked in self.events:
+            t = start.elapsed_time(end) / 1e3
+            table = ahead if looked else own
+            table[step] = table.get(step, 0.0) + t
+        rows = []
+        for step, info in self.steps.items():
+            before = ahead.get(step - 1, 0.0)
+            rows.append({"step": step, "gpu_s": before if info["served"] else own.get(step, 0.0),
+                         "wasted_gpu_s": 0.0 if info["served"] else before})
+        return pd.DataFrame(rows)
 
 
-def decode_loops(driver: StepDriver, clock: StepClock, phase: str, batches: list[int], ctx: int,
-                 repeats: int) -> list[dict]:
-    rows = []
-    for b in batches:
-        first = clock.step + 1
-        sample = driver.decode(b, ctx, 3, repeats)
-        steps = range(clock.step - repeats + 1, clock.step + 1)
-        assert steps.start >= first
-        rows += [{"phase": phase, "step": s, "decodes": b, "prefill_tokens": 0, "mean_ctx": sample.ctx_tokens / b,
-                  "loop_s": t} for s, t in zip(steps, sample.times, strict=True)]
-    return rows
+def shapes(specs: list[str], arity: int, flag: str) -> list[tuple[int, ...]]:
+    out = []
+    for s in specs:
+        parts = s.split(":")
+        if len(parts) != arity or not all(p.isdigit() for p in parts):
+            raise SystemExit(f"step_timing: {flag} {s!r}: need {arity} non-negative integers joined by ':'")
+        out.append(tuple(int(p) for p in parts))
+    return out
+
+
+def timed_loops(driver: StepDriver, clock: StepClock, phase: str, ns: argparse.Namespace, rows: list[dict],
+                extra: bool) -> None:
+    """Run the loops of ``ns`` on ``driver``, one row per step in ``rows`` (loop time from ``driver.step``)."""
+    step = driver.step
+
+    def timed(sched: Scheduler) -> tuple[StepPlan, float, float]:
+        plan, dt, tail = step(sched)
+        rows.append({"phase": phase, "step": clock.step, "loop_s": dt, "tail_s": tail})
+        return plan, dt, tail
+    driver.step = timed  # this instance only
+    try:
+        for b in ns.batches:
+            driver.decode(b, ns.ctx, 3, ns.repeats)
+            if ns.cold:
+                n = len(rows)
+                driver.decode(b, ns.ctx, 3, ns.repeats, cold=True)
+                for r in rows[n:]:
+                    r["phase"] = phase + "-cold"
+        if extra:
+            for t, d, c in ns.mixed:
+                n = len(rows)
+                driver.mixed(t, d, c, 3, ns.repeats)
+                for r in rows[n:]:
+                    r["phase"] = f"{phase}-mixed"
+            for t, c in ns.prefill:
+                n = len(rows)
+                driver.prefill(t, c, 1, 3, ns.repeats)
+                for r in rows[n:]:
+                    r["phase"] = f"{phase}-prefill"
+    finally:
+        driver.step = step
 
 
 def main() -> None:
@@ -94,19 +161,26 @@ def main() -> None:
     p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--ctx", type=int, default=1400)
     p.add_argument("--repeats", type=int, default=40)
+    p.add_argument("--cold", action="store_true", help="also time each decode loop cold (lookahead off)")
+    p.add_argument("--mixed", nargs="*", default=[], metavar="T:D:CTX", help="mixed-step loops")
+    p.add_argument("--prefill", nargs="*", default=[], metavar="T:CTX", help="prefill loops")
+    p.add_argument("--decode-lookahead", action="store_true")
     p.add_argument("--max-model-len", type=int, default=8192)
     p.add_argument("--num-gpu-blocks", type=int, default=None, help="KV pool (default: from free GPU memory)")
     ns = p.parse_args()
+    ns.mixed = shapes(ns.mixed, 3, "--mixed")
+    ns.prefill = shapes(ns.prefill, 2, "--prefill")
     out = Path(ns.out)
     out.mkdir(parents=True, exist_ok=True)
     runner = ModelRunner(EngineConfig(model=ns.model, max_model_len=ns.max_model_len,
                                       max_num_batched_tokens=65536, max_num_seqs=256,
-                                      num_gpu_blocks=ns.num_gpu_blocks))
+                                      num_gpu_blocks=ns.num_gpu_blocks, decode_lookahead=ns.decode_lookahead))
     warm_up(runner)
     clock = StepClock(runner)
     runner.execute = clock.execute  # this instance only: the driver and the replay call it
     driver = StepDriver(runner)
-    rows = decode_loops(driver, clock, "loop-before", ns.batches, ns.ctx, ns.repeats)
+    rows: list[dict] = []
+    timed_loops(driver, clock, "loop-before", ns, rows, extra=True)
     policy = parse_policy(ns.policy)
     for trace in ns.traces:
         label, reqs = load_requests(trace, runner.spec.vocab_size, runner.max_model_len)
@@ -118,22 +192,33 @@ def main() -> None:
         log = steps_frame(sched.step_log, runner.num_gpu_blocks)
         if len(log) != clock.step - first + 1:
             raise RuntimeError(f"{label}: {len(log)} logged steps but {clock.step - first + 1} executed")
-        rows += [{"phase": label, "step": first + i, "decodes": int(s.decodes), "prefill_tokens": int(s.prefill_tokens),
-                  "mean_ctx": s.decode_ctx_tokens / max(1, s.decodes), "loop_s": s.duration_s}
-                 for i, s in enumerate(log.itertuples())]
-    rows += decode_loops(driver, clock, "loop-after", ns.batches, ns.ctx, ns.repeats)
-    gpu, execs = clock.gpu_seconds(), dict(clock.execs)
+        rows += [{"phase": label, "step": first + i, "loop_s": s.duration_s} for i, s in enumerate(log.itertuples())]
+    timed_loops(driver, clock, "loop-after", ns, rows, extra=False)
     frame = pd.DataFrame(rows)
-    frame["exec_s"] = frame["step"].map(execs)
-    frame["gpu_s"] = frame["step"].map(gpu)
+    frame = frame.merge(pd.DataFrame.from_dict(clock.steps, orient="index").rename_axis("step").reset_index(),
+                        on="step", how="left").merge(clock.gpu_seconds(), on="step", how="left")
     frame["host_s"] = frame["loop_s"] - frame["gpu_s"]
+    frame["mean_ctx"] = frame["decode_ctx_tokens"] / frame["decodes"].clip(lower=1)
     frame.to_parquet(out / "step_timing.parquet")
-    dec = frame[(frame.prefill_tokens == 0) & frame.decodes.isin(ns.batches)
-                & frame.mean_ctx.between(ns.ctx * 0.6, ns.ctx * 1.5)]
-    table = dec.groupby(["phase", "decodes"], sort=False)[["loop_s", "exec_s", "gpu_s", "host_s"]].median() * 1e3
-    table["n"] = dec.groupby(["phase", "decodes"], sort=False).size()
-    print(f"medians (ms) of decode-only steps at {ns.ctx * 0.6:.0f}-{ns.ctx * 1.5:.0f} tokens per sequence")
+    keys = ["phase", "served", "prefill_tokens", "prefill_ctx_tokens", "decodes"]
+    loops = frame[frame.phase.str.startswith("loop")]
+    table = loops.groupby(keys, sort=False)[["loop_s", "exec_s", "gpu_s", "host_s", "wasted_gpu_s"]].median() * 1e3
+    table["n"] = loops.groupby(keys, sort=False).size()
+    table["mean_ctx"] = loops.groupby(keys, sort=False)["mean_ctx"].median()
+    pd.set_option("display.width", 200)
+    print("medians (ms) of the calibration-style loops")
     print(table.round(3).to_string())
+    reps = frame[~frame.phase.str.startswith("loop")].copy()
+    if len(reps):
+        reps["kind"] = ["mixed" if t else ("served" if s else "cold")
+                        for t, s in zip(reps.prefill_tokens, reps.served, strict=True)]
+        reps["rows"] = pd.cut(reps.decodes, [-1, 0, 8, 32, 64, 128, 256])
+        g = reps.groupby(["phase", "kind", "rows"], observed=True)
+        table = g[["loop_s", "gpu_s", "host_s", "wasted_gpu_s"]].mean() * 1e3
+        table["n"] = g.size()
+        table["mean_ctx"] = g["mean_ctx"].median()
+        print("means (ms) of the replays' steps")
+        print(table.round(3).to_string())
 
 
 if __name__ == "__main__":
