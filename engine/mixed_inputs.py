@@ -165,11 +165,13 @@ class MixedInputs:
         (and ``max_group > 1``) the decode attention reads the row groups."""
         d = self.dev
         nd = min(tokens, self.max_seqs)
+        # Chunks fill slots 0.. in order and each holds a token, so a step of ``tokens`` tokens uses at most
+        # ``nd`` chunk slots: the prefill kernel's grid (tiles + slots) need not cover the others.
         return StepMetadata(
             input_ids=d["input_ids"][:tokens], positions=d["positions"][:tokens],
             slot_mapping=d["slot_mapping"][:tokens], logits_indices=d["logits_indices"][:rows],
-            prefill_cu_seqlens=d["cu_seqlens"], prefill_seq_lens=d["seq_lens"],
-            prefill_block_tables=d["block_tables"], decode_seq_lens=d["decode_seq_lens"][:nd],
+            prefill_cu_seqlens=d["cu_seqlens"][: nd + 1], prefill_seq_lens=d["seq_lens"][:nd],
+            prefill_block_tables=d["block_tables"][:nd], decode_seq_lens=d["decode_seq_lens"][:nd],
             decode_block_tables=d["decode_block_tables"][:nd], num_prefill_tokens=tokens, num_decodes=nd,
             prefill_q_lens=[], prefill_ctx_lens=[], sampling_seqs=[], padded=True,
             decode_group_lens=d["decode_group_lens"][:nd] if grouped and self.max_group > 1 else None)

@@ -98,3 +98,51 @@ def test_prefill_bad_arguments_raise() -> None:
         paged_prefill_attention(*bad_heads)
     with pytest.raises(ValueError, match="k_scale is required"):
         paged_prefill_attention(*args[:7])
+    with pytest.raises(ValueError, match=r"num_splits must be in \[1, 16\], got 0"):
+        paged_prefill_attention(*args, num_splits=0)
+
+
+# Split-KV: short chunks on long prefixes (and a fresh one, whose later splits hold no key), awkward sizes.
+SPLIT_CASES = [
+    ([3, 40, 1], [203, 90, 77], 8, 2, 64, 16, torch.bfloat16, 3),
+    ([1, 17], [150, 17], 8, 1, 128, 8, torch.int8, 16),  # GQA 8, more splits than most sequences need
+    ([5, 2, 9], [5, 300, 61], 16, 4, 64, 16, torch.float8_e4m3fn, 7),
+    ([2], [97], 4, 4, 64, 16, torch.bfloat16, 2),  # GQA 1
+]
+
+
+@pytest.mark.parametrize(("q_lens", "ctx_lens", "hq", "hkv", "d", "bs", "dtype", "splits"), SPLIT_CASES)
+def test_split_kv_matches_reference(q_lens: list[int], ctx_lens: list[int], hq: int, hkv: int, d: int, bs: int,
+                                    dtype: torch.dtype, splits: int) -> None:
+    args = _inputs(q_lens, ctx_lens, hq, hkv, d, bs, dtype, torch.float32, seed=sum(ctx_lens) + splits)
+    out = torch.full_like(args[0], float("nan"))
+    paged_prefill_attention(*args, out=out, num_splits=splits)
+    ref = paged_prefill_attention_ref(*args)
+    assert_fp32_close(out, ref)
+    assert_fp32_close(out, paged_prefill_attention(*args, num_splits=1))
+
+
+def test_split_kv_leaves_rows_outside_the_sequences_alone() -> None:
+    q_lens, ctx_lens = [4, 1], [120, 66]
+    args = list(_inputs(q_lens, ctx_lens, 8, 2, 64, 16, torch.bfloat16, torch.float32, seed=8))
+    lead, tail = 40, 7
+    q = args[0]
+    shifted = torch.randn(lead + q.shape[0] + tail, *q.shape[1:], generator=torch.Generator().manual_seed(2))
+    shifted = shifted.to(DEVICE)
+    shifted[lead : lead + q.shape[0]] = q
+    args[0], args[4] = shifted, args[4] + lead
+    out = torch.full_like(shifted, float("nan"))
+    paged_prefill_attention(*args, out=out, num_splits=4)
+    assert out[:lead].isnan().all() and out[lead + q.shape[0] :].isnan().all()
+    assert_fp32_close(out[lead : lead + q.shape[0]], paged_prefill_attention_ref(*args)[lead : lead + q.shape[0]])
+
+
+def test_default_splits_only_for_few_tiles_on_long_contexts() -> None:
+    from kernels.attention_prefill import default_num_splits
+
+    assert default_num_splits(1, 8, 8192, torch.device("cpu")) == 1
+    if torch.cuda.is_available():
+        dev = torch.device("cuda")
+        assert default_num_splits(1, 8, 8192, dev) == 16  # one tile per kv head: split
+        assert default_num_splits(65, 8, 8192, dev) == 1  # a 2048-token step fills the SMs
+        assert default_num_splits(1, 8, 512, dev) == 1  # a short table: nothing to split
