@@ -65,8 +65,11 @@ class LookaheadTracker:
                and all(map(is_, pending, decodes)))
         # a step that swaps blocks runs its graph after the copies, and is looked ahead after like any other
         bs = self.block_size
-        if all(s.output_len - s.num_generated > 1 and (s.num_computed + 1) // bs < len(s.block_table)
-               and s.request.sampling.temperature == 0.0 for s in decodes):
+        for s in decodes:  # a plain loop: the simulator's hot path at large batches (no generator frames)
+            if (s.num_computed + 1) // bs >= len(s.block_table) or s.output_len - s.num_generated <= 1 \
+                    or s.request.sampling.temperature != 0.0:
+                break
+        else:
             self._pending = list(decodes)
         self.hits += hit
         return hit
