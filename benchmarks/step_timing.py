@@ -128,26 +128,23 @@ def timed_loops(driver: StepDriver, clock: StepClock, phase: str, ns: argparse.N
         plan, dt, tail = step(sched)
         rows.append({"phase": phase, "step": clock.step, "loop_s": dt, "tail_s": tail})
         return plan, dt, tail
+    def labelled(suffix: str, loop: Callable[[], object]) -> None:
+        n = len(rows)
+        loop()
+        for r in rows[n:]:
+            r["phase"] = phase + suffix
+
     driver.step = timed  # this instance only
     try:
         for b in ns.batches:
             driver.decode(b, ns.ctx, 3, ns.repeats)
             if ns.cold:
-                n = len(rows)
-                driver.decode(b, ns.ctx, 3, ns.repeats, cold=True)
-                for r in rows[n:]:
-                    r["phase"] = phase + "-cold"
+                labelled("-cold", lambda b=b: driver.decode(b, ns.ctx, 3, ns.repeats, cold=True))
         if extra:
             for t, d, c in ns.mixed:
-                n = len(rows)
-                driver.mixed(t, d, c, 3, ns.repeats)
-                for r in rows[n:]:
-                    r["phase"] = f"{phase}-mixed"
+                labelled("-mixed", lambda t=t, d=d, c=c: driver.mixed(t, d, c, 3, ns.repeats))
             for t, c in ns.prefill:
-                n = len(rows)
-                driver.prefill(t, c, 1, 3, ns.repeats)
-                for r in rows[n:]:
-                    r["phase"] = f"{phase}-prefill"
+                labelled("-prefill", lambda t=t, c=c: driver.prefill(t, c, 1, 3, ns.repeats))
     finally:
         driver.step = step
 

@@ -143,6 +143,15 @@ def _merge_splits_kernel(part_ptr, ml_ptr, cu_q_ptr, out_ptr, num_seqs, num_rows
              out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+#: Largest split-KV factor of the prefill kernel.
+MAX_SPLITS = 16
+#: Keys per split at least this many.
+_MIN_SPLIT_KEYS = 512
+#: The split grid holds at most about this many programs (most of them return at once, but each costs its
+#: start and tile search: a 256-token step of a fresh chunk took 10% longer split 4 ways on an H200).
+_MAX_SPLIT_PROGRAMS = 4096
+
+
 def _launch_config(group_p: int, head_dim: int, device: torch.device) -> dict[str, int]:
     """Tile sizes: 128-row tiles on CUDA (Hopper-friendly); small tiles on the CPU interpreter."""
     if device.type != "cuda":
@@ -222,8 +231,8 @@ def paged_prefill_attention(
         num_splits = default_num_splits(t // block_q + 1, hkv, max_context, q.device, t // block_q + num_seqs)
     if not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {num_splits}")
-    split_len = -(-max(1, -(-max_context // num_splits)) // block_n) * block_n
-    num_splits = -(-max_context // split_len)  # no split past the table's width
+    split_len = triton.cdiv(max(1, triton.cdiv(max_context, num_splits)), block_n) * block_n
+    num_splits = triton.cdiv(max_context, split_len)  # no split past the table's width
     split = num_splits > 1
     part = torch.empty((num_splits, t, hq, d), dtype=torch.float32, device=q.device) if split else out
     ml = torch.empty((num_splits, t, hq, 2), dtype=torch.float32, device=q.device) if split else out
@@ -245,17 +254,6 @@ def paged_prefill_attention(
             NUM_SPLITS=num_splits, HEAD_DIM=d, BLOCK_D=max(16, next_pow2(d)), BLOCK_H=next_pow2(hq),
             num_warps=4)
     return out
-
-
-#: Largest split-KV factor of the prefill kernel.
-MAX_SPLITS = 16
-#: Keys per split at least this many.
-_MIN_SPLIT_KEYS = 512
-
-
-#: The split grid holds at most about this many programs (most of them return at once, but each costs its
-#: start and tile search: a 256-token step of a fresh chunk took 10% longer split 4 ways on an H200).
-_MAX_SPLIT_PROGRAMS = 4096
 
 
 def default_num_splits(tiles: int, num_kv_heads: int, max_context: int, device: torch.device,
@@ -282,7 +280,7 @@ def default_num_splits(tiles: int, num_kv_heads: int, max_context: int, device: 
     if torch.device(device).type != "cuda":
         return 1
     programs = max(1, tiles * num_kv_heads)
-    want = -(-2 * sm_count(torch.device(device)) // programs)
+    want = triton.cdiv(2 * sm_count(torch.device(device)), programs)
     room = _MAX_SPLIT_PROGRAMS // max(1, (grid_tiles or tiles) * num_kv_heads)
     return int(max(1, min(want, room, MAX_SPLITS, max_context // _MIN_SPLIT_KEYS)))
 
