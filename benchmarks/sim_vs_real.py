@@ -8,7 +8,7 @@ folders ``validate/<trace>/<policy>/{real,sim}`` do not come back one by one.)
 Steps, each a ``servegym`` command printed and appended to ``DIR/commands.txt``:
 
 1. ``random-checkpoint``: Llama-3.2-1B shapes, random bf16 weights (skipped if the folder exists);
-2. ``calibrate``: the measured profile ``DIR/profile_1b.json``;
+2. ``calibrate``: the measured profile ``DIR/profile_1b.json`` (``--profile FILE``: a copy of an earlier one);
 3. the load of the synthetic traces, from the simulator with that profile: the output-token
    capacity of continuous batching on a burst of the same chat-like lengths (all requests at
    once), turned into requests/s. Poisson runs at ``--poisson-load`` of it ("near saturation"),
@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -87,6 +88,9 @@ def main() -> None:
     p.add_argument("--gamma-load", type=float, default=0.7)
     p.add_argument("--policies", nargs="+", default=list(POLICIES))
     p.add_argument("--calibrate-args", default="", help="extra calibrate flags, e.g. '--quick'")
+    p.add_argument("--profile", type=Path, default=None,
+                   help="an earlier run's profile_1b.json: copied to DIR and used instead of calibrating (the "
+                        "synthetic traces' rates follow from it, so a repeat gets the earlier run's traces)")
     p.add_argument("--engine-args", default="",
                    help="engine flags for both calibrate and validate, e.g. '--decode-lookahead true'")
     p.add_argument("--spec-load", type=float, default=0.3, help="Poisson load of --suite speculation")
@@ -109,8 +113,15 @@ def main() -> None:
     calibrate = sg + ["calibrate", "--max-model-len", str(MAX_MODEL_LEN), "--max-num-batched-tokens", "65536",
                       "--quiet", *shlex.split(args.engine_args), *shlex.split(args.calibrate_args)]
     spec_cal = ["--speculative-method", "ngram"] if args.suite == "speculation" else []
-    run(calibrate + [*spec_cal, "--model", str(model), "--out", str(profile), "--model-name",
-                     Path(args.model_config).stem], log)
+    if args.profile is not None:
+        if not args.profile.is_file():
+            raise SystemExit(f"sim_vs_real: --profile {args.profile} is not a file")
+        shutil.copyfile(args.profile, profile)
+        with log.open("a") as f:
+            f.write(f"# profile copied from {args.profile}\n")
+    else:
+        run(calibrate + [*spec_cal, "--model", str(model), "--out", str(profile), "--model-name",
+                         Path(args.model_config).stem], log)
     cap = capacity_req_s(profile, 2000)
     print(f"simulated continuous-batching capacity on the chat lengths: {cap:.1f} req/s", flush=True)
     with log.open("a") as f:

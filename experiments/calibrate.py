@@ -54,20 +54,9 @@ from engine.heap import frozen_heap
 from experiments.calibration_driver import StepDriver
 from experiments.calibration_grid import QUICK_GRID, CalibrationGrid, plan_shapes, plan_verify_shapes
 from experiments.engine_run import add_model_args, build_runner, device_label, engine_config, warm_up
-from experiments.profile_fit import (
-    DecodeSample,
-    MixedSample,
-    PrefillSample,
-    VerifySample,
-    decode_steps_table,
-    fit_mixed_decode,
-    fit_profile,
-    fit_verify,
-    typical,
-)
-from experiments.tail_fit import fit_host_tail
-from sim.cost_model import CalibratedCostModel
-from sim.profile import PROFILE_FORMAT, validate_profile, write_profile
+from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample, VerifySample, typical
+from experiments.profile_tables import add_fitted_fields
+from sim.profile import PROFILE_FORMAT, write_profile
 
 if TYPE_CHECKING:  # pragma: no cover
     from engine.model_runner import ModelRunner
@@ -129,17 +118,16 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
             verify.append(driver.verify(size, drafts, ctx, grid.warmup, grid.repeats))
             bar.update()
     decodes, cold = pooled_decodes(passes), pooled_decodes(cold_passes)
-    fitted = fit_profile(decodes, prefills)
     cfg, s = runner.config, runner.spec
     dtype = SHORT_DTYPES[cfg.dtype]
-    profile = {
+    profile: dict[str, Any] = {
         "format": PROFILE_FORMAT,
         "meta": {"model": model_name, "gpu": device_label(runner), "dtype": dtype,
                  "kv_cache_dtype": dtype if cfg.kv_cache_dtype == "auto" else cfg.kv_cache_dtype,
                  "quantization": cfg.quantization, "source": "measured", "command": command,
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "method": "whole-step loop periods, tables fitted by differences (experiments/profile_fit.py)",
-                 "mixed_extra_s": fitted.mixed_extra_s, "engine": dataclasses.asdict(cfg),
+                 "engine": dataclasses.asdict(cfg),
                  "kernel_choices": runner.choice_summary(),
                  "grid": dataclasses.asdict(grid), "calibration_wall_s": time.perf_counter() - t_start,
                  "decode_samples": [dataclasses.asdict(d) for d in decodes],
@@ -148,34 +136,17 @@ def calibrate(runner: ModelRunner, grid: CalibrationGrid, command: str, model_na
                  "prefill_samples": [dataclasses.asdict(p) for p in prefills],
                  "mixed_samples": [dataclasses.asdict(m) for m in mixed],
                  "verify_samples": [dataclasses.asdict(v) for v in verify]},
-        "step_overhead_s": fitted.step_overhead_s,
         "kv_bytes_per_token": block_bytes(s.num_layers, runner.block_size, s.num_kv_heads, s.head_dim,
                                           runner.kv_dtype) / runner.block_size,
         "swap_bytes_per_s": swap_rate(runner),
-        "tables": {name: {"x": xs, "time_s": ys} for name, (xs, ys) in fitted.tables.items()},
-        # the tables' part after a step's tokens are out (the simulator emits the tokens before it)
-        "host_tail_s": fit_host_tail(decodes, prefills),
     }
     if runner.graphs is not None:  # decode-only steps up to the largest size replay padded graphs
         profile["graph_batch_sizes"] = [int(b) for b in runner.graphs.sizes]
     if runner.mixed_graphs is not None:  # steps holding a prefill replay graphs padded by token count
         profile["graph_token_sizes"] = [int(t) for t in runner.mixed_graphs.sizes]
-    if mixed:  # decodes beside a chunk: their cost beyond the tables above, by the model that uses them
-        base = CalibratedCostModel(profile, runner.block_size, "<calibration>")
-        xs, ys = fit_mixed_decode(mixed, lambda m: base.shape_time(m.tokens, 1, m.batch, m.ctx_tokens, m.pairs))
-        profile["tables"]["mixed_decode"] = {"x": xs, "time_s": ys}
-    if verify:  # verification steps: priced as their rows with the decodes' own attention, plus the fit
-        base = CalibratedCostModel(profile, runner.block_size, "<calibration>")
-        (xs, ys), overhead = fit_verify(verify, lambda v: base.shape_time(0, 0, v.rows, v.ctx_tokens, 0))
-        profile["tables"]["draft_attention"] = {"x": xs, "time_s": ys}
-        profile["speculative_overhead_s"] = overhead
+    if verify:
         profile["verify_group_rows"] = runner.max_group
-    # Last, so that the fits above price their base steps by the tables, as the simulator prices those steps.
-    profile["decode_steps"] = decode_steps_table(decodes)
-    if cold:  # the steps no looked-ahead step serves (sim/lookahead.py says which)
-        profile["decode_steps_cold"] = decode_steps_table(cold)
-    validate_profile(profile, "<calibration>")
-    return profile
+    return add_fitted_fields(profile, decodes, cold, prefills, mixed, verify, runner.block_size)
 
 
 def pooled_decodes(passes: dict[tuple[int, int], list[DecodeSample]]) -> list[DecodeSample]:

@@ -7,6 +7,7 @@
     servegym random-checkpoint --config sim/models/llama-3.2-1b.json --out MODEL_DIR [--device cuda]
     servegym calibrate --model MODEL_DIR --out PROFILE.json [--quick] [engine flags]
     servegym validate --traces T1 T2 --policies P1 P2 --model MODEL_DIR --profile PROFILE.json --out DIR
+    servegym refit --profile PROFILE.json --out NEW.json
     servegym serve --model MODEL_DIR [--host H --port P --served-model-name NAME --tokenizer auto|llama3|PATH]
 
 TRACE is a file (Azure, BurstGPT or Mooncake format, detected from the file,
@@ -141,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("roofline", help="per-layer roofline analysis of a model on a GPU")
     add_roofline_args(p)
     p.set_defaults(func=roofline_command)
+
+    from experiments.profile_tables import add_refit_args, cmd_refit
+
+    p = sub.add_parser("refit", help="recompute a measured profile's fitted tables from its own samples")
+    add_refit_args(p)
+    p.set_defaults(func=cmd_refit)
     return parser
 
 

@@ -26,6 +26,10 @@ table: the dense tables include it). The fit:
    attention of even a long context is lost in the step's noise), plus ``(1, 0)``;
 4. ``mixed_dense(T) = t(T, 0) - overhead - prefill_attention(P(T, 0))`` for every ``T``.
    Steps of more tokens than one sequence may hold are timed as several equal chunks.
+   ``prefill_context``: per ``T`` (of ``n`` chunks), ``(t(T, C) - t(T, 0)) / (n C)`` at ``x = T / n``, the
+   seconds each cached token a chunk reads adds, for every size (short chunks included); the cost model
+   then prices the pairs within chunks by ``prefill_attention`` and the cached tokens by this table, so
+   a fresh step costs what it did and a step on a cached prefix costs what was measured there.
 5. (``fit_mixed_decode``, optional) steps of one fresh ``T``-token chunk beside ``D`` decodes:
    ``mixed_decode(D)`` is what such a step takes beyond the cost model with tables 1-4 (its decodes'
    host-side staging and bookkeeping and LM-head rows, which prefill-only steps do not have); the
@@ -227,15 +231,19 @@ def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSampl
     max_batch = batches[-1]
     overlap = [t for t in sizes if t <= max_batch] or sizes[:1]
     extra = statistics.median(mixed_fn(t) - dense_dec_fn(t) for t in overlap)
+    ctx_points = []  # (tokens per chunk, seconds per cached token read)
+    for t in sizes:
+        lo, hi = min(by_tokens[t], key=lambda p: p.context), max(by_tokens[t], key=lambda p: p.context)
+        if hi.context > 0:
+            ctx_points.append((t / hi.seqs, max(0.0, hi.time_s - lo.time_s) / (hi.seqs * hi.context)))
     xs, ys = monotone_table(dec_points)
     if xs[0] > 1:  # below the first point attention shrinks with the context
         xs, ys = [1.0, *xs], [ys[0] / xs[0], *ys]
-    return FittedProfile(
-        step_overhead_s=overhead,
-        tables={"dense": dense_table, "decode_attention": (xs, ys),
-                "prefill_attention": pf_table, "mixed_dense": mixed_table},
-        mixed_extra_s=extra,
-    )
+    tables = {"dense": dense_table, "decode_attention": (xs, ys), "prefill_attention": pf_table,
+              "mixed_dense": mixed_table}
+    if len({x for x, _ in ctx_points}) >= 2:
+        tables["prefill_context"] = monotone_table(ctx_points)
+    return FittedProfile(step_overhead_s=overhead, tables=tables, mixed_extra_s=extra)
 
 
 def decode_steps_table(decodes: Sequence[DecodeSample]) -> dict[str, list]:

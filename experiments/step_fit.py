@@ -50,10 +50,13 @@ def step_fit(steps: pd.DataFrame, cost: CalibratedCostModel, trace: str, policy:
     busy = steps[(steps["prefill_tokens"] + steps["decodes"]) > 0]
     zeros = pd.Series(0.0, index=busy.index)  # step logs before speculative decoding lack the draft columns
     drafts, draft_ctx = busy.get("draft_tokens", zeros), busy.get("draft_ctx_tokens", zeros)
+    # logs before that column: None (the cost model derives one chunk's context from its pairs)
+    pf_ctx = busy["prefill_ctx_tokens"] if "prefill_ctx_tokens" in busy else [None] * len(busy)
     # A real step's logged duration ends when its tokens are out: the price without its host tail.
-    pred = np.array([cost.shape_time(p, n, d, c, a, 0, k, y) - cost.tail_time(p, d) for p, n, d, c, a, k, y in zip(
-        busy["prefill_tokens"], busy["prefills"], decode_rows(busy), busy["decode_ctx_tokens"],
-        busy["prefill_attn_pairs"], drafts, draft_ctx, strict=True)])
+    pred = np.array([cost.shape_time(p, n, d, c, a, 0, k, y, x) - cost.tail_time(p, d)
+                     for p, n, d, c, a, k, y, x in zip(busy["prefill_tokens"], busy["prefills"], decode_rows(busy),
+                                                       busy["decode_ctx_tokens"], busy["prefill_attn_pairs"], drafts,
+                                                       draft_ctx, pf_ctx, strict=True)])
     frame = pd.DataFrame({"kind": step_kinds(busy, max(cost.graph_batch_sizes or [0])).to_numpy(),
                           "real": busy["duration_s"].to_numpy(), "sim": pred})
     rows = []

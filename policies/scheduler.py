@@ -28,7 +28,7 @@ __all__ = ["STEP_LOG_COLUMNS", "Scheduler", "SchedulerConfig"]
 
 STEP_LOG_COLUMNS = ("start_s", "duration_s", "prefill_tokens", "decodes", "kv_blocks_used",
                     "running", "waiting", "swapped", "preempted", "prefills", "decode_ctx_tokens",
-                    "prefill_attn_pairs", "draft_tokens", "draft_ctx_tokens")
+                    "prefill_attn_pairs", "draft_tokens", "draft_ctx_tokens", "prefill_ctx_tokens")
 
 
 class Scheduler:
@@ -304,7 +304,8 @@ class Scheduler:
         self.step_log.extend((plan.now, result.duration_s, plan.num_prefill_tokens, len(plan.decodes),
                               bm.num_used, len(self.running), len(self.waiting), len(self.swapped),
                               len(plan.preempted), len(plan.prefills), plan.decode_ctx_tokens,
-                              plan.prefill_attn_pairs, plan.num_draft_tokens, plan.draft_ctx_tokens))
+                              plan.prefill_attn_pairs, plan.num_draft_tokens, plan.draft_ctx_tokens,
+                              plan.prefill_ctx_tokens))
         return done
 
     def _book_verified(self, plan: StepPlan, result: StepResult, end: float, done: list[Sequence]) -> None:

@@ -34,7 +34,13 @@ With ``T`` tokens computed (prefill tokens + decodes) and ``S`` sampling positio
   engine captured mixed steps by token count (a padded graph), else (larger steps) as they
   run eagerly; a decode-only step of more rows than the largest graph ``G`` replays it on
   chunks of ``G`` rows and the rest at its padded size, so it costs ``floor(B / G) dense(G) +
-  dense(padded rest)``. The ``D`` decodes of a
+  dense(padded rest)``.
+  With the profile's ``prefill_context`` table (seconds per cached prefix token of a chunk, by the
+  chunk's tokens), ``prefill_attention`` prices a step's causal pairs within its chunks only and the
+  ``C`` cached tokens its ``n`` chunks of ``T`` tokens read add ``prefill_context(T / n) * C``: a short
+  chunk over a long prefix runs few query tiles, so its context costs more per pair than a long one's
+  (on an H200, 16 tokens over 4,096 took 40% longer than 16 fresh ones, which a pairs-only table
+  priced 23% low). Chunks are taken as equal in size (exact for one chunk). The ``D`` decodes of a
   step holding a prefill add ``mixed_decode(D)`` when the profile has that table (measured on
   steps of one chunk plus ``D`` decodes, beyond the terms above).
   A step verifying ``N`` draft tokens of ``D - N`` decodes, with a profile holding
@@ -117,6 +123,7 @@ class CalibratedCostModel:
         self._mixed = tables.get("mixed_dense", self._dense)
         self._pf, self._dec = tables["prefill_attention"], tables["decode_attention"]
         self._mixed_dec = tables.get("mixed_decode")
+        self._pf_ctx = tables.get("prefill_context")  # seconds per cached token, by tokens per chunk
         self._draft_att = tables.get("draft_attention")
         #: verification rows the profiled engine attends together (``SchedulerConfig.verify_group_rows``)
         self.verify_group_rows = int(profile.get("verify_group_rows", 1))
@@ -170,7 +177,7 @@ class CalibratedCostModel:
         return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), nd,
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out), plan.num_draft_tokens,
-                               plan.draft_ctx_tokens)
+                               plan.draft_ctx_tokens, plan.prefill_ctx_tokens)
 
     def cold_step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` when no looked-ahead step serves it (``sim/lookahead.py``).
@@ -184,6 +191,19 @@ class CalibratedCostModel:
             return self._cold(nd, plan.decode_ctx_tokens)
         return self.step_time(plan)
 
+    def dropped_time(self, after: StepPlan) -> float:
+        """What a dropped looked-ahead step adds to the plan that dropped it (``sim/lookahead.py``).
+
+        The engine replayed the step after ``after`` (its sequences one token further) right behind it on
+        the GPU, and the next plan's work queues behind that replay while the host books ``after`` and
+        plans and stages the next step. The replay takes about a served step of ``after``'s shape (GPU
+        time); ``step_overhead_s``, the profile's per-step host share, is the part taken as hidden.
+
+        Returns:
+            ``max(0, step_time(after) - step_overhead_s)``.
+        """
+        return max(0.0, self.step_time(after) - self.step_overhead_s)
+
     def _plan_tail(self, plan: StepPlan) -> float:
         return self.tail_time(plan.num_prefill_tokens, len(plan.decodes) + plan.num_draft_tokens)
 
@@ -196,7 +216,7 @@ class CalibratedCostModel:
 
     def shape_time(self, prefill_tokens: float, prefills: float, decodes: float, decode_ctx_tokens: float,
                    prefill_attn_pairs: float, swapped_blocks: float = 0, draft_tokens: float = 0,
-                   draft_ctx_tokens: float = 0) -> float:
+                   draft_ctx_tokens: float = 0, prefill_ctx_tokens: float | None = None) -> float:
         """Predicted duration of a step from its aggregates (the columns of a step log).
 
         Args:
@@ -208,6 +228,8 @@ class CalibratedCostModel:
             swapped_blocks: KV blocks swapped in or out.
             draft_tokens: draft tokens verified (counted in ``decodes`` too).
             draft_ctx_tokens: the draft rows' part of ``decode_ctx_tokens``.
+            prefill_ctx_tokens: cached prefix tokens the chunks read, in all (None, as in step logs
+                without that column: derived from the pairs for one chunk, else taken as 0).
 
         Returns:
             Seconds.
@@ -233,7 +255,13 @@ class CalibratedCostModel:
             total = self.step_overhead_s + self._mixed(tokens)
         if self._lm is not None:
             total += self._lm(nd + prefills)
-        if tp:
+        if tp and self._pf_ctx is not None and prefills:
+            per_chunk = tp / prefills
+            if prefill_ctx_tokens is None:  # one chunk: pairs = T * C + T (T + 1) / 2
+                prefill_ctx_tokens = max(0.0, prefill_attn_pairs / tp - (tp + 1) / 2) if prefills == 1 else 0.0
+            total += (self._pf(max(0.0, prefill_attn_pairs - per_chunk * prefill_ctx_tokens))
+                      + self._pf_ctx(per_chunk) * prefill_ctx_tokens)
+        elif tp:
             total += self._pf(prefill_attn_pairs)
         if nd:
             if draft_tokens and self._spec is not None:

@@ -13,6 +13,12 @@ sequence takes its last token, after a step holding a prefill, and whenever some
 opens a new KV block (the scheduler allocates that block only when it plans the step), so at batch
 ``B`` with block size 16 and unaligned sequences most steps are cold. ``LookaheadTracker`` applies the
 engine's own rules (``DecodeLookahead.launch_after`` and ``take``) to the simulator's plans.
+
+A plan other than the looked-ahead step *drops* it (an admission, a preemption, a swap): the dropped
+replay still runs on the GPU before the plan's own work, and the part of it the host's work between the
+two steps does not hide delays that plan (``CalibratedCostModel.dropped_time``). On an H200 replay of
+the Azure slice, the mixed steps after a dropped replay (1.15 ms of GPU time) took 0.49 ms longer than
+the others beyond their price (``benchmarks/step_timing.py``).
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ class LookaheadTracker:
 
     Attributes:
         hits: plans served so far (the engine's ``DecodeLookahead.hits`` over the same plans).
+        dropped: after ``served(plan)`` returned False, the plan after which the engine had looked ahead
+            (its next step is the replay ``plan`` dropped), else None.
     """
 
-    __slots__ = ("block_size", "max_rows", "hits", "_pending")
+    __slots__ = ("block_size", "max_rows", "hits", "dropped", "_pending", "_after")
 
     def __init__(self, block_size: int, max_rows: int) -> None:
         if block_size < 1 or max_rows < 1:
@@ -44,7 +52,9 @@ class LookaheadTracker:
         self.block_size = block_size
         self.max_rows = max_rows
         self.hits = 0
+        self.dropped: StepPlan | None = None
         self._pending: list[Sequence] | None = None  # whom the looked-ahead step decodes, in order
+        self._after: StepPlan | None = None  # the plan the looked-ahead step follows
 
     def served(self, plan: StepPlan) -> bool:
         """Whether the engine serves ``plan`` from the step it looked ahead after the previous plan.
@@ -56,6 +66,7 @@ class LookaheadTracker:
             True for a served decode-only step; False for every other step.
         """
         pending, self._pending = self._pending, None
+        self.dropped = self._after if pending is not None else None
         decodes = plan.decodes
         if plan.prefills or plan.num_draft_tokens or not decodes or len(decodes) > self.max_rows:
             return False
@@ -70,6 +81,8 @@ class LookaheadTracker:
                     or s.request.sampling.temperature != 0.0:
                 break
         else:
-            self._pending = list(decodes)
-        self.hits += hit
+            self._pending, self._after = list(decodes), plan
+        if hit:
+            self.hits += 1
+            self.dropped = None
         return hit

@@ -17,7 +17,8 @@ Format (JSON, ``"format": "servegym-profile/1"``)::
         "lm_head":           {"x": [...], "time_s": [...]},  # optional; x: sampling positions
         "mixed_dense":       {"x": [...], "time_s": [...]},  # optional; x: tokens of a step with a prefill
         "mixed_decode":      {"x": [...], "time_s": [...]},  # optional; x: decodes in a step with a prefill
-        "draft_attention":   {"x": [...], "time_s": [...]}   # optional; x: context tokens draft rows read
+        "draft_attention":   {"x": [...], "time_s": [...]},  # optional; x: context tokens draft rows read
+        "prefill_context":   {"x": [...], "time_s": [...]}   # optional; x: tokens per chunk; s per cached token
       },
       "speculative_overhead_s": {"step": 0.0, "per_decode": 0.0, "per_draft": 0.0},  # with draft_attention
       "host_tail_s": {"step": 0.0, "per_prefill_token": 0.0, "per_decode": 0.0},     # optional
@@ -44,7 +45,9 @@ host-side staging and bookkeeping, their LM-head rows). ``draft_attention`` and
 ``speculative_overhead_s`` (both or neither) price steps that verify draft tokens: the draft rows
 of a decode read the blocks its own row reads, at the same time, so their attention is a table of
 their own; the speculative path's extra work (proposals, row staging, verification) is
-``step + per_decode * decodes + per_draft * drafts``. ``host_tail_s`` is the part of a step's
+``step + per_decode * decodes + per_draft * drafts``. ``prefill_context`` gives, by a chunk's tokens,
+the seconds each cached prefix token it reads adds (its ``time_s`` is per token); with it
+``prefill_attention`` prices the pairs within the chunks only. ``host_tail_s`` is the part of a step's
 time the host spends after its tokens are out (the scheduler's bookkeeping: committing the
 prompt blocks a chunk filled, booking the new tokens), ``step + per_prefill_token * prefill
 tokens + per_decode * decodes``; the tables include it, and a simulator emits a step's tokens
@@ -68,7 +71,7 @@ from typing import Any
 
 PROFILE_FORMAT = "servegym-profile/1"
 REQUIRED_TABLES = ("dense", "decode_attention", "prefill_attention")
-OPTIONAL_TABLES = ("lm_head", "mixed_dense", "mixed_decode", "draft_attention")
+OPTIONAL_TABLES = ("lm_head", "mixed_dense", "mixed_decode", "draft_attention", "prefill_context")
 SPEC_OVERHEAD_KEYS = ("step", "per_decode", "per_draft")
 HOST_TAIL_KEYS = ("step", "per_prefill_token", "per_decode")
 REQUIRED_META = ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "source", "command", "created")

@@ -117,6 +117,7 @@ class Simulator:
         rows = getattr(self.cost_model, "lookahead_rows", None)
         self.lookahead = ahead = LookaheadTracker(sched.bm.block_size, rows) if rows else None
         cold_time = getattr(self.cost_model, "cold_step_time", step_time)
+        dropped_time = getattr(self.cost_model, "dropped_time", lambda plan: 0.0)
         requests, num_requests, inf = self.requests, len(self.requests), float("inf")
         now = env.now
         while True:
@@ -145,7 +146,10 @@ class Simulator:
                 now = env.now
                 self._decision_done()
                 continue
-            duration = step_time(plan) if ahead is None or ahead.served(plan) else cold_time(plan)
+            if ahead is None or ahead.served(plan):
+                duration = step_time(plan)
+            else:  # cold; after a dropped looked-ahead step, plus what of it the host's work did not hide
+                duration = cold_time(plan) if ahead.dropped is None else cold_time(plan) + dropped_time(ahead.dropped)
             arrived = self._arrived  # the next arrival's time, inline: the simulator's hottest lines
             if now + duration < (requests[arrived].arrival_s if arrived < num_requests else inf) \
                     and not self._stepwise:

@@ -66,7 +66,8 @@ def test_calibrate_writes_a_valid_measured_profile(profile: Path) -> None:
     for d in meta["decode_samples"]:
         assert len(d["times"]) == 4 and d["time_s"] == pytest.approx(sum(sorted(d["times"])) / 4)
     assert data["step_overhead_s"] >= 0 and data["kv_bytes_per_token"] == 2 * 2 * 2 * 8 * 4  # K+V, layers, heads
-    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention", "mixed_dense", "mixed_decode"}
+    assert set(data["tables"]) == {"dense", "decode_attention", "prefill_attention", "mixed_dense", "mixed_decode",
+                                    "prefill_context"}
     # one 8-token chunk beside 2 and beside 3 decodes of ~16-token contexts
     assert [(m["tokens"], m["batch"]) for m in meta["mixed_samples"]] == [(8, 2), (8, 3)]
     assert all(16 * m["batch"] <= m["ctx_tokens"] <= 32 * m["batch"] for m in meta["mixed_samples"])

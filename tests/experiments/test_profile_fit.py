@@ -178,3 +178,30 @@ def test_decode_steps_table_keeps_each_batch_by_context_per_sequence() -> None:
     assert table["time_s"][1] == pytest.approx([1e-3, 3.1e-3, 3.1e-3])  # pooled, non-decreasing
     with pytest.raises(ValueError, match="a batch size timed at >= 2 contexts"):
         decode_steps_table([DecodeSample(2, 100, 1e-3), DecodeSample(4, 100, 1e-3)])
+
+
+def test_short_chunks_on_a_long_prefix_cost_what_was_measured() -> None:
+    """An engine whose cached context costs more per pair for short chunks (few query tiles): the
+    prefill_context table prices each calibrated (T, C) exactly and a fresh step as before."""
+    def ctx_cost(t: int) -> float:  # seconds per cached token read by a chunk of t tokens
+        return 1e-7 + 2e-10 * t
+
+    def timed(t: int, c: int) -> float:
+        return OVH + EAGER + DENSE * t + PF * t * (t + 1) / 2 + ctx_cost(t) * c
+
+    decodes = [DecodeSample(b, b * c, decode_time(b, b * c)) for b in (1, 8, 64) for c in (32, 2048)]
+    prefills = [PrefillSample(t, c, timed(t, c)) for t in (16, 64, 256, 1024) for c in (0, 4096)]
+    fit = fit_profile(decodes, prefills)
+    profile = {"format": PROFILE_FORMAT, "step_overhead_s": fit.step_overhead_s, "kv_bytes_per_token": 1.0,
+               "swap_bytes_per_s": 1.0, "tables": {k: {"x": x, "time_s": y} for k, (x, y) in fit.tables.items()},
+               "meta": {k: "t" for k in ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "command",
+                                         "created")} | {"source": "measured"}}
+    model = CalibratedCostModel(profile)
+    without = CalibratedCostModel(profile | {"tables": {k: v for k, v in profile["tables"].items()
+                                                        if k != "prefill_context"}})
+    for t in (16, 64, 256, 1024):
+        for c in (0, 4096, 1500):
+            got = model.shape_time(t, 1, 0, 0, t * c + t * (t + 1) / 2, prefill_ctx_tokens=c)
+            assert got == pytest.approx(timed(t, c), rel=1e-6), (t, c)
+    # the pairs-only table prices a 16-token chunk on 4,096 cached tokens far off
+    assert without.shape_time(16, 1, 0, 0, 16 * 4096 + 136) < 0.9 * timed(16, 4096)

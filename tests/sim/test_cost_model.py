@@ -145,7 +145,8 @@ def test_step_time_equals_shape_time_exactly() -> None:
         for swaps in (0, 2):
             plan = make_plan(pre, dec, swaps)
             want = cm.shape_time(plan.num_prefill_tokens, len(plan.prefills), len(plan.decodes),
-                                 plan.decode_ctx_tokens, plan.prefill_attn_pairs, swaps)
+                                 plan.decode_ctx_tokens, plan.prefill_attn_pairs, swaps,
+                                 prefill_ctx_tokens=plan.prefill_ctx_tokens)
             assert cm.step_time(plan) == want
 
 
@@ -325,3 +326,23 @@ def test_host_tail_prices_the_bookkeeping_after_a_step() -> None:
     assert cost.host_tail(plan) == pytest.approx(2e-5 + 100 * 1e-7 + 2 * 3e-6)
     assert cost.tail_time(100, 2) == cost.host_tail(plan)
     assert cost.step_time(plan) == CalibratedCostModel(tiny_profile()).step_time(plan)  # part of the price
+
+
+def test_prefill_context_table_prices_cached_tokens_by_chunk_size() -> None:
+    ctx_table = {"x": [1, 101], "time_s": [2e-7, 4.2e-6]}  # seconds per cached token, by tokens per chunk
+    plain, cm = CalibratedCostModel(tiny_profile()), CalibratedCostModel(tiny_profile(prefill_context=ctx_table))
+    fresh = make_plan([(5, 0)], [200])
+    assert cm.step_time(fresh) == plain.step_time(fresh)  # no cached token: the same price
+    # 5 tokens on 300 cached: the 15 pairs within the chunk by prefill_attention, 300 tokens at f(5)
+    cached = make_plan([(5, 300)], [200])
+    f5 = 2e-7 + 4 * 4e-8
+    pf = PiecewiseLinear(*tiny_profile()["tables"]["prefill_attention"].values())
+    want = plain.step_time(cached) - pf(5 * 300 + 15) + pf(15) + f5 * 300
+    assert cm.step_time(cached) == pytest.approx(want, rel=1e-12)
+    # a step log has no prefill_ctx_tokens column: one chunk's context follows from its pairs
+    assert cm.shape_time(5, 1, 1, 200, 5 * 300 + 15) == pytest.approx(cm.step_time(cached), rel=1e-12)
+    # chunks are taken as equal: 2 chunks of 10 tokens in all read 200 cached tokens at f(5)
+    two = make_plan([(4, 200), (6, 0)], [])
+    pairs = 4 * 200 + 10 + 21
+    base = plain.step_time(two) - pf(pairs)
+    assert cm.step_time(two) == pytest.approx(base + pf(max(0, pairs - 5 * 200)) + f5 * 200, rel=1e-12)

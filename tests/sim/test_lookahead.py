@@ -100,3 +100,32 @@ def test_bad_cold_steps_name_the_field(tmp_path: Path) -> None:
     assert "'decode_steps_cold' needs 'decode_steps'" in _bad(tmp_path, tiny_profile() | {"decode_steps_cold": COLD})
     assert "'decode_steps_cold.batch' must be strictly increasing positive integers" in _bad(
         tmp_path, surface_profile() | {"decode_steps_cold": COLD | {"batch": [4, 1, 8]}})
+
+
+def test_an_admission_drops_the_looked_ahead_step_and_pays_its_hidden_rest() -> None:
+    sched = Scheduler(SchedulerConfig(num_gpu_blocks=64, block_size=16), make_policy("continuous"))
+    sched.add_request(Request("a", 0.0, 4, 8))
+    tracker, log = LookaheadTracker(16, 8), []
+    for step in range(5):
+        if step == 3:
+            sched.add_request(Request("b", 0.0, 4, 2))  # admitted beside "a": the looked-ahead step is dropped
+        plan = sched.schedule(0.0)
+        log.append((plan, tracker.served(plan), tracker.dropped))
+        sched.postprocess(plan, StepResult(1e-3))
+    assert [(served, dropped) for _, served, dropped in log[:3]] == [(False, None), (False, None), (True, None)]
+    admission, served, dropped = log[3]
+    assert admission.prefills and not served and dropped is log[2][0]  # it looked ahead after step 2
+    assert log[4][2] is None  # nothing was looked ahead after the mixed step
+
+    cost = CalibratedCostModel(surface_profile() | {"decode_steps_cold": COLD})
+    assert cost.dropped_time(log[2][0]) == pytest.approx(cost.step_time(log[2][0]) - cost.step_overhead_s)
+    cfg, policy = SchedulerConfig(num_gpu_blocks=64, block_size=16), make_policy("continuous")
+    reqs = [Request("a", 0.0, 4, 8)]
+    alone = simulate(reqs, policy, cfg, cost).steps
+    t_b = float(alone["start_s"].iloc[3]) - 1e-9  # arrives while step 2's looked-ahead successor runs
+    steps = simulate([*reqs, Request("b", t_b, 4, 2)], policy, cfg, cost).steps
+    mixed, before = steps.iloc[3], steps.iloc[2]
+    assert mixed["prefill_tokens"] == 4 and mixed["decodes"] == 1 and before["decodes"] == 1
+    price = cost.shape_time(4, 1, 1, mixed["decode_ctx_tokens"], mixed["prefill_attn_pairs"])
+    looked_ahead = cost.shape_time(0, 0, 1, before["decode_ctx_tokens"], 0)
+    assert mixed["duration_s"] == pytest.approx(price + looked_ahead - cost.step_overhead_s, rel=1e-9)
