@@ -139,13 +139,14 @@ class Scheduler:
                     i += 1
                     continue
                 n = budget
-            if -(-(computed + n) // bs) > len(seq.block_table) and not bm.allocate(seq.block_table, computed + n):
+            # (computed + n - 1) // bs >= len(table): the step's tokens need a block the table lacks
+            if (computed + n - 1) // bs >= len(seq.block_table) and not bm.allocate(seq.block_table, computed + n):
                 preempted_self = self._preempt_for(seq, running, i, computed + n, plan)
                 num_running = len(running)
                 if preempted_self:
                     continue  # running[i] is now the next sequence
             budget -= n
-            if n == 1 and computed + 1 == seq.total_len:
+            if n == 1 and computed + 1 == seq.total_len:  # not a 1-token chunk the budget cut
                 decodes.append(seq)
                 decode_ctx += computed + 1
             else:

@@ -204,8 +204,9 @@ class CalibratedCostModel:
         """
         return max(0.0, self.step_time(after) - self.step_overhead_s)
 
-    def _plan_tail(self, plan: StepPlan) -> float:
-        return self.tail_time(plan.num_prefill_tokens, len(plan.decodes) + plan.num_draft_tokens)
+    def _plan_tail(self, plan: StepPlan) -> float:  # tail_time of the plan, inline (called once per step)
+        step, per_token, per_decode = self._tail  # type: ignore[misc]
+        return step + per_token * plan.num_prefill_tokens + per_decode * (len(plan.decodes) + plan.num_draft_tokens)
 
     def tail_time(self, prefill_tokens: float, decodes: float) -> float:
         """``host_tail`` from a step's aggregates (0 without ``host_tail_s`` in the profile)."""

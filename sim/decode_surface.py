@@ -66,7 +66,10 @@ class DecodeSurface:
         """Seconds of a decode-only step of ``batch`` rows (``covers(batch)``) reading ``ctx_tokens`` in all."""
         base, lo, hi, w = self._plan[batch]
         c = ctx_tokens / batch
-        low, high = self._rows[lo], self._rows[hi]
+        high = self._rows[hi]
+        if lo == hi:  # a calibrated size (w == 1): the other term is exactly 0
+            return base + (high(c) - high.ys[0])
+        low = self._rows[lo]
         return base + w * (high(c) - high.ys[0]) + (1.0 - w) * (low(c) - low.ys[0])
 
 

@@ -23,9 +23,6 @@ the others beyond their price (``benchmarks/step_timing.py``).
 
 from __future__ import annotations
 
-from operator import is_
-
-from policies.sequence import Sequence
 from policies.types import StepPlan
 
 
@@ -43,7 +40,7 @@ class LookaheadTracker:
             (its next step is the replay ``plan`` dropped), else None.
     """
 
-    __slots__ = ("block_size", "max_rows", "hits", "dropped", "_pending", "_after")
+    __slots__ = ("block_size", "max_rows", "hits", "dropped", "_after")
 
     def __init__(self, block_size: int, max_rows: int) -> None:
         if block_size < 1 or max_rows < 1:
@@ -53,8 +50,8 @@ class LookaheadTracker:
         self.max_rows = max_rows
         self.hits = 0
         self.dropped: StepPlan | None = None
-        self._pending: list[Sequence] | None = None  # whom the looked-ahead step decodes, in order
-        self._after: StepPlan | None = None  # the plan the looked-ahead step follows
+        # the plan after which the engine looked ahead (its decodes, in order, are the looked-ahead step's)
+        self._after: StepPlan | None = None
 
     def served(self, plan: StepPlan) -> bool:
         """Whether the engine serves ``plan`` from the step it looked ahead after the previous plan.
@@ -65,15 +62,15 @@ class LookaheadTracker:
         Returns:
             True for a served decode-only step; False for every other step.
         """
-        pending, self._pending = self._pending, None
-        self.dropped = self._after if pending is not None else None
+        after = self.dropped = self._after
+        self._after = None
         decodes = plan.decodes
         if plan.prefills or plan.num_draft_tokens or not decodes or len(decodes) > self.max_rows:
             return False
-        # the same sequences in the same order; each is one token further, over the same blocks, as it
-        # was planned in the step before (only a preemption changes blocks, and it leaves the batch)
-        hit = (pending is not None and not (plan.swap_in or plan.swap_out) and len(pending) == len(decodes)
-               and all(map(is_, pending, decodes)))
+        # the same sequences in the same order (list equality is identity for sequences); each is one token
+        # further, over the same blocks, as it was planned in the step before (only a preemption changes
+        # blocks, and it leaves the batch)
+        hit = after is not None and after.decodes == decodes and not (plan.swap_in or plan.swap_out)
         # a step that swaps blocks runs its graph after the copies, and is looked ahead after like any other
         bs = self.block_size
         for s in decodes:  # a plain loop: the simulator's hot path at large batches (no generator frames)
@@ -81,7 +78,7 @@ class LookaheadTracker:
                     or s.request.sampling.temperature != 0.0:
                 break
         else:
-            self._pending, self._after = list(decodes), plan
+            self._after = plan  # a plan's decodes are not changed after it is planned
         if hit:
             self.hits += 1
             self.dropped = None
