@@ -101,6 +101,8 @@ def main() -> None:
     p.add_argument("--extra-profiles", action="store_true",
                    help="after the validation, also calibrate 1B with INT4 weights, 1B with FP8 KV and 3B (bf16)")
     args = p.parse_args()
+    if args.profile is not None and not args.profile.is_file():  # before any GPU work
+        p.error(f"--profile {args.profile} is not a file")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     log = out / "commands.txt"
@@ -114,8 +116,6 @@ def main() -> None:
                       "--quiet", *shlex.split(args.engine_args), *shlex.split(args.calibrate_args)]
     spec_cal = ["--speculative-method", "ngram"] if args.suite == "speculation" else []
     if args.profile is not None:
-        if not args.profile.is_file():
-            raise SystemExit(f"sim_vs_real: --profile {args.profile} is not a file")
         shutil.copyfile(args.profile, profile)
         with log.open("a") as f:
             f.write(f"# profile copied from {args.profile}\n")
