@@ -1,7 +1,7 @@
 """The fitted part of a measured profile, from its timed samples: what ``servegym calibrate`` writes after
 timing, and what ``servegym refit`` recomputes from the samples a profile keeps in its ``meta``.
 
-    servegym refit --profile PROFILE.json --out NEW.json
+    servegym refit --profile PROFILE.json --out NEW.json [--only TABLE ...]
 
 A refit re-runs the current fit (``experiments.profile_fit``, ``experiments.tail_fit``) on the profile's own
 measurements, so a profile calibrated before a change of the fit gains it without GPU time; the engine
@@ -78,11 +78,16 @@ def _samples(meta: dict[str, Any], key: str, cls: type, source: str) -> list:
         raise ValueError(f"{source}: meta.{key} has a malformed sample ({e})") from None
 
 
-def refit(profile: dict[str, Any], block_size: int = 16, source: str = "<profile>") -> dict[str, Any]:
+def refit(profile: dict[str, Any], block_size: int = 16, source: str = "<profile>",
+          only: Sequence[str] = ()) -> dict[str, Any]:
     """A copy of a measured ``profile`` with its fitted fields recomputed from its ``meta`` samples.
 
+    Args:
+        only: table names: recompute just these tables (added or replaced) and keep every other field.
+
     Raises:
-        ValueError: not a measured profile, or its meta lacks the decode or prefill samples.
+        ValueError: not a measured profile, its meta lacks the decode or prefill samples, or ``only`` names a
+            table the fit does not write.
     """
     meta = profile.get("meta") or {}
     if meta.get("source") != "measured" or not meta.get("decode_samples") or not meta.get("prefill_samples"):
@@ -90,22 +95,33 @@ def refit(profile: dict[str, Any], block_size: int = 16, source: str = "<profile
                          "can be refitted")
     out = {k: v for k, v in profile.items() if k not in FITTED_FIELDS}
     out["meta"] = dict(meta)
-    return add_fitted_fields(out, _samples(meta, "decode_samples", DecodeSample, source),
-                             _samples(meta, "cold_decode_samples", DecodeSample, source),
-                             _samples(meta, "prefill_samples", PrefillSample, source),
-                             _samples(meta, "mixed_samples", MixedSample, source),
-                             _samples(meta, "verify_samples", VerifySample, source), block_size)
+    fitted = add_fitted_fields(out, _samples(meta, "decode_samples", DecodeSample, source),
+                               _samples(meta, "cold_decode_samples", DecodeSample, source),
+                               _samples(meta, "prefill_samples", PrefillSample, source),
+                               _samples(meta, "mixed_samples", MixedSample, source),
+                               _samples(meta, "verify_samples", VerifySample, source), block_size)
+    if not only:
+        return fitted
+    unknown = sorted(set(only) - set(fitted["tables"]))
+    if unknown:
+        raise ValueError(f"{source}: the fit writes no table {unknown}; it writes {sorted(fitted['tables'])}")
+    kept = {**profile, "meta": dict(meta), "tables": dict(profile["tables"])}
+    kept["tables"].update({name: fitted["tables"][name] for name in only})
+    validate_profile(kept, source)
+    return kept
 
 
 def add_refit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", required=True, help="a measured profile (servegym calibrate)")
     p.add_argument("--out", required=True, help="where the refitted profile goes (may be the same file)")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block of the calibrated engine")
+    p.add_argument("--only", nargs="+", default=(), metavar="TABLE",
+                   help="recompute just these tables (e.g. prefill_context), keeping every other field")
 
 
 def cmd_refit(ns: argparse.Namespace) -> int:
     """``servegym refit``."""
-    new = refit(read_profile(ns.profile), ns.block_size, ns.profile)
-    new["meta"]["refit"] = "servegym refit (experiments/profile_tables.py)"
+    new = refit(read_profile(ns.profile), ns.block_size, ns.profile, ns.only)
+    new["meta"]["refit"] = "servegym refit" + (f" --only {' '.join(ns.only)}" if ns.only else "")
     print(f"wrote {write_profile(new, ns.out)}")
     return 0

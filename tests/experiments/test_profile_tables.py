@@ -69,3 +69,14 @@ def test_cli_refits_a_shipped_measured_profile(tmp_path: Path) -> None:
     assert new["meta"]["prefill_samples"] == old["meta"]["prefill_samples"]
     assert new["tables"]["dense"] == old["tables"]["dense"]
     assert "prefill_context" in new["tables"]
+
+
+def test_refit_only_named_tables_keeps_the_rest() -> None:
+    profile = json.loads(json.dumps(measured()))
+    old = profile | {"tables": {k: v for k, v in profile["tables"].items() if k != "prefill_context"}}
+    old = old | {"step_overhead_s": 1.0, "tables": old["tables"] | {"dense": {"x": [1, 2], "time_s": [1.0, 2.0]}}}
+    got = refit(old, only=["prefill_context"])
+    assert got["tables"]["prefill_context"] == profile["tables"]["prefill_context"]
+    assert got["tables"]["dense"] == {"x": [1, 2], "time_s": [1.0, 2.0]} and got["step_overhead_s"] == 1.0
+    with pytest.raises(ValueError, match=r"the fit writes no table \['lm_head'\]"):
+        refit(old, only=["lm_head"])
