@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sim.acceptance import GeometricAcceptance
-from sim.cost_model import CostModel, load_cost_model
+from sim.cost_model import CostModel
 from sim.hardware import get_gpu
 from sim.model_spec import ModelSpec
+from sim.shipped_profiles import load_cost_model
 
 GIB = 1 << 30
 

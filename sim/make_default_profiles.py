@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sim.cost_model import PROFILES_DIR, RooflineCostModel, profile_name
+from sim.cost_model import RooflineCostModel
 from sim.hardware import GPUSpec
 from sim.model_spec import ModelSpec
 from sim.profile import PROFILE_FORMAT, write_profile
+from sim.shipped_profiles import PROFILES_DIR, profile_name
 
 MODELS, GPUS = ("llama-3.2-1b", "llama-3.2-3b"), ("h100", "h200")
 DEFAULTS = [(model, gpu, "bf16", "bf16") for model in MODELS for gpu in GPUS]  # (model, gpu, weights, kv)

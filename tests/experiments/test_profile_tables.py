@@ -12,8 +12,8 @@ import pytest
 from experiments.cli import main
 from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample
 from experiments.profile_tables import FITTED_FIELDS, add_fitted_fields, refit
-from sim.cost_model import MEASURED_DIR, PROFILES_DIR
 from sim.profile import PROFILE_FORMAT, read_profile
+from sim.shipped_profiles import MEASURED_DIR, PROFILES_DIR
 
 
 def measured() -> dict[str, Any]:

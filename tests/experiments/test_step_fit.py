@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 
 from experiments.step_fit import step_fit
-from sim.cost_model import MEASURED_DIR, CalibratedCostModel, load_cost_model, profile_name
+from sim.cost_model import CalibratedCostModel
 from sim.profile import read_profile
+from sim.shipped_profiles import MEASURED_DIR, load_cost_model, profile_name
 
 
 def test_draft_rows_are_priced_as_decode_rows():

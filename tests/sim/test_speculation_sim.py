@@ -10,7 +10,8 @@ from policies.speculation import SpeculationPolicy, expected_tokens
 from policies.types import Request, StepPlan
 from sim.acceptance import GeometricAcceptance
 from sim.config import SimConfig
-from sim.cost_model import RooflineCostModel, load_cost_model
+from sim.cost_model import RooflineCostModel
+from sim.shipped_profiles import load_cost_model
 from sim.simulator import Simulator, simulate
 
 SEQ = object()  # cost models only count the plan's sequences
@@ -88,7 +89,8 @@ def test_simulation_counts_draft_reads_as_the_profiled_engine_attends(tmp_path):
     4 drafts: no re-read, so those steps log no draft context and cost less."""
     import json
 
-    from sim.cost_model import MEASURED_DIR, CalibratedCostModel, profile_name
+    from sim.cost_model import CalibratedCostModel
+    from sim.shipped_profiles import MEASURED_DIR, profile_name
 
     profile = json.loads((MEASURED_DIR / profile_name("llama-3.2-1b", "h100")).read_text())
     grouped = CalibratedCostModel(profile | {"verify_group_rows": 8})
