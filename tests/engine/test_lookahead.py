@@ -145,7 +145,8 @@ def test_steps_past_the_largest_graph_replay_it_on_chunks_of_rows(tiny_llama):
 
 class Watched:
     """The runner's ``execute``, noting per plan whether the engine served it from a looked-ahead step and
-    whether the simulator's ``LookaheadTracker``, shown the same plan first, said it would."""
+    whether the simulator's ``LookaheadTracker``, shown the same plan first, said it would; and likewise
+    whether the plan dropped a looked-ahead step (the engine's ``misses``; the tracker's ``dropped``)."""
 
     def __init__(self, runner) -> None:
         from sim.lookahead import LookaheadTracker
@@ -154,13 +155,17 @@ class Watched:
         self.tracker = LookaheadTracker(runner.block_size, runner.graphs.sizes[-1])
         self.engine: list[bool] = []
         self.sim: list[bool] = []
+        self.engine_drops: list[bool] = []
+        self.sim_drops: list[bool] = []
         runner.execute = self
 
     def __call__(self, plan):
         self.sim.append(self.tracker.served(plan))
-        hits = self.runner.lookahead.hits
+        self.sim_drops.append(self.tracker.dropped is not None)
+        hits, misses = self.runner.lookahead.hits, self.runner.lookahead.misses
         result = self.execute_(plan)
         self.engine.append(self.runner.lookahead.hits > hits)
+        self.engine_drops.append(self.runner.lookahead.misses > misses)
         return result
 
 
@@ -177,7 +182,7 @@ def test_the_simulators_tracker_predicts_every_served_step(tiny_llama, kw):
     requests = [Request(str(i), 0.0, len(p), 4 + 5 * i, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
     sampled = Request("s", 0.0, 6, 9, prompt_token_ids=tuple(range(6)), sampling=SamplingParams(temperature=1.0))
     engine.run([*requests, sampled])
-    assert watched.sim == watched.engine
+    assert watched.sim == watched.engine and watched.sim_drops == watched.engine_drops
     assert 0 < sum(watched.engine) < len(watched.engine)  # both kinds of step occurred
 
 
@@ -191,6 +196,7 @@ def test_the_tracker_follows_arrivals_mid_decode(tiny_llama):
     requests = [Request(str(i), 0.0035 * i, len(p), 10, prompt_token_ids=tuple(p)) for i, p in enumerate(PROMPTS)]
     replay(requests, sched, clock, clock=clock, sleep=clock.sleep)
     assert watched.sim == watched.engine and engine.runner.lookahead.misses > 0 and any(watched.engine)
+    assert watched.sim_drops == watched.engine_drops and any(watched.sim_drops)  # admissions drop steps
 
 
 def test_a_replay_counts_the_served_steps_as_the_simulator_does(tiny_llama):
