@@ -148,8 +148,10 @@ class Simulator:
                 continue
             if ahead is None or ahead.served(plan):
                 duration = step_time(plan)
-            else:  # cold; after a dropped looked-ahead step, plus what of it the host's work did not hide
-                duration = cold_time(plan) if ahead.dropped is None else cold_time(plan) + dropped_time(ahead.dropped)
+            else:
+                duration = cold_time(plan)
+                if ahead.dropped is not None:  # plus what of the dropped looked-ahead step the host did not hide
+                    duration += dropped_time(ahead.dropped)
             arrived = self._arrived  # the next arrival's time, inline: the simulator's hottest lines
             if now + duration < (requests[arrived].arrival_s if arrived < num_requests else inf) \
                     and not self._stepwise:

@@ -9,6 +9,7 @@ import pytest
 
 from experiments.profile_fit import (
     DecodeSample,
+    FittedProfile,
     MixedSample,
     PrefillSample,
     VerifySample,
@@ -41,12 +42,17 @@ def fitted_model() -> CalibratedCostModel:
     prefills = [PrefillSample(t, c, prefill_time(t, c)) for t in (16, 128, 1024, 8192) for c in (0, 4096)]
     fit = fit_profile(decodes, prefills)
     assert fit.mixed_extra_s == pytest.approx(EAGER, rel=1e-6)
+    return CalibratedCostModel(profile_of(fit))
+
+
+def profile_of(fit: FittedProfile) -> dict:
+    """A valid measured profile holding ``fit``'s overhead and tables."""
     profile = {"format": PROFILE_FORMAT, "step_overhead_s": fit.step_overhead_s, "kv_bytes_per_token": 1.0,
                "swap_bytes_per_s": 1.0, "tables": {k: {"x": x, "time_s": y} for k, (x, y) in fit.tables.items()},
                "meta": {k: "t" for k in ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "command",
                                          "created")} | {"source": "measured"}}
     validate_profile(profile)
-    return CalibratedCostModel(profile)
+    return profile
 
 
 def test_fit_reproduces_a_linear_engine() -> None:
@@ -191,11 +197,7 @@ def test_short_chunks_on_a_long_prefix_cost_what_was_measured() -> None:
 
     decodes = [DecodeSample(b, b * c, decode_time(b, b * c)) for b in (1, 8, 64) for c in (32, 2048)]
     prefills = [PrefillSample(t, c, timed(t, c)) for t in (16, 64, 256, 1024) for c in (0, 4096)]
-    fit = fit_profile(decodes, prefills)
-    profile = {"format": PROFILE_FORMAT, "step_overhead_s": fit.step_overhead_s, "kv_bytes_per_token": 1.0,
-               "swap_bytes_per_s": 1.0, "tables": {k: {"x": x, "time_s": y} for k, (x, y) in fit.tables.items()},
-               "meta": {k: "t" for k in ("model", "gpu", "dtype", "kv_cache_dtype", "quantization", "command",
-                                         "created")} | {"source": "measured"}}
+    profile = profile_of(fit_profile(decodes, prefills))
     model = CalibratedCostModel(profile)
     without = CalibratedCostModel(profile | {"tables": {k: v for k, v in profile["tables"].items()
                                                         if k != "prefill_context"}})

@@ -11,7 +11,7 @@ import pytest
 
 from experiments.cli import main
 from experiments.profile_fit import DecodeSample, MixedSample, PrefillSample
-from experiments.profile_tables import FITTED_FIELDS, add_fitted_fields, refit
+from experiments.profile_tables import add_fitted_fields, refit
 from sim.profile import PROFILE_FORMAT, read_profile
 from sim.shipped_profiles import MEASURED_DIR, PROFILES_DIR
 
@@ -36,7 +36,7 @@ def test_refit_reproduces_the_fit_and_restores_a_missing_table() -> None:
     profile = json.loads(json.dumps(measured()))  # as read back from a file (lists, not tuples)
     assert "prefill_context" in profile["tables"] and "mixed_decode" in profile["tables"]
     again = refit(profile)
-    assert set(again) == set(profile) and set(FITTED_FIELDS) & set(profile) <= set(again)
+    assert set(again) == set(profile)
     assert again["step_overhead_s"] == pytest.approx(profile["step_overhead_s"])
     assert again["host_tail_s"] == pytest.approx(profile["host_tail_s"])
     assert again["decode_steps"]["time_s"] == [pytest.approx(row) for row in profile["decode_steps"]["time_s"]]
