@@ -9,7 +9,6 @@ KV_CACHE_DTYPES = ("auto", "bf16", "fp8", "int8")
 QUANTIZATIONS = (None, "int8", "int4", "w8a8")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 SPECULATIVE_METHODS = (None, "ngram", "draft")
-L2_PREFETCH_MODES = ("bulk", "line")
 DEFAULT_GRAPH_BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256)
 DEFAULT_GRAPH_TOKEN_SIZES = (16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192)
 
@@ -77,11 +76,6 @@ class EngineConfig:
             (``group_lens`` of ``kernels.attention_decode``); 1 reads it once per row. None: as many as
             fill the kernel's 16-row tile with their query heads (4 for Llama-3.2-1B, 5 for 3B), which
             keeps plain decode steps on the tile they use without groups. Results are the same.
-        l2_prefetch_mb: with the fused decode layers on CUDA, each layer's qkv GEMV prefetches up to
-            this many MiB of the weights after it (o, then the first rows of gate and up) into L2 while
-            RoPE and attention leave the memory idle (``engine.l2_plan``, ``kernels.l2_prefetch``);
-            0 turns it off. Outputs are unchanged.
-        l2_prefetch_mode: how: 'bulk' (4 KiB bulk prefetches, Hopper) or 'line' (one per 128 bytes).
     """
 
     model: str
@@ -110,8 +104,6 @@ class EngineConfig:
     ngram_min: int = 1
     ngram_max: int = 3
     verify_group_rows: int | None = None
-    l2_prefetch_mb: float = 0.0
-    l2_prefetch_mode: str = "bulk"
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -158,11 +150,6 @@ class EngineConfig:
             raise bad("ngram_min", f"must be >= 1 and <= ngram_max ({self.ngram_max})")
         if self.verify_group_rows is not None and not 1 <= self.verify_group_rows <= 32:
             raise bad("verify_group_rows", "must be None or in [1, 32]")
-        mb = self.l2_prefetch_mb
-        if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not 0 <= mb <= 1024:
-            raise bad("l2_prefetch_mb", "must be a number of MiB in [0, 1024]")
-        if self.l2_prefetch_mode not in L2_PREFETCH_MODES:
-            raise bad("l2_prefetch_mode", f"must be one of {L2_PREFETCH_MODES}")
         if self.speculative_method is not None and self.decode_lookahead:
             raise bad("decode_lookahead", "cannot be combined with speculative decoding (speculative_method)")
 

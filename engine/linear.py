@@ -42,9 +42,6 @@ class Linear:
             the input fused in; None: not available). Set by ``engine.fused_choice``.
         residual_gemv: for a full-precision weight, the decode kernel of :meth:`plus` (residual
             add fused in; None: not available). Set by ``engine.fused_choice``.
-        prefetch: tensors (later layers' weights) that :meth:`normed`'s kernel prefetches into L2 after
-            its stores, and ``prefetch_mode`` how (``kernels.l2_prefetch``; empty: none). Set by
-            ``engine.l2_plan``.
 
     Raises:
         ImportError: the kernel module a quantization needs is missing.
@@ -60,8 +57,6 @@ class Linear:
         self.glu_out = False
         self.norm_gemv: NormGemvFn | None = None
         self.residual_gemv: ResidualGemvFn | None = None
-        self.prefetch: tuple[torch.Tensor, ...] = ()
-        self.prefetch_mode = "bulk"
         self.weight: torch.Tensor | None = None
         self.qweight: object | None = None
         if quantization is None:
@@ -110,9 +105,6 @@ class Linear:
         """
         if self.norm_gemv is None or self.weight is None:
             raise RuntimeError("Linear.normed needs a full-precision weight and a norm_gemv kernel")
-        if self.prefetch:
-            return self.norm_gemv(x, norm_weight, eps, self.weight, prefetch=self.prefetch,
-                                  prefetch_mode=self.prefetch_mode)
         return self.norm_gemv(x, norm_weight, eps, self.weight)
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ from engine.fused_choice import FusedChoice, choose_fused
 from engine.gemv_choice import GEMV_DTYPES, GemvTiming, choose_gemv
 from engine.kv_cache import KVCache, storage_dtype
 from engine.kv_sizing import blocks_in_free_memory, draft_reserve, profile_plan
-from engine.l2_plan import L2Plan, plan_l2_prefetch
 from engine.layers import torch_ops, triton_ops
 from engine.loader import load_llama
 from engine.lookahead import DecodeLookahead, IdsReadback
@@ -56,7 +55,6 @@ class ModelRunner:
         gemv_timings: the start-up choice between ``F.linear`` and ``gemv_bf16`` per
             kind of linear layer (empty when not made).
         fused_choice: the start-up choice of the fused decode layers (None when not made).
-        l2_plan: what each fused decode layer prefetches into L2 (``EngineConfig.l2_prefetch_mb``), or None.
         pdl: whether the decode kernels are launched with programmatic dependent launch
             (``EngineConfig.pdl`` on a device that supports it).
         lookahead: the decode lookahead (``EngineConfig.decode_lookahead``), or None.
@@ -102,7 +100,6 @@ class ModelRunner:
         self.mixed_graphs: MixedGraphs | None = None
         self.gemv_timings: list[GemvTiming] = []
         self.fused_choice: FusedChoice | None = None
-        self.l2_plan: L2Plan | None = None
         self.last_launch_s = 0.0
         self.lookahead: DecodeLookahead | None = None
         if self.device.type == "cuda" and backend == "triton":
@@ -116,9 +113,6 @@ class ModelRunner:
                         self.fused_choice = choose_fused(self.model, self.device, pdl=self.pdl)
                     except Exception as exc:  # choose_fused left the layers unfused
                         warnings.warn(f"fused decode choice failed, decoding unfused: {exc!r}", stacklevel=2)
-                if config.l2_prefetch_mb > 0 and self.fused_choice is not None and self.fused_choice.chosen:
-                    self.l2_plan = plan_l2_prefetch(self.model, int(config.l2_prefetch_mb * 2**20),
-                                                    config.l2_prefetch_mode)
             if not config.enforce_eager:
                 self._capture_graphs()
         if config.decode_lookahead:
@@ -165,8 +159,7 @@ class ModelRunner:
     def choice_summary(self) -> list[str]:
         """Log lines of the start-up kernel choices (``gemv_timings``, ``fused_choice``); empty when none ran."""
         lines = [line for g in self.gemv_timings for line in g.summary()]
-        lines += self.fused_choice.summary() if self.fused_choice is not None else []
-        return lines + ([self.l2_plan.summary()] if self.l2_plan is not None else [])
+        return lines + (self.fused_choice.summary() if self.fused_choice is not None else [])
 
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec

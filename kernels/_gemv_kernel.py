@@ -23,7 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.l2_prefetch import l2_prefetch, prefetch_args
 from kernels.pdl import pdl_enter, pdl_launch_options
 
 if TYPE_CHECKING:
@@ -97,10 +96,9 @@ def _accumulate(acc, acc_up, acc1, acc1_up, w, w_up, x_ptr, nw_ptr, k, K, M, str
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_chunk, up_off, eps,
-                 stride_xm, stride_wn, stride_om, stride_rm, pf0, pf0_n, pf1, pf1_n, pf2, pf2_n,
+                 stride_xm, stride_wn, stride_om, stride_rm,
                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                 NORM: tl.constexpr, GLU: tl.constexpr, RES: tl.constexpr, PDL: tl.constexpr,
-                 PF_STEP: tl.constexpr):
+                 NORM: tl.constexpr, GLU: tl.constexpr, RES: tl.constexpr, PDL: tl.constexpr):
     # Program (pid_n, pid_k) covers output columns [pid_n * BLOCK_N, +BLOCK_N) and K range
     # [pid_k * k_chunk, +k_chunk); k_chunk is a multiple of BLOCK_K (>= BLOCK_K), so only the last split's
     # tiles reach past K (masked). With GLU, output column n reads weight rows n (gate) and n + up_off (up).
@@ -148,8 +146,6 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_ch
     else:  # partials laid out [SPLIT_K, M, N] in fp32
         p_ptrs = part_ptr + (tl.program_id(1) * M + m_idx[:, None]).to(tl.int64) * N + n64[None, :]
         tl.store(p_ptrs, acc, mask=omask)
-    # last: L2 prefetch of the weights the next kernels read (kernels/l2_prefetch.py; no-op at PF_STEP 0)
-    l2_prefetch(pf0, pf0_n, pf1, pf1_n, pf2, pf2_n, PF_STEP)
 
 
 @triton.jit
@@ -171,8 +167,7 @@ def _split_k_reduce_kernel(part_ptr, out_ptr, res_ptr, M, N, stride_om, stride_r
 
 def launch_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, config: GemvConfig, *,
                 norm: tuple[torch.Tensor, float] | None = None, glu: bool = False,
-                residual: torch.Tensor | None = None, prefetch: tuple[torch.Tensor, ...] = (),
-                prefetch_mode: str = "bulk") -> torch.Tensor:
+                residual: torch.Tensor | None = None) -> torch.Tensor:
     """Launch the GEMV on checked arguments (the public wrappers check them).
 
     Args:
@@ -185,9 +180,6 @@ def launch_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, config: Gem
         norm: ``(norm_weight [K], eps)``: normalise x's rows first.
         glu: store ``silu(gate) * up``.
         residual: [M, N] tensor added to the output.
-        prefetch: tensors (weights of later kernels) the GEMV's programs prefetch into L2 after their
-            stores (``kernels.l2_prefetch``; ignored off CUDA; the result is the same bits).
-        prefetch_mode: ``"line"`` or ``"bulk"`` (``kernels.l2_prefetch``).
 
     Returns:
         ``out``.
@@ -202,12 +194,11 @@ def launch_gemv(x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, config: Gem
     nw, eps = norm if norm is not None else (x, 1.0)
     res = residual if residual is not None else out
     launch = pdl_launch_options(config.pdl, x.device)
-    pf, pf_step = prefetch_args(prefetch, prefetch_mode, x)
     _gemv_kernel[grid](x, w, out, part, nw, res, m, n_out, k, k_chunk, n_out if glu else 0, float(eps),
-                       x.stride(0), w.stride(0), out.stride(0), res.stride(0), *pf,
+                       x.stride(0), w.stride(0), out.stride(0), res.stride(0),
                        BLOCK_M=triton.next_power_of_2(m), BLOCK_N=block_n, BLOCK_K=config.block_k,
                        SPLIT_K=split, NORM=norm is not None, GLU=glu, RES=residual is not None,
-                       PDL=config.pdl, PF_STEP=pf_step, num_warps=config.num_warps, **launch)
+                       PDL=config.pdl, num_warps=config.num_warps, **launch)
     if split > 1:
         _split_k_reduce_kernel[(triton.cdiv(m * n_out, _REDUCE_BLOCK),)](
             part, out, res, m, n_out, out.stride(0), res.stride(0), SPLIT_K=split, RES=residual is not None,

@@ -40,8 +40,7 @@ def fused_candidates(n: int, k: int, device: torch.device, glu: bool = False, pd
 
 def gemv_rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor,
                   out: torch.Tensor | None = None, config: GemvConfig | None = None,
-                  glu: bool = False, prefetch: tuple[torch.Tensor, ...] = (),
-                  prefetch_mode: str = "bulk") -> torch.Tensor:
+                  glu: bool = False) -> torch.Tensor:
     """``rms_norm(x, norm_weight, eps) @ w.T``, or with ``glu`` ``silu(gate) * up`` of that product.
 
     Args:
@@ -53,10 +52,6 @@ def gemv_rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: tor
         config: launch shape for w (None: the default); with ``glu`` its ``block_n`` counts weight rows
             (gate and up), is raised to 2 if smaller, and K is not split.
         glu: return ``silu(gate) * up`` [M, I] instead of the [M, 2I] projection.
-        prefetch: up to three contiguous tensors on x's device (weights the next kernels read) that the
-            programs prefetch into L2 after their stores (``kernels.l2_prefetch``; no effect on the
-            result, ignored off CUDA).
-        prefetch_mode: ``"line"`` or ``"bulk"``.
 
     Returns:
         [M, N] (or [M, I]) tensor of x's dtype.
@@ -75,8 +70,7 @@ def gemv_rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: tor
     cfg = resolve_config(config, n, k, x.device)
     if glu:
         cfg = glu_config(cfg)
-    return launch_gemv(x, w, prepare_out(x, n // 2 if glu else n, out), cfg, norm=(norm_weight, eps), glu=glu,
-                       prefetch=tuple(prefetch), prefetch_mode=prefetch_mode)
+    return launch_gemv(x, w, prepare_out(x, n // 2 if glu else n, out), cfg, norm=(norm_weight, eps), glu=glu)
 
 
 def gemv_residual(x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor, out: torch.Tensor | None = None,

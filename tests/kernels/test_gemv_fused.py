@@ -142,32 +142,3 @@ def test_bad_inputs_name_the_argument() -> None:
         gemv_rms_norm(x, nw, EPS, w, out=torch.empty(1, 8, dtype=torch.bfloat16, device=DEVICE), glu=True)
     with pytest.raises(ValueError, match="config must be a GemvConfig or None, got tuple"):
         gemv_residual(x, w, res, config=(4, 64))
-
-
-@pytest.mark.parametrize("mode", ["bulk", "line"])
-def test_l2_prefetch_changes_no_bits(mode: str) -> None:
-    """A qkv-style GEMV that prefetches later weights into L2 (kernels.l2_prefetch) returns the same bits as
-    without; on CUDA the prefetch is compiled and issued (three ranges, one ragged), on the CPU dropped."""
-    x, nw, w, _ = _inputs(1, 96, 320, torch.bfloat16, seed=7)
-    g = torch.Generator().manual_seed(8)
-    later = (torch.randn(2 * 960, 320, generator=g) * 0.05).to(torch.bfloat16).to(DEVICE)
-    o = (torch.randn(40, 256, generator=g) * 0.05).to(torch.bfloat16).to(DEVICE)
-    ranges = (o, later[:37], later[960:997])  # 20 KiB, 23,680 B, 23,680 B: not whole 4 KiB chunks
-    for glu in (False, True):
-        wt = later if glu else w
-        want = gemv_rms_norm(x, nw, EPS, wt, glu=glu)
-        got = gemv_rms_norm(x, nw, EPS, wt, glu=glu, prefetch=ranges, prefetch_mode=mode)
-        assert torch.equal(got, want)
-
-
-def test_l2_prefetch_arguments_are_checked() -> None:
-    x, nw, w, _ = _inputs(1, 96, 320, torch.bfloat16, seed=9)
-    t = torch.zeros(64, dtype=torch.bfloat16, device=DEVICE)
-    with pytest.raises(ValueError, match="prefetch mode must be one of"):
-        gemv_rms_norm(x, nw, EPS, w, prefetch=(t,), prefetch_mode="l1")
-    with pytest.raises(ValueError, match="at most 3 prefetch ranges, got 4"):
-        gemv_rms_norm(x, nw, EPS, w, prefetch=(t, t, t, t))
-    with pytest.raises(ValueError, match="prefetch range 1 must be contiguous and a multiple of 16 bytes"):
-        gemv_rms_norm(x, nw, EPS, w, prefetch=(t, t[:7]))
-    with pytest.raises(ValueError, match="prefetch range 0 must be contiguous"):
-        gemv_rms_norm(x, nw, EPS, w, prefetch=(t.reshape(8, 8)[:, :4],))
