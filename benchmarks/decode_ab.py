@@ -40,11 +40,23 @@ def decode_variants(variants: tuple[dict, ...], model: str = "llama-3.2-1b") -> 
     return rows
 
 
+def _value(text: str) -> object:
+    """A flag value: true/false -> bool, none -> None, an int or float, else the text."""
+    words = {"true": True, "false": False, "none": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_variants(args: list[str]) -> tuple[tuple[dict, ...], str]:
     """``FLAG=V1,V2 [--model NAME] [--set FLAG=V ...]`` -> one flags dict per value (true/false become
-    bools, none None), each holding the ``--set`` flags too."""
+    bools, none None, numbers int or float), each holding the ``--set`` flags too."""
     model, fixed = "llama-3.2-1b", {}
-    parse = {"true": True, "false": False, "none": None}
     usage = "usage: python -m benchmarks.bench_engine --decode-ab FLAG=V1,V2 [--model NAME] [--set FLAG=V ...]"
     while "--model" in args or "--set" in args:
         i = args.index("--model") if "--model" in args else args.index("--set")
@@ -54,9 +66,9 @@ def parse_variants(args: list[str]) -> tuple[tuple[dict, ...], str]:
             model = args[i + 1]
         else:
             flag, value = args[i + 1].split("=", 1)
-            fixed[flag] = parse.get(value.lower(), value)
+            fixed[flag] = _value(value)
         args = args[:i] + args[i + 2:]
     if len(args) != 1 or "=" not in args[0]:
         raise SystemExit(usage)
     flag, values = args[0].split("=", 1)
-    return tuple({**fixed, flag: parse.get(v.lower(), v)} for v in values.split(",")), model
+    return tuple({**fixed, flag: _value(v)} for v in values.split(",")), model
