@@ -62,6 +62,11 @@ class AttentionBackend(Protocol):
         """Attention ``[T, Hq, D]`` of the rotated ``q`` over layer ``layer``'s cache (step's K/V in it)."""
         ...
 
+    def plain_cache(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Layer ``layer``'s K and V caches when another kernel may write the step's rotated k and v into
+        them directly instead of ``rope_and_write`` (model-dtype codes, no scales), else None."""
+        ...
+
 
 class TorchAttention:
     """Attention in plain PyTorch over the paged cache.
@@ -97,6 +102,10 @@ class TorchAttention:
         if scale is None:
             return vals.to(dtype)
         return (vals.float() * scale[blocks].flatten(-3, -2)[..., None]).to(dtype)
+
+    def plain_cache(self, layer: int) -> None:
+        """See ``AttentionBackend``: None (this backend writes its cache itself)."""
+        return None
 
     def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:
@@ -173,6 +182,11 @@ class TritonAttention:
         self.decode_splits = decode_splits
         self.pdl = pdl
         self.max_group = max_group
+
+    def plain_cache(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """See ``AttentionBackend``: the layer's caches unless they are quantised."""
+        k_cache, v_cache, k_scale, _ = self.kv.layer(layer)
+        return (k_cache, v_cache) if k_scale is None else None
 
     def rope_and_write(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                        positions: torch.Tensor, cos_sin: torch.Tensor, meta: StepMetadata) -> None:

@@ -76,6 +76,10 @@ class EngineConfig:
             (``group_lens`` of ``kernels.attention_decode``); 1 reads it once per row. None: as many as
             fill the kernel's 16-row tile with their query heads (4 for Llama-3.2-1B, 5 for 3B), which
             keeps plain decode steps on the tile they use without groups. Results are the same.
+        fused_rope: on the fused decode layers (``fused_decode``) with a cache of the model dtype, run RoPE
+            and the KV-cache write inside the qkv GEMV's epilogue (``kernels.gemv_rope``) instead of a
+            kernel of their own between it and attention (default on: 1-3% faster batch-1 decode on an
+            H200, BENCHMARKS.md); quantised caches always take the separate kernel.
     """
 
     model: str
@@ -104,6 +108,7 @@ class EngineConfig:
     ngram_min: int = 1
     ngram_max: int = 3
     verify_group_rows: int | None = None
+    fused_rope: bool = True
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -150,6 +155,8 @@ class EngineConfig:
             raise bad("ngram_min", f"must be >= 1 and <= ngram_max ({self.ngram_max})")
         if self.verify_group_rows is not None and not 1 <= self.verify_group_rows <= 32:
             raise bad("verify_group_rows", "must be None or in [1, 32]")
+        if not isinstance(self.fused_rope, bool):
+            raise bad("fused_rope", "must be a bool")
         if self.speculative_method is not None and self.decode_lookahead:
             raise bad("decode_lookahead", "cannot be combined with speculative decoding (speculative_method)")
 

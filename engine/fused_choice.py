@@ -37,19 +37,24 @@ ROLES = (("qkv", "input_norm", False), ("o", None, False), ("gate_up", "post_nor
 @dataclass(frozen=True)
 class FusedKernels:
     """The kernels timed: ``norm_gemv(x, norm_weight, eps, w, config=, glu=)``,
-    ``residual_gemv(x, w, residual, config=)`` and ``candidates(n, k, device, glu)``."""
+    ``residual_gemv(x, w, residual, config=)`` and ``candidates(n, k, device, glu)``; and, not timed, the qkv
+    role's variant with RoPE and the KV write fused in (``norm_rope_gemv(..., config=)``, set on the layers
+    with the qkv config; None: none)."""
 
     norm_gemv: Callable[..., torch.Tensor]
     residual_gemv: Callable[..., torch.Tensor]
     candidates: Callable[[int, int, torch.device, bool], Sequence[GemvConfig]]
+    norm_rope_gemv: Callable[..., torch.Tensor] | None = None
 
 
 def default_fused_kernels(pdl: bool = False) -> FusedKernels:
     """The Triton kernels of ``kernels.gemv_fused`` (``pdl``: candidates launched with PDL; ImportError when
     they are missing)."""
     from kernels.gemv_fused import fused_candidates, gemv_residual, gemv_rms_norm
+    from kernels.gemv_rope import gemv_rms_norm_rope
 
-    return FusedKernels(gemv_rms_norm, gemv_residual, functools.partial(fused_candidates, pdl=pdl))
+    return FusedKernels(gemv_rms_norm, gemv_residual, functools.partial(fused_candidates, pdl=pdl),
+                        gemv_rms_norm_rope)
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ def _reset(model: LlamaModel) -> None:
     for layer in model.layers:
         for attr, _, _ in ROLES:
             lin = getattr(layer, attr)
-            lin.norm_gemv = lin.residual_gemv = None
+            lin.norm_gemv = lin.residual_gemv = lin.norm_rope_gemv = None
 
 
 def choose_fused(model: LlamaModel, device: torch.device, reps: int = 5, timer: Timer | None = None,
@@ -219,9 +224,12 @@ def _choose(model: LlamaModel, device: torch.device, timer: Timer, kernels: Fuse
                 timer(f"chain:fused:rows={m}", lambda: fused(r, attn)) / count)
 
     rows, by_rows = widest_rows(time_pair)
+    rope = (functools.partial(kernels.norm_rope_gemv, config=roles[0].config)
+            if kernels.norm_rope_gemv is not None else None)
     for layer in layers:
         layer.qkv.norm_gemv, layer.gate_up.norm_gemv = fns["qkv"], fns["gate_up"]
         layer.o.residual_gemv, layer.down.residual_gemv = fns["o"], fns["down"]
+        layer.qkv.norm_rope_gemv = rope
     model.fused_rows = rows
     return FusedChoice(tuple(roles), t_unfused, t_fused, True, rows=rows, by_rows=by_rows)
 

@@ -17,6 +17,9 @@ GemvFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NormGemvFn = Callable[[torch.Tensor, torch.Tensor, float, torch.Tensor], torch.Tensor]
 #: ``(x, weight, residual) -> x @ weight.T + residual``.
 ResidualGemvFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``(x, norm_weight, eps, weight, positions, cos_sin, k_cache, v_cache, slots, num_q_heads) -> qkv`` with
+#: q and k rotated and k, v written into the caches (``kernels.gemv_rope.gemv_rms_norm_rope``).
+NormRopeGemvFn = Callable[..., torch.Tensor]
 
 
 class Linear:
@@ -42,6 +45,8 @@ class Linear:
             the input fused in; None: not available). Set by ``engine.fused_choice``.
         residual_gemv: for a full-precision weight, the decode kernel of :meth:`plus` (residual
             add fused in; None: not available). Set by ``engine.fused_choice``.
+        norm_rope_gemv: for a full-precision [q | k | v] weight, :meth:`normed` with RoPE and the KV-cache
+            write fused in after it (None: not available). Set by ``engine.fused_choice``.
 
     Raises:
         ImportError: the kernel module a quantization needs is missing.
@@ -57,6 +62,7 @@ class Linear:
         self.glu_out = False
         self.norm_gemv: NormGemvFn | None = None
         self.residual_gemv: ResidualGemvFn | None = None
+        self.norm_rope_gemv: NormRopeGemvFn | None = None
         self.weight: torch.Tensor | None = None
         self.qweight: object | None = None
         if quantization is None:
@@ -106,6 +112,28 @@ class Linear:
         if self.norm_gemv is None or self.weight is None:
             raise RuntimeError("Linear.normed needs a full-precision weight and a norm_gemv kernel")
         return self.norm_gemv(x, norm_weight, eps, self.weight)
+
+    def normed_rope(self, x: torch.Tensor, norm_weight: torch.Tensor, eps: float, positions: torch.Tensor,
+                    cos_sin: torch.Tensor, caches: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor,
+                    num_q_heads: int) -> torch.Tensor:
+        """:meth:`normed` of a [q | k | v] layer, then RoPE on q and k and the KV-cache write, in one kernel.
+
+        Args:
+            x, norm_weight, eps: as for :meth:`normed`.
+            positions: [M] token positions; cos_sin: the RoPE table (``kernels.rope``).
+            caches: the layer's (k_cache, v_cache) of the model dtype; slots: [M] cache slots (-1: none).
+            num_q_heads: query heads.
+
+        Returns:
+            [M, N] projection with q and k rotated.
+
+        Raises:
+            RuntimeError: no ``norm_rope_gemv`` is set.
+        """
+        if self.norm_rope_gemv is None or self.weight is None:
+            raise RuntimeError("Linear.normed_rope needs a full-precision weight and a norm_rope_gemv kernel")
+        return self.norm_rope_gemv(x, norm_weight, eps, self.weight, positions, cos_sin, *caches, slots,
+                                   num_q_heads)
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """``self(x) + residual`` in one kernel (``residual_gemv``), rounded once.

@@ -42,6 +42,9 @@ class LlamaModel:
         fused_rows: steps of at most this many tokens take the fused decode layers when every layer
             has them (``GEMV_MAX_ROWS``; ``engine.fused_choice`` lowers it to the row counts where the
             fused chain was timed faster).
+        fused_rope: on the fused decode path, layers whose qkv has a ``norm_rope_gemv`` run RoPE and the
+            KV-cache write inside that GEMV when the attention backend's cache takes it
+            (``AttentionBackend.plain_cache``); else the backend's ``rope_and_write`` (``EngineConfig.fused_rope``).
     """
 
     def __init__(self, spec: LlamaSpec, tensors: LlamaTensors, ops: LayerOps, max_positions: int,
@@ -49,6 +52,7 @@ class LlamaModel:
         self.spec = spec
         self.ops = ops
         self.fused_rows = GEMV_MAX_ROWS
+        self.fused_rope = False
         self.embed = tensors.embed
         self.norm = tensors.norm
         self.lm_head = tensors.lm_head
@@ -91,6 +95,19 @@ class LlamaModel:
         attention.rope_and_write(i, q, k, v, positions, self.cos_sin, meta)
         return attention.attend(i, q, meta).reshape(-1, q_size)
 
+    def _fused_attend(self, i: int, layer: DecoderLayer, r: torch.Tensor, positions: torch.Tensor,
+                      attention: AttentionBackend, meta: StepMetadata) -> torch.Tensor:
+        """Layer ``i``'s attention on the fused path from the residual stream ``r``: the qkv GEMV with the
+        input norm (with ``fused_rope``, also RoPE and the KV write), then attention; returns [T, q_size]."""
+        spec, eps = self.spec, self.spec.rms_norm_eps
+        caches = attention.plain_cache(i) if self.fused_rope and layer.qkv.norm_rope_gemv is not None else None
+        if caches is None:
+            return self._attend(i, layer.qkv.normed(r, layer.input_norm, eps), positions, attention, meta)
+        qkv = layer.qkv.normed_rope(r, layer.input_norm, eps, positions, self.cos_sin, caches, meta.slot_mapping,
+                                    spec.num_heads)
+        q = qkv[:, :spec.q_size].reshape(-1, spec.num_heads, spec.head_dim)
+        return attention.attend(i, q, meta).reshape(-1, spec.q_size)
+
     def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: AttentionBackend,
                       meta: StepMetadata) -> torch.Tensor:
         """Final normalised hidden states [T, H] of the packed tokens."""
@@ -101,8 +118,7 @@ class LlamaModel:
             # epilogue); the norms run inside the qkv and gate_up GEMVs, SwiGLU in gate_up's epilogue.
             r = h
             for i, layer in enumerate(self.layers):
-                attn = self._attend(i, layer.qkv.normed(r, layer.input_norm, eps), positions, attention, meta)
-                r = layer.o.plus(attn, r)
+                r = layer.o.plus(self._fused_attend(i, layer, r, positions, attention, meta), r)
                 r = layer.down.plus(layer.gate_up.normed(r, layer.post_norm, eps), r)
             return ops.rms_norm(r, self.norm, eps)
         residual: torch.Tensor | None = None

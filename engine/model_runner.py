@@ -80,6 +80,7 @@ class ModelRunner:
             raise ValueError(f"EngineConfig.max_model_len {self.max_model_len} exceeds the model's "
                              f"max_position_embeddings {spec.max_position_embeddings}")
         self.model = LlamaModel(spec, tensors, ops, self.max_model_len, config.quantization, pdl=self.pdl)
+        self.model.fused_rope = config.fused_rope
         self.kv_dtype = storage_dtype(config.kv_cache_dtype, self.dtype)
         # Verification rows of one decode attend as one group (triton decode kernel) when speculating.
         self.max_group = (verify_group_rows(config.verify_group_rows, spec.num_heads, spec.num_kv_heads)

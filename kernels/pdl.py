@@ -67,3 +67,19 @@ def pdl_enter(PDL: tl.constexpr):
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """The first half of :func:`pdl_enter`: wait for the previous kernel, without letting the next one be
+    scheduled yet (a kernel calling this must call :func:`pdl_trigger` later, or the next one launches at
+    its exit)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def pdl_trigger(PDL: tl.constexpr):
+    """The second half of :func:`pdl_enter`: let the next kernel be scheduled."""
+    if PDL:
+        tl.extra.cuda.gdc_launch_dependents()

@@ -105,9 +105,9 @@ def test_fused_rows_end_where_the_fused_chain_loses(tiny_llama):
     assert [m for m, _, _ in choice.by_rows] == [2, 4]
     assert choice.summary()[1].startswith("  by rows (unfused / fused): 2: 500000.0 / 0.0 us, 4: 500000.0 / ")
     fused_calls: list[int] = []
-    for layer in r.model.layers:
-        kernel = layer.qkv.norm_gemv
-        layer.qkv.norm_gemv = lambda x, *a, kernel=kernel: fused_calls.append(x.shape[0]) or kernel(x, *a)
+    for layer in r.model.layers:  # gate_up: the qkv GEMV may be its RoPE variant (fused_rope)
+        kernel = layer.gate_up.norm_gemv
+        layer.gate_up.norm_gemv = lambda x, *a, kernel=kernel: fused_calls.append(x.shape[0]) or kernel(x, *a)
     for n, fused in ((2, True), (3, False)):
         fused_calls.clear()
         logits = r.logits(StepPlan(n, 0.0, decodes=_decoding(r, n)))[0]
@@ -158,3 +158,34 @@ def test_a_failed_chain_timing_leaves_the_model_unfused(tiny_llama):
     with pytest.raises(RuntimeError, match="capture failed"):
         choose_fused(r.model, DEV, timer=timer, kernels=_kernels())
     assert not r.model.fused_decode()
+
+
+def test_fused_rope_writes_the_cache_in_the_qkv_gemv_and_changes_no_token(tiny_llama):
+    """With ``fused_rope`` the fused decode layers run RoPE and the KV write inside the qkv GEMV
+    (kernels/gemv_rope.py): the attention backend's own RoPE kernel is never called, the cache holds what it
+    would have written, and the logits of this step and of the next one (reading that cache) agree."""
+    outs = []
+    for fused_rope in (False, True):
+        r = runner(tiny_llama, dtype="bfloat16", device=str(DEV), attention_backend="triton", enforce_eager=True)
+        assert choose_fused(r.model, DEV, timer=_timer({"chain:fused": 1e-9}), kernels=_kernels()).chosen
+        assert all(layer.qkv.norm_rope_gemv is not None for layer in r.model.layers)
+        r.model.fused_rope = fused_rope
+        (seq,) = _decoding(r, 1)  # the prompt's prefill takes the unfused layers
+        if fused_rope:
+            r.attention.rope_and_write = lambda *a: pytest.fail("the fused path must not call rope_and_write")
+        first = r.logits(StepPlan(9, 0.0, decodes=[seq]))[0]
+        cache = r.kv.layer(0)[0].clone()
+        seq.emit(0.0, [int(first[0].argmax())])
+        seq.num_computed += 1
+        second = r.logits(StepPlan(10, 0.0, decodes=[seq]))[0]
+        outs.append((first, second, cache))
+    for want, got in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(got.float(), want.float(), rtol=2**-7, atol=2**-7 * want.float().abs().max().item())
+    assert (outs[0][1].argmax(-1) == outs[1][1].argmax(-1)).all()
+
+
+def test_fused_rope_flag_must_be_a_bool() -> None:
+    from engine.config import EngineConfig
+
+    with pytest.raises(ValueError, match="EngineConfig.fused_rope: must be a bool, got 1"):
+        EngineConfig("m", fused_rope=1)

@@ -9,6 +9,7 @@ import torch
 from kernels.attention_decode import paged_decode_attention
 from kernels.gemv_bf16 import GemvConfig, candidate_configs, gemv_bf16
 from kernels.gemv_fused import fused_candidates, gemv_residual, gemv_rms_norm
+from kernels.gemv_rope import gemv_rms_norm_rope
 from kernels.pdl import pdl_launch_options, pdl_supported
 from kernels.quant_linear import int4_linear, int8_linear, quantize_int4, quantize_int8
 from kernels.rope import rope_cos_sin
@@ -52,16 +53,22 @@ def test_pdl_configs() -> None:
     assert all(c.pdl and c.split_k == 1 and c.block_n >= 2 for c in fused_candidates(16384, 2048, cpu, True, True))
 
 
-def _chain(pdl: bool, tensors: dict) -> torch.Tensor:
-    """A decode layer's kernels in order, each reading the previous one's output."""
+def _chain(pdl: bool, tensors: dict, fused_rope: bool = False) -> torch.Tensor:
+    """A decode layer's kernels in order, each reading the previous one's output (``fused_rope``: RoPE and
+    the KV write in the qkv GEMV's epilogue, kernels/gemv_rope.py)."""
     t = tensors
     cfg = GemvConfig(8, 512, 4, pdl=pdl)
-    qkv = gemv_rms_norm(t["r"], t["nw"], 1e-5, t["w_qkv"], config=cfg)
+    kv = t["kv"]
+    if fused_rope:
+        qkv = gemv_rms_norm_rope(t["r"], t["nw"], 1e-5, t["w_qkv"], t["pos"], t["cos_sin"], kv.k_cache, kv.v_cache,
+                                 t["slot"], 4, config=cfg)
+    else:
+        qkv = gemv_rms_norm(t["r"], t["nw"], 1e-5, t["w_qkv"], config=cfg)
     q = qkv[:, :256].reshape(1, 4, 64)
     k = qkv[:, 256:384].reshape(1, 2, 64)
     v = qkv[:, 384:].reshape(1, 2, 64)
-    kv = t["kv"]
-    rope_and_write_kv(q, k, v, t["pos"], t["cos_sin"], kv.k_cache, kv.v_cache, t["slot"], pdl=pdl)
+    if not fused_rope:
+        rope_and_write_kv(q, k, v, t["pos"], t["cos_sin"], kv.k_cache, kv.v_cache, t["slot"], pdl=pdl)
     attn = paged_decode_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens, 0.125, pdl=pdl,
                                   num_splits=4)
     r = gemv_residual(attn.reshape(1, 256), t["w_o"], t["r"], config=GemvConfig(4, 256, 4, split_k=2, pdl=pdl))
@@ -70,7 +77,8 @@ def _chain(pdl: bool, tensors: dict) -> torch.Tensor:
 
 
 @pytest.mark.skipif(not HOPPER, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
-def test_pdl_chain_in_a_graph_equals_the_plain_chain() -> None:
+@pytest.mark.parametrize("fused_rope", [False, True])
+def test_pdl_chain_in_a_graph_equals_the_plain_chain(fused_rope: bool) -> None:
     dev = torch.device("cuda")
     outs = []
     for pdl in (False, True):
@@ -85,10 +93,10 @@ def test_pdl_chain_in_a_graph_equals_the_plain_chain() -> None:
                    "w_gu": rnd(2 * 960, 320), "w_down": rnd(320, 960), "kv": kv,
                    "pos": torch.tensor([599], device=dev), "slot": slot,
                    "cos_sin": rope_cos_sin(64, 1024, 500000.0, None).to(dev)}
-        _chain(pdl, tensors)  # compile outside the capture
+        _chain(pdl, tensors, fused_rope)  # compile outside the capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = _chain(pdl, tensors)
+            out = _chain(pdl, tensors, fused_rope)
         graph.replay()
         torch.cuda.synchronize()
         outs.append(out.clone())
