@@ -6,9 +6,9 @@
    fused batch-1 path runs it (qkv GEMV with the input norm, RoPE + KV write, paged decode attention over a
    ``--ctx``-token context, o GEMV + residual, gate/up GEMV with the norm and SwiGLU, down GEMV + residual;
    PDL on Hopper), in one CUDA graph per variant: RoPE + KV write as their own kernel (the reference, timed
-   first and last), then inside the qkv GEMV with the next kernel triggered early (as every decode kernel
-   does) or after the GEMV's stores. Replay time (CUDA events, median) and the final residual's largest
-   difference from the reference's.
+   first and last; and that kernel triggering the next one after its stores), then inside the qkv GEMV
+   with the next kernel triggered early (as every decode kernel does) or after the GEMV's stores. Replay
+   time (CUDA events, median) and the final residual's largest difference from the reference's.
 2. ``--engine``: the engine's batch-1 decode with ``fused_rope`` off, on, off, on (``benchmarks.decode_ab``,
    lookahead on).
 
@@ -36,7 +36,7 @@ from kernels.rope_kv_write import rope_and_write_kv
 
 BENCH = "fused_rope"
 BLOCK = 16
-VARIANTS = ("separate", "fused", "fused, late trigger")
+VARIANTS = ("separate", "separate, late trigger", "fused", "fused, late trigger")
 
 
 def _log(msg: str) -> None:
@@ -82,17 +82,18 @@ class Chain:
         """One decode step through every layer, RoPE + KV write as ``variant`` says."""
         r = self.r0
         for i, w in enumerate(self.w):
-            if variant == "separate":
+            if variant.startswith("separate"):
                 qkv = gemv_rms_norm(r, w["nw_in"], self.eps, w["qkv"], config=self.cfgs["qkv"])
             else:
                 qkv = gemv_rms_norm_rope(r, w["nw_in"], self.eps, w["qkv"], self.pos, self.cos_sin, self.kc[i],
                                          self.vc[i], self.slot, self.hq, config=self.cfgs["qkv"],
                                          late_trigger=variant.endswith("late trigger"))
             q = qkv[:, :self.q_size].reshape(1, self.hq, self.d)
-            if variant == "separate":
+            if variant.startswith("separate"):
                 k = qkv[:, self.q_size:self.q_size + self.kv_size].reshape(1, self.hkv, self.d)
                 v = qkv[:, self.q_size + self.kv_size:].reshape(1, self.hkv, self.d)
-                rope_and_write_kv(q, k, v, self.pos, self.cos_sin, self.kc[i], self.vc[i], self.slot, pdl=self.pdl)
+                rope_and_write_kv(q, k, v, self.pos, self.cos_sin, self.kc[i], self.vc[i], self.slot, pdl=self.pdl,
+                                  late_trigger=variant.endswith("late trigger"))
             attn = paged_decode_attention(q, self.kc[i], self.vc[i], self.tables, self.lens, self.d ** -0.5,
                                           pdl=self.pdl)
             r = gemv_residual(attn.reshape(1, self.q_size), w["o"], r, config=self.cfgs["o"])

@@ -15,7 +15,7 @@ import triton.language as tl
 from kernels._util import next_pow2
 from kernels.kv_write import _check_args as _check_write_args
 from kernels.kv_write import kv_codes, kv_scale, quant_constexprs, write_kv_ref
-from kernels.pdl import pdl_enter, pdl_launch_options
+from kernels.pdl import pdl_enter, pdl_launch_options, pdl_trigger, pdl_wait
 from kernels.rope import _check_args as _check_rope_args
 from kernels.rope import apply_rope_ref, rope_token_
 
@@ -27,10 +27,13 @@ def _rope_kv_write_kernel(
     num_q_heads, num_kv_heads,
     HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr,
     QUANT: tl.constexpr, IS_INT8: tl.constexpr, SOFT_FP8: tl.constexpr, QMAX_C: tl.constexpr,
-    AMAX_FLOOR: tl.constexpr, PDL: tl.constexpr,
+    AMAX_FLOOR: tl.constexpr, PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr,
 ):
     # One program per token; every head is handled as two [heads, HALF] tiles (the rotate-half pairs).
-    pdl_enter(PDL)
+    if LATE_TRIGGER:
+        pdl_wait(PDL)
+    else:
+        pdl_enter(PDL)
     t = tl.program_id(0).to(tl.int64)
     k1, k2, offs, f_ok = rope_token_(q_ptr, k_ptr, pos_ptr, cs_ptr, t, stride_qt, stride_qh, stride_kt, stride_kh,
                                      num_q_heads, num_kv_heads, HALF, BLOCK_HALF, BLOCK_HQ, BLOCK_HKV)
@@ -64,6 +67,8 @@ def _rope_kv_write_kernel(
         tl.store(kc_ptr + c1 + HALF, k2.to(ety), mask=mask)
         tl.store(vc_ptr + c1, v1.to(ety), mask=mask)
         tl.store(vc_ptr + c1 + HALF, v2.to(ety), mask=mask)
+    if LATE_TRIGGER:
+        pdl_trigger(PDL)
 
 
 def _check_args(
@@ -80,6 +85,7 @@ def rope_and_write_kv(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor,
     k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor,
     k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None, pdl: bool = False,
+    late_trigger: bool = False,
 ) -> None:
     """Rotate q and k in place, then store the rotated k and v of ``T`` tokens into the paged caches.
 
@@ -95,6 +101,8 @@ def rope_and_write_kv(
         slot_mapping: int64/int32 [T]; slot = block_id * block_size + offset, negative skips the write.
         k_scale, v_scale: fp32 [num_blocks, block_size, Hkv] for fp8/int8 caches, else None.
         pdl: launch with programmatic dependent launch (``kernels.pdl``; ValueError off Hopper).
+        late_trigger: with ``pdl``, let the next kernel launch only after the stores (else right after
+            the wait for the previous kernel).
     """
     quantized = _check_args(q, k, v, positions, cos_sin, k_cache, v_cache, slot_mapping, k_scale, v_scale)
     num_tokens, hq, d = q.shape
@@ -109,7 +117,7 @@ def rope_and_write_kv(
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         hq, hkv,
         HALF=half, BLOCK_HALF=next_pow2(half), BLOCK_HQ=next_pow2(hq), BLOCK_HKV=next_pow2(hkv),
-        **quant_constexprs(k_cache), PDL=pdl, num_warps=4, **launch,
+        **quant_constexprs(k_cache), PDL=pdl, LATE_TRIGGER=late_trigger, num_warps=4, **launch,
     )
 
 

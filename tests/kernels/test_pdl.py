@@ -53,9 +53,10 @@ def test_pdl_configs() -> None:
     assert all(c.pdl and c.split_k == 1 and c.block_n >= 2 for c in fused_candidates(16384, 2048, cpu, True, True))
 
 
-def _chain(pdl: bool, tensors: dict, fused_rope: bool = False) -> torch.Tensor:
+def _chain(pdl: bool, tensors: dict, fused_rope: bool = False, late_trigger: bool = False) -> torch.Tensor:
     """A decode layer's kernels in order, each reading the previous one's output (``fused_rope``: RoPE and
-    the KV write in the qkv GEMV's epilogue, kernels/gemv_rope.py)."""
+    the KV write in the qkv GEMV's epilogue, kernels/gemv_rope.py; ``late_trigger``: the separate RoPE +
+    KV-write kernel lets the next one launch after its stores)."""
     t = tensors
     cfg = GemvConfig(8, 512, 4, pdl=pdl)
     kv = t["kv"]
@@ -68,7 +69,8 @@ def _chain(pdl: bool, tensors: dict, fused_rope: bool = False) -> torch.Tensor:
     k = qkv[:, 256:384].reshape(1, 2, 64)
     v = qkv[:, 384:].reshape(1, 2, 64)
     if not fused_rope:
-        rope_and_write_kv(q, k, v, t["pos"], t["cos_sin"], kv.k_cache, kv.v_cache, t["slot"], pdl=pdl)
+        rope_and_write_kv(q, k, v, t["pos"], t["cos_sin"], kv.k_cache, kv.v_cache, t["slot"], pdl=pdl,
+                          late_trigger=late_trigger)
     attn = paged_decode_attention(q, kv.k_cache, kv.v_cache, kv.block_tables, kv.seq_lens, 0.125, pdl=pdl,
                                   num_splits=4)
     r = gemv_residual(attn.reshape(1, 256), t["w_o"], t["r"], config=GemvConfig(4, 256, 4, split_k=2, pdl=pdl))
@@ -77,8 +79,8 @@ def _chain(pdl: bool, tensors: dict, fused_rope: bool = False) -> torch.Tensor:
 
 
 @pytest.mark.skipif(not HOPPER, reason="PDL needs a CUDA GPU of compute capability >= 9.0")
-@pytest.mark.parametrize("fused_rope", [False, True])
-def test_pdl_chain_in_a_graph_equals_the_plain_chain(fused_rope: bool) -> None:
+@pytest.mark.parametrize(("fused_rope", "late_trigger"), [(False, False), (False, True), (True, False)])
+def test_pdl_chain_in_a_graph_equals_the_plain_chain(fused_rope: bool, late_trigger: bool) -> None:
     dev = torch.device("cuda")
     outs = []
     for pdl in (False, True):
@@ -93,10 +95,10 @@ def test_pdl_chain_in_a_graph_equals_the_plain_chain(fused_rope: bool) -> None:
                    "w_gu": rnd(2 * 960, 320), "w_down": rnd(320, 960), "kv": kv,
                    "pos": torch.tensor([599], device=dev), "slot": slot,
                    "cos_sin": rope_cos_sin(64, 1024, 500000.0, None).to(dev)}
-        _chain(pdl, tensors, fused_rope)  # compile outside the capture
+        _chain(pdl, tensors, fused_rope, late_trigger)  # compile outside the capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out = _chain(pdl, tensors, fused_rope)
+            out = _chain(pdl, tensors, fused_rope, late_trigger)
         graph.replay()
         torch.cuda.synchronize()
         outs.append(out.clone())
