@@ -157,7 +157,8 @@ def _decode(llm, prompts: list[list[int]], new: int, spec: str | None) -> tuple[
 
     llm.speculation = parse_speculation(spec)
     llm.generate(prompts, max_tokens=8)  # warm-up of this policy's shapes
-    torch.cuda.synchronize()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     t = time.perf_counter()
     out = llm.generate(prompts, max_tokens=new)
     wall = time.perf_counter() - t
