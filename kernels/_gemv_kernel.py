@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.pdl import pdl_enter, pdl_launch_options
+from kernels.pdl import pdl_enter, pdl_launch_options, pdl_trigger, pdl_wait
 
 if TYPE_CHECKING:
     from kernels.gemv_bf16 import GemvConfig
@@ -95,24 +95,25 @@ def _accumulate(acc, acc_up, acc1, acc1_up, w, w_up, x_ptr, nw_ptr, k, K, M, str
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_chunk, up_off, eps,
-                 stride_xm, stride_wn, stride_om, stride_rm,
-                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                 NORM: tl.constexpr, GLU: tl.constexpr, RES: tl.constexpr, PDL: tl.constexpr):
-    # Program (pid_n, pid_k) covers output columns [pid_n * BLOCK_N, +BLOCK_N) and K range
-    # [pid_k * k_chunk, +k_chunk); k_chunk is a multiple of BLOCK_K (>= BLOCK_K), so only the last split's
-    # tiles reach past K (masked). With GLU, output column n reads weight rows n (gate) and n + up_off (up).
-    pid_n = tl.program_id(0)
-    k_start = tl.program_id(1) * k_chunk
-    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = n < N
-    n64 = n.to(tl.int64)
+def gemv_rows(x_ptr, w_ptr, nw_ptr, n64, nmask, k_start, k_chunk, K, M, up_off, eps, stride_xm, stride_wn,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM: tl.constexpr,
+              GLU: tl.constexpr, PDL: tl.constexpr, LATE_TRIGGER: tl.constexpr):
+    """The GEMV of weight rows ``n64`` (mask ``nmask``) over K range [k_start, k_start + k_chunk) of x's M rows
+    (with NORM: normalised over all of K first; with GLU: also the up rows ``n + up_off``).
+
+    The first weight tile is loaded before the PDL wait: weights are never written by the step, so with PDL
+    this load overlaps the previous kernel's tail (kernels/pdl.py). The next kernel may launch right after the
+    wait, or with ``LATE_TRIGGER`` when the caller calls ``pdl_trigger`` (after its stores).
+
+    Returns:
+        (acc, acc_up): fp32 [BLOCK_M, BLOCK_N] sums (acc_up meaningful with GLU only).
+    """
     k_off = tl.arange(0, BLOCK_K)
     m_idx = tl.arange(0, BLOCK_M)
-    # The first weight tile is loaded before pdl_enter: weights are never written by the step, so with
-    # PDL this load overlaps the previous kernel's tail (kernels/pdl.py).
     w, w_up = _load_w(w_ptr, n64, nmask, k_start + k_off, K, stride_wn, up_off, GLU)
-    pdl_enter(PDL)
+    pdl_wait(PDL)
+    if not LATE_TRIGGER:
+        pdl_trigger(PDL)
     rstd = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
     if NORM:
         for m in tl.static_range(BLOCK_M):
@@ -133,6 +134,25 @@ def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_ch
         acc = tl.sum(acc1, axis=1)[None, :]
         if GLU:
             acc_up = tl.sum(acc1_up, axis=1)[None, :]
+    return acc, acc_up
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, out_ptr, part_ptr, nw_ptr, res_ptr, M, N, K, k_chunk, up_off, eps,
+                 stride_xm, stride_wn, stride_om, stride_rm,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                 NORM: tl.constexpr, GLU: tl.constexpr, RES: tl.constexpr, PDL: tl.constexpr):
+    # Program (pid_n, pid_k) covers output columns [pid_n * BLOCK_N, +BLOCK_N) and K range
+    # [pid_k * k_chunk, +k_chunk); k_chunk is a multiple of BLOCK_K (>= BLOCK_K), so only the last split's
+    # tiles reach past K (masked). With GLU, output column n reads weight rows n (gate) and n + up_off (up).
+    pid_n = tl.program_id(0)
+    k_start = tl.program_id(1) * k_chunk
+    n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    nmask = n < N
+    n64 = n.to(tl.int64)
+    m_idx = tl.arange(0, BLOCK_M)
+    acc, acc_up = gemv_rows(x_ptr, w_ptr, nw_ptr, n64, nmask, k_start, k_chunk, K, M, up_off, eps, stride_xm,
+                            stride_wn, BLOCK_M, BLOCK_N, BLOCK_K, NORM, GLU, PDL, False)
     omask = (m_idx[:, None] < M) & nmask[None, :]
     if SPLIT_K == 1:
         if GLU:

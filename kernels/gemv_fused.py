@@ -38,6 +38,16 @@ def fused_candidates(n: int, k: int, device: torch.device, glu: bool = False, pd
     return list(dict.fromkeys(glu_config(c) for c in configs)) if glu else configs
 
 
+def check_norm(norm_weight: torch.Tensor, eps: float, k: int) -> None:
+    """Raise ValueError unless ``norm_weight`` is a contiguous float [k] tensor and ``eps`` > 0."""
+    if not isinstance(norm_weight, torch.Tensor) or tuple(norm_weight.shape) != (k,):
+        raise ValueError(f"norm_weight must be 1-D of length K={k}, got {getattr(norm_weight, 'shape', None)}")
+    if not norm_weight.is_floating_point() or not norm_weight.is_contiguous():
+        raise ValueError(f"norm_weight must be a contiguous float tensor, got {norm_weight.dtype}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+
+
 def gemv_rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: torch.Tensor,
                   out: torch.Tensor | None = None, config: GemvConfig | None = None,
                   glu: bool = False) -> torch.Tensor:
@@ -58,12 +68,7 @@ def gemv_rms_norm(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w: tor
     """
     n, k = check_weight(w)
     check_rows(x, w, k, "gemv_rms_norm")
-    if not isinstance(norm_weight, torch.Tensor) or tuple(norm_weight.shape) != (k,):
-        raise ValueError(f"norm_weight must be 1-D of length K={k}, got {getattr(norm_weight, 'shape', None)}")
-    if not norm_weight.is_floating_point() or not norm_weight.is_contiguous():
-        raise ValueError(f"norm_weight must be a contiguous float tensor, got {norm_weight.dtype}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    check_norm(norm_weight, eps, k)
     if glu and n % 2:
         raise ValueError(f"glu needs a [gate | up] weight with an even number of rows, got {n}")
     check_same_device(("x", x), ("norm_weight", norm_weight), ("w", w))

@@ -24,13 +24,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._gemv_kernel import _accumulate, _load_w, _row_rstd
+from kernels._gemv_kernel import gemv_rows
+from kernels._gemv_util import prepare_out
 from kernels._util import check_kv_cache, check_same_device, check_shape, check_tensor
 from kernels.gemv_bf16 import GemvConfig, check_rows, check_weight, resolve_config
-from kernels.gemv_fused import gemv_rms_norm_ref
+from kernels.gemv_fused import check_norm, gemv_rms_norm_ref
 from kernels.kv_write import write_kv_ref
-from kernels.pdl import pdl_enter, pdl_launch_options, pdl_trigger, pdl_wait
-from kernels.rope import apply_rope_ref
+from kernels.pdl import pdl_launch_options, pdl_trigger
+from kernels.rope import apply_rope_ref, check_positions
 
 
 def rope_config(config: GemvConfig) -> GemvConfig:
@@ -52,27 +53,9 @@ def _qkv_rope_kernel(x_ptr, w_ptr, out_ptr, nw_ptr, pos_ptr, cs_ptr, slot_ptr, k
     n = (pair // HALF) * (2 * HALF) + (i % 2) * HALF + pair % HALF
     nmask = n < N
     n64 = n.to(tl.int64)
-    k_off = tl.arange(0, BLOCK_K)
     m_idx = tl.arange(0, BLOCK_M)
-    w, w_up = _load_w(w_ptr, n64, nmask, k_off, K, stride_wn, 0, False)  # before the wait: weights are constant
-    if LATE_TRIGGER:
-        pdl_wait(PDL)
-    else:
-        pdl_enter(PDL)
-    rstd = tl.full([BLOCK_M], 1.0, dtype=tl.float32)
-    for m in tl.static_range(BLOCK_M):
-        r = _row_rstd(x_ptr + m * stride_xm, K, eps, (k_off * 0 + m) < M, BLOCK_K)
-        rstd = tl.where(m_idx == m, r, rstd)
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    acc1 = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-    acc, _, acc1, _ = _accumulate(acc, acc, acc1, acc1, w, w_up, x_ptr, nw_ptr, k_off, K, M, stride_xm, rstd,
-                                  m_idx, BLOCK_M, True, False)
-    for k0 in range(BLOCK_K, K, BLOCK_K):
-        w, w_up = _load_w(w_ptr, n64, nmask, k0 + k_off, K, stride_wn, 0, False)
-        acc, _, acc1, _ = _accumulate(acc, acc, acc1, acc1, w, w_up, x_ptr, nw_ptr, k0 + k_off, K, M, stride_xm,
-                                      rstd, m_idx, BLOCK_M, True, False)
-    if BLOCK_M == 1:
-        acc = tl.sum(acc1, axis=1)[None, :]
+    acc, _ = gemv_rows(x_ptr, w_ptr, nw_ptr, n64, nmask, 0, K, K, M, 0, eps, stride_xm, stride_wn, BLOCK_M, BLOCK_N,
+                       BLOCK_K, True, False, PDL, LATE_TRIGGER)
     dt = out_ptr.dtype.element_ty
     # the projection as the unfused GEMV stores it, then split into the pairs' halves [BLOCK_M, PAIRS]
     x1, x2 = tl.split(tl.reshape(acc.to(dt).to(tl.float32), [BLOCK_M, PAIRS, 2]))
@@ -138,10 +121,7 @@ def gemv_rms_norm_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w
     n, k = check_weight(w)
     check_rows(x, w, k, "gemv_rms_norm_rope")
     m = x.shape[0]
-    if not isinstance(norm_weight, torch.Tensor) or tuple(norm_weight.shape) != (k,) or not norm_weight.is_contiguous():
-        raise ValueError(f"norm_weight must be a contiguous [{k}] tensor, got {getattr(norm_weight, 'shape', None)}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    check_norm(norm_weight, eps, k)
     if getattr(k_cache, "dtype", None) != x.dtype or getattr(v_cache, "dtype", None) != x.dtype:
         raise ValueError(f"gemv_rms_norm_rope writes caches of x's dtype {x.dtype} only, got "
                          f"{getattr(k_cache, 'dtype', None)} / {getattr(v_cache, 'dtype', None)}")
@@ -149,21 +129,13 @@ def gemv_rms_norm_rope(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w
     if d % 2 or n != (num_q_heads + 2 * hkv) * d:
         raise ValueError(f"w has {n} rows; num_q_heads={num_q_heads} and the cache's {hkv} kv heads of dim {d} "
                          f"need (Hq + 2 Hkv) * D = {(num_q_heads + 2 * hkv) * d} (D even)")
-    check_tensor("positions", positions, 1, (torch.int64, torch.int32))
-    check_shape("positions", positions, (m,))
+    check_positions(positions, cos_sin, m, d)
     check_tensor("slot_mapping", slot_mapping, 1, (torch.int64, torch.int32))
     check_shape("slot_mapping", slot_mapping, (m,))
-    check_tensor("cos_sin", cos_sin, 2, (torch.float32,))
-    if cos_sin.shape[1] != d or not cos_sin.is_contiguous():
-        raise ValueError(f"cos_sin must be a contiguous [max_pos, {d}] tensor, got {tuple(cos_sin.shape)}")
     check_same_device(x=x, norm_weight=norm_weight, w=w, positions=positions, cos_sin=cos_sin, k_cache=k_cache,
                       v_cache=v_cache, slot_mapping=slot_mapping)
     cfg = rope_config(resolve_config(config, n, k, x.device))
-    if out is None:
-        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    elif tuple(out.shape) != (m, n) or out.dtype != x.dtype or out.stride(1) != 1:
-        raise ValueError(f"out must be a {x.dtype} [{m}, {n}] tensor with contiguous rows, got {out.dtype} "
-                         f"{tuple(out.shape)}")
+    out = prepare_out(x, n, out)
     _qkv_rope_kernel[(triton.cdiv(n, cfg.block_n),)](
         x, w, out, norm_weight, positions, cos_sin, slot_mapping, k_cache, v_cache, m, n, k, float(eps),
         x.stride(0), w.stride(0), out.stride(0), num_q_heads, hkv,

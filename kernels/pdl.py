@@ -64,9 +64,8 @@ def pdl_launch_options(pdl: bool, device: torch.device) -> dict[str, bool]:
 def pdl_enter(PDL: tl.constexpr):
     """With ``PDL``: wait until the previous kernel of the stream has completed (its writes visible), then
     let the next kernel be scheduled. A no-op without."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
+    pdl_trigger(PDL)
 
 
 @triton.jit

@@ -82,12 +82,18 @@ def _check_args(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_s
         raise ValueError(f"q head_dim must be even, got {d}")
     if k.shape[0] != t or k.shape[2] != d:
         raise ValueError(f"k must have shape ({t}, num_kv_heads, {d}), got {tuple(k.shape)}")
-    check_tensor("positions", positions, 1, (torch.int64, torch.int32))
-    check_shape("positions", positions, (t,))
-    check_tensor("cos_sin", cos_sin, 2, (torch.float32,))
-    if cos_sin.shape[1] != d or not cos_sin.is_contiguous():
-        raise ValueError(f"cos_sin must be a contiguous [max_pos, {d}] tensor, got {tuple(cos_sin.shape)}")
+    check_positions(positions, cos_sin, t, d)
     check_same_device(q=q, k=k, positions=positions, cos_sin=cos_sin)
+
+
+def check_positions(positions: torch.Tensor, cos_sin: torch.Tensor, num_tokens: int, head_dim: int) -> None:
+    """Raise ValueError unless ``positions`` is an int32/int64 [num_tokens] tensor and ``cos_sin`` a contiguous
+    fp32 [max_pos, head_dim] table (:func:`rope_cos_sin`)."""
+    check_tensor("positions", positions, 1, (torch.int64, torch.int32))
+    check_shape("positions", positions, (num_tokens,))
+    check_tensor("cos_sin", cos_sin, 2, (torch.float32,))
+    if cos_sin.shape[1] != head_dim or not cos_sin.is_contiguous():
+        raise ValueError(f"cos_sin must be a contiguous [max_pos, {head_dim}] tensor, got {tuple(cos_sin.shape)}")
 
 
 def apply_rope_(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:
