@@ -1,6 +1,7 @@
 """Simulator speed: 10,000 chat-like requests, continuous batching, Llama-3.2-1B on H100.
 
 Run on one core:  taskset -c 0 python -m benchmarks.bench_sim [--n 10000] [--repeat 3] [--profile FILE]
+[--decode-runs false] (book every step on its own: the A/B of ``sim.decode_run``)
 Prints wall and CPU time (trace generation excluded; the run and the metrics
 included), requests per wall-second and simulated seconds per wall-second, per
 trace. CPU time is the figure to trust on a shared machine.
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cost-model", default="calibrated", choices=["calibrated", "roofline"])
     parser.add_argument("--profile", default=None, help="profile file (default: the shipped H100 one)")
+    parser.add_argument("--decode-runs", default="true", choices=["true", "false"],
+                        help="book stretches of repeated decode steps at once (sim.decode_run; same results)")
     args = parser.parse_args()
     sim_cfg = SimConfig(model="llama-3.2-1b", gpu="h100", cost_model=args.cost_model, profile=args.profile)
     sched_cfg = SchedulerConfig(num_gpu_blocks=sim_cfg.kv_blocks(16), block_size=16)
@@ -41,7 +44,8 @@ def main() -> None:
         best, cpu, summary = float("inf"), float("inf"), {}
         for _ in range(args.repeat):
             t0, c0 = time.perf_counter(), time.process_time()
-            summary = simulate(requests, make_policy("continuous"), sched_cfg, cost).summary
+            summary = simulate(requests, make_policy("continuous"), sched_cfg, cost,
+                               decode_runs=args.decode_runs == "true").summary
             best = min(best, time.perf_counter() - t0)
             cpu = min(cpu, time.process_time() - c0)
         sim_s = summary["makespan_s"]

@@ -21,7 +21,7 @@ from policies.eviction import make_eviction_policy
 from policies.preemption import VICTIM_POLICIES
 from policies.scheduler_config import SchedulerConfig
 from policies.sequence import SeqStatus, Sequence
-from policies.speculation import SpeculationPolicy, assign_drafts
+from policies.speculation import SpeculationPolicy, assign_drafts, book_verified
 from policies.types import PrefillChunk, Request, StepPlan, StepResult
 
 __all__ = ["STEP_LOG_COLUMNS", "Scheduler", "SchedulerConfig"]
@@ -29,6 +29,8 @@ __all__ = ["STEP_LOG_COLUMNS", "Scheduler", "SchedulerConfig"]
 STEP_LOG_COLUMNS = ("start_s", "duration_s", "prefill_tokens", "decodes", "kv_blocks_used",
                     "running", "waiting", "swapped", "preempted", "prefills", "decode_ctx_tokens",
                     "prefill_attn_pairs", "draft_tokens", "draft_ctx_tokens", "prefill_ctx_tokens")
+# a decode-only step's row before its times, blocks, sizes and context are filled in (book_decode_run)
+_DECODE_ROW = array("d", [0.0] * len(STEP_LOG_COLUMNS))
 
 
 class Scheduler:
@@ -278,7 +280,7 @@ class Scheduler:
             if chunk.samples and seq.emit(end, ids[seq.seq_id] if ids is not None else None):
                 done.append(seq)
         if plan.num_draft_tokens:
-            self._book_verified(plan, result, end, done)
+            book_verified(plan, result, end, done)
         elif ids is None:  # simulator fast path: one token of unknown id per decode
             for seq in plan.decodes:
                 seq.num_computed += 1
@@ -309,29 +311,38 @@ class Scheduler:
                               plan.prefill_ctx_tokens))
         return done
 
-    def _book_verified(self, plan: StepPlan, result: StepResult, end: float, done: list[Sequence]) -> None:
-        """Book the decodes of a step with draft tokens: decode ``i`` emitted ``a_i + 1`` tokens (its
-        ``a_i`` accepted drafts and one from the target), so ``a_i + 1`` more positions hold valid KV.
+    def book_decode_run(self, decodes: list[Sequence], starts: list[float], outs: list[float], used: list[int],
+                        ctx: int) -> None:
+        """Book ``len(starts)`` decode-only steps of ``decodes`` at once (the simulator's ``sim.decode_run``).
 
-        Raises:
-            ValueError: the result gives neither token ids nor accepted counts, or more tokens than verified.
+        The same as that many ``schedule`` + ``postprocess`` rounds (token ids unknown) that each plan
+        exactly ``decodes`` (every running sequence, nothing waiting or swapped) and finish nobody, once the
+        caller has allocated each step's new KV blocks in running order.
+
+        Args:
+            decodes: the running sequences, in order.
+            starts: each step's ``plan.now``.
+            outs: each step's ``result.duration_s`` (its tokens are out at ``start + out``).
+            used: KV blocks in use after each step.
+            ctx: ``decode_ctx_tokens`` of the step before the first (each step reads one more token per decode).
         """
-        ids, accepted = result.token_ids, result.accepted
-        if ids is None and (accepted is None or len(accepted) != len(plan.decodes)):
-            raise ValueError(f"step {plan.step_id} verified {plan.num_draft_tokens} draft tokens but its result "
-                             "has neither token ids nor one accepted count per decode")
-        for i, (seq, k) in enumerate(zip(plan.decodes, plan.draft_lens, strict=True)):
-            n = len(ids[seq.seq_id]) if ids is not None else accepted[i] + 1  # type: ignore[index]
-            if not 1 <= n <= k + 1:
-                raise ValueError(f"step {plan.step_id}: sequence {seq.seq_id!r} verified {k} draft tokens but "
-                                 f"the result emits {n} tokens")
-            seq.num_computed += n
-            if k:
-                seq.num_draft_tokens += k
-                seq.num_accepted_tokens += n - 1
-                seq.num_rejections += n <= k
-            if seq.emit(end, ids[seq.seq_id] if ids is not None else None, n):
-                done.append(seq)
+        k, nb = len(starts), len(decodes)
+        self._step_id += k
+        ends = list(map(float.__add__, starts, outs))
+        for seq in decodes:
+            seq.num_computed += k
+            seq.num_generated += k
+            seq.total_len += k
+            seq.token_times += ends
+        # the rows postprocess logs: only the times, the blocks in use and the context change
+        rows = _DECODE_ROW * k
+        width = len(STEP_LOG_COLUMNS)
+        rows[0::width] = array("d", starts)
+        rows[1::width] = array("d", outs)
+        rows[4::width] = array("d", used)
+        rows[10::width] = array("d", range(ctx + nb, ctx + nb * (k + 1), nb))
+        rows[3::width] = rows[5::width] = array("d", [nb]) * k
+        self.step_log.extend(rows)
 
     # ---------------------------------------------------------------- abort
     def abort_request(self, request_id: str, now: float | None = None) -> Sequence | None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from policies.block_manager import BlockManager
 from policies.registry import build
 from policies.sequence import Sequence
-from policies.types import StepPlan
+from policies.types import StepPlan, StepResult
 
 
 def expected_tokens(alpha: float, k: int) -> float:
@@ -180,6 +180,39 @@ def assign_drafts(plan: StepPlan, wanted: Seq[int], bm: BlockManager, budget: in
         plan.draft_lens, plan.num_draft_tokens, plan.draft_ctx_tokens = lens, total, ctx
         plan.decode_ctx_tokens += ctx
     return budget
+
+
+def book_verified(plan: StepPlan, result: StepResult, end: float, done: list[Sequence]) -> None:
+    """Book the decodes of a step with draft tokens (for ``Scheduler.postprocess``).
+
+    Decode ``i`` emitted ``a_i + 1`` tokens (its ``a_i`` accepted drafts and one from the target), so
+    ``a_i + 1`` more positions hold valid KV.
+
+    Args:
+        plan: the step's plan.
+        result: its result (token ids, or accepted counts in the simulator).
+        end: when the tokens came out.
+        done: gets the sequences that finished.
+
+    Raises:
+        ValueError: the result gives neither token ids nor accepted counts, or more tokens than verified.
+    """
+    ids, accepted = result.token_ids, result.accepted
+    if ids is None and (accepted is None or len(accepted) != len(plan.decodes)):
+        raise ValueError(f"step {plan.step_id} verified {plan.num_draft_tokens} draft tokens but its result "
+                         "has neither token ids nor one accepted count per decode")
+    for i, (seq, k) in enumerate(zip(plan.decodes, plan.draft_lens, strict=True)):
+        n = len(ids[seq.seq_id]) if ids is not None else accepted[i] + 1  # type: ignore[index]
+        if not 1 <= n <= k + 1:
+            raise ValueError(f"step {plan.step_id}: sequence {seq.seq_id!r} verified {k} draft tokens but "
+                             f"the result emits {n} tokens")
+        seq.num_computed += n
+        if k:
+            seq.num_draft_tokens += k
+            seq.num_accepted_tokens += n - 1
+            seq.num_rejections += n <= k
+        if seq.emit(end, ids[seq.seq_id] if ids is not None else None, n):
+            done.append(seq)
 
 
 SPECULATION_POLICIES: dict[str, type[SpeculationPolicy]] = {

@@ -70,6 +70,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,6 +92,11 @@ class CostModel(Protocol):
     It may also have ``host_tail``, a callable ``plan -> float`` or None: the seconds at the end of
     ``step_time(plan)`` that the host spends after the step's tokens are out; the simulator emits the
     tokens that much before the step ends (without one: at its end).
+    A cost model whose prices read only a plan's aggregate fields and list lengths (not ``now`` or
+    ``step_id``), and that keeps no reference to a plan, may say so with ``prices_by_aggregates = True``:
+    the simulator then books stretches of repeated decode steps at once (``sim.decode_run``), pricing one
+    plan object whose context it updates step by step (or calling the model's ``decode_pricer`` where it
+    has one); without it every step is planned.
     """
 
     def step_time(self, plan: StepPlan) -> float:
@@ -106,6 +112,8 @@ class CalibratedCostModel:
         block_size: tokens per KV block (to price swaps).
         source: where the profile came from, for error messages.
     """
+
+    prices_by_aggregates = True  # a function of the plan's aggregates (CostModel)
 
     def __init__(self, profile: dict[str, Any], block_size: int = 16, source: str = "<profile>") -> None:
         if block_size < 1:
@@ -173,6 +181,24 @@ class CalibratedCostModel:
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out), plan.num_draft_tokens,
                                plan.draft_ctx_tokens, plan.prefill_ctx_tokens)
+
+    def decode_pricer(self, num_decodes: int, cold: bool = False) -> Callable[[int], float] | None:
+        """``ctx -> seconds`` of a plain decode-only step of ``num_decodes`` sequences reading ``ctx`` tokens.
+
+        The same float as ``step_time`` (``cold``: ``cold_step_time``) of such a plan, for the simulator's
+        runs of repeated decode steps (``sim.decode_run``), which price one step per call.
+
+        Returns:
+            The pricer, or None where such steps take ``shape_time``'s general path (price the plan).
+        """
+        if cold and self._cold is not None and self._cold.covers(num_decodes):
+            return partial(self._cold, num_decodes)
+        if self._surface is not None and self._surface.covers(num_decodes):
+            return partial(self._surface, num_decodes)
+        if 0 < num_decodes < len(self._graph_dense):
+            base, dec = self._graph_base[num_decodes], self._dec
+            return lambda ctx: base + dec(ctx)
+        return None
 
     def cold_step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` when no looked-ahead step serves it (``sim/lookahead.py``).

@@ -83,3 +83,19 @@ class LookaheadTracker:
             self.hits += 1
             self.dropped = None
         return hit
+
+    @property
+    def looked_ahead(self) -> bool:
+        """Whether the engine looked ahead after the last plan given to ``served``."""
+        return self._after is not None
+
+    def skip(self, hits: int, last: StepPlan | None) -> None:
+        """Account for steps booked without ``served`` calls (``sim.decode_run``).
+
+        Args:
+            hits: how many of them were served.
+            last: the last of them if the engine looked ahead after it, else None.
+        """
+        self.hits += hits
+        self.dropped = None
+        self._after = last

@@ -28,6 +28,8 @@ class RooflineCostModel:
         step_overhead_s: fixed cost added to every non-empty step.
     """
 
+    prices_by_aggregates = True  # a function of the plan's aggregates (sim.cost_model.CostModel)
+
     def __init__(self, model: ModelSpec | str, gpu: GPUSpec | str, weight_dtype: str = "bf16",
                  kv_dtype: str = "bf16", block_size: int = 16, step_overhead_s: float = 0.0) -> None:
         if block_size < 1 or step_overhead_s < 0:

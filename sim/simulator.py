@@ -7,7 +7,8 @@ A step that ends before the next arrival needs no SimPy event (nothing else can
 happen meanwhile): the engine loop keeps its own clock through such stretches
 and lets SimPy's catch up before anything that involves the arrivals, so a
 step-wise driver (the gym env), which gets one event per step, sees the same
-timeline.
+timeline. Stretches of repeated decode-only steps with nothing waiting are booked
+in one go (``sim.decode_run``), with the same results as step by step.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from policies.metrics import SLO, requests_frame, steps_frame, summarize
 from policies.scheduler import Scheduler, SchedulerConfig
 from policies.speculation import SpeculationPolicy
 from policies.types import Request, StepResult
+from sim.decode_run import DecodeRun
 from sim.lookahead import LookaheadTracker
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -57,13 +59,16 @@ class Simulator:
         cost_model: predicts each step's duration from its ``StepPlan``.
         progress: show a tqdm bar of finished requests.
         acceptance: accepted draft counts of verifications (required when the scheduler speculates).
+        decode_runs: book stretches of repeated decode steps at once where the cost model allows it
+            (``sim.decode_run``; the same results, fewer microseconds a step).
 
     Raises:
         ValueError: a speculating scheduler without an acceptance model.
     """
 
     def __init__(self, requests: Iterable[Request], scheduler: Scheduler, cost_model: CostModel,
-                 progress: bool = False, acceptance: GeometricAcceptance | None = None) -> None:
+                 progress: bool = False, acceptance: GeometricAcceptance | None = None,
+                 decode_runs: bool = True) -> None:
         if scheduler.speculation is not None and acceptance is None:
             raise ValueError("the scheduler speculates but the simulator has no acceptance model "
                              "(sim.acceptance.GeometricAcceptance)")
@@ -78,6 +83,9 @@ class Simulator:
         self._wakeup: simpy.Event | None = None
         self._step_event: simpy.Event | None = None  # set by step-wise drivers (gym env)
         self._stepwise = False  # a step-wise driver needs one SimPy event per step
+        self._decode_runs = decode_runs and scheduler.speculation is None and getattr(
+            cost_model, "prices_by_aggregates", False)
+        self.decode_run: DecodeRun | None = None  # set when the loop starts, if runs are on
         self._arrived = 0  # requests handed to the scheduler so far
         self._bar = tqdm(total=len(self.requests), unit="req", desc="simulating", leave=False,
                          disable=not progress)
@@ -119,6 +127,8 @@ class Simulator:
         cold_time = getattr(self.cost_model, "cold_step_time", step_time)
         dropped_time = getattr(self.cost_model, "dropped_time", lambda plan: 0.0)
         requests, num_requests, inf = self.requests, len(self.requests), float("inf")
+        self.decode_run = runs = DecodeRun(sched, step_time, cold_time, host_tail, ahead, getattr(
+            self.cost_model, "decode_pricer", None)) if self._decode_runs else None
         now = env.now
         while True:
             if not (sched.running or sched.waiting or sched.swapped):  # sched.has_unfinished(), inline
@@ -170,6 +180,12 @@ class Simulator:
             self.num_steps += 1
             if done:
                 self._bar.update(len(done))
+            elif runs is not None and not (plan.prefills or plan.preempted or plan.swap_in or plan.swap_out
+                                           or plan.num_draft_tokens or sched.waiting or sched.swapped
+                                           or self._stepwise) and len(sched.running) == len(plan.decodes):
+                arrived = self._arrived  # sim.decode_run's preconditions, inline
+                now, k = runs.extend(plan, now, requests[arrived].arrival_s if arrived < num_requests else inf)
+                self.num_steps += k
             if self._step_event is not None:
                 self._decision_done()
 
@@ -228,7 +244,7 @@ class Simulator:
 def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_config: SchedulerConfig,
              cost_model: CostModel, slo: SLO | None = None, progress: bool = False,
              speculation: SpeculationPolicy | None = None,
-             acceptance: GeometricAcceptance | None = None) -> SimResult:
+             acceptance: GeometricAcceptance | None = None, decode_runs: bool = True) -> SimResult:
     """Simulate one trace under one policy.
 
     Args:
@@ -241,6 +257,7 @@ def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_conf
         progress: show a progress bar.
         speculation: the speculation policy (None: no speculative decoding).
         acceptance: accepted-draft model (required with ``speculation``).
+        decode_runs: book repeated decode steps in stretches (``Simulator``; the same results).
 
     Returns:
         Per-request rows, the step log and the summary (``wall_s`` included).
@@ -249,7 +266,8 @@ def simulate(requests: Iterable[Request], policy: BatchingPolicy, scheduler_conf
     if scheduler_config.verify_group_rows is None:
         rows = getattr(cost_model, "verify_group_rows", 1)  # optional in the CostModel protocol
         scheduler_config = dataclasses.replace(scheduler_config, verify_group_rows=rows)
-    sim = Simulator(requests, Scheduler(scheduler_config, policy, speculation), cost_model, progress, acceptance)
+    sim = Simulator(requests, Scheduler(scheduler_config, policy, speculation), cost_model, progress, acceptance,
+                    decode_runs)
     sim.run()
     result = sim.result(slo=slo)
     result.summary["wall_s"] = time.perf_counter() - t0  # the run and its metrics
