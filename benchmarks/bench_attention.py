@@ -59,14 +59,25 @@ def _sdpa_decode_time(model: str, batch: int, ctx: int) -> tuple[float, str]:
         return t, "sdpa (KV expanded to Hq)"
 
 
-def _decode_time(model: str, batch: int, ctx: int, dtype: torch.dtype) -> float:
-    hq, _, d = MODELS[model]
+def _decode_time(model: str, batch: int, ctx: int, dtype: torch.dtype, merge: bool = False) -> float:
+    """Graph time of the decode kernel; ``merge``: split sequences merged in the partition kernel
+    (``merge_counters``), checked against the reduction kernel's output first."""
+    hq, hkv, d = MODELS[model]
     paged = Paged(model, batch, ctx, dtype, num_copies(kv_bytes(model, batch * ctx, dtype)))
     q = torch.randn(batch, hq, d, device="cuda", dtype=torch.bfloat16)
     out = torch.empty_like(q)
+    counters = torch.zeros(batch * hkv, dtype=torch.int32, device="cuda") if merge else None
+    if merge:
+        args = (q, paged.k_cache, paged.v_cache, paged.tables[0], paged.seq_lens, d**-0.5, paged.k_scale,
+                paged.v_scale)
+        want = paged_decode_attention(*args)
+        got = paged_decode_attention(*args, merge_counters=counters)
+        if not torch.allclose(got.float(), want.float(), rtol=1e-2, atol=1e-2) or counters.any():
+            raise AssertionError(f"merged decode attention differs from the reduction kernel's ({model} B={batch} "
+                                 f"ctx={ctx}): max diff {(got.float() - want.float()).abs().max().item():.3g}")
     return attn_graph_time([
         lambda bt=bt: paged_decode_attention(q, paged.k_cache, paged.v_cache, bt, paged.seq_lens, d**-0.5,
-                                             paged.k_scale, paged.v_scale, out=out)
+                                             paged.k_scale, paged.v_scale, out=out, merge_counters=counters)
         for bt in paged.tables])
 
 
@@ -76,8 +87,13 @@ def _decode_rows(model: str, batch: int, ctx: int, copy_bw: float, bf16_times: d
     ref_t, ref_name = _sdpa_decode_time(model, batch, ctx)
     case = f"{model} bf16 B={batch} ctx={ctx}"
     gbs = kv_bytes(model, batch * ctx, torch.bfloat16) / t / 1e9
+    merged = _decode_time(model, batch, ctx, torch.bfloat16, merge=True)
     return [row("decode_bw", case, gbs, "GB/s", ceiling="copy_bw", ceiling_value=copy_bw / 1e9),
-            row("decode_time", case, t * 1e6, "us", reference=ref_name, ref_value=ref_t * 1e6)]
+            row("decode_time", case, t * 1e6, "us", reference=ref_name, ref_value=ref_t * 1e6),
+            row("decode_merged_time", case, merged * 1e6, "us", reference="the same kernel + reduction kernel",
+                ref_value=t * 1e6),
+            row("decode_merged_bw", case, kv_bytes(model, batch * ctx, torch.bfloat16) / merged / 1e9, "GB/s",
+                ceiling="copy_bw", ceiling_value=copy_bw / 1e9)]
 
 
 def _quant_rows(model: str, batch: int, ctx: int, name: str, copy_bw: float, bf16_times: dict) -> list[dict]:

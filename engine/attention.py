@@ -162,13 +162,17 @@ class TritonAttention:
             programmatic dependent launch (``kernels.pdl``; Hopper GPUs only).
         max_group: most decode rows one group of ``StepMetadata.decode_group_lens`` holds (the decode
             kernel's tile; used where the metadata carries groups).
+        merge_rows: with > 0, decodes of up to that many rows merge their splits inside the decode kernel
+            (``merge_counters``: one zeroed int32 counter per row and kv head, allocated here once, so
+            CUDA graphs replay over the same buffer); 0, or more rows: the reduction kernel.
 
     Raises:
         ImportError: a kernel module is missing.
     """
 
     def __init__(self, kv: KVCache, num_heads: int, num_kv_heads: int, head_dim: int,
-                 decode_splits: int | None = None, pdl: bool = False, max_group: int = 1) -> None:
+                 decode_splits: int | None = None, pdl: bool = False, max_group: int = 1,
+                 merge_rows: int = 0) -> None:
         try:
             from kernels.attention_decode import paged_decode_attention
             from kernels.attention_prefill import paged_prefill_attention
@@ -182,6 +186,15 @@ class TritonAttention:
         self.decode_splits = decode_splits
         self.pdl = pdl
         self.max_group = max_group
+        self.num_kv_heads = num_kv_heads
+        self.merge_counters = (torch.zeros(merge_rows * num_kv_heads, dtype=torch.int32, device=kv.data.device)
+                               if merge_rows > 0 else None)
+
+    def _counters(self, rows: int, meta: StepMetadata) -> torch.Tensor | None:
+        """The merge counters for a decode of ``rows`` rows, or None (reduction kernel)."""
+        c = self.merge_counters
+        return c if c is not None and meta.decode_group_lens is None and rows * self.num_kv_heads <= c.numel() \
+            else None
 
     def plain_cache(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """See ``AttentionBackend``: the layer's caches unless they are quantised."""
@@ -204,7 +217,8 @@ class TritonAttention:
             nd = meta.num_decodes
             self._decode(q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
                          k_scale, v_scale, num_splits=self.decode_splits, out=out[:nd], pdl=self.pdl,
-                         group_lens=meta.decode_group_lens, max_group=self.max_group)
+                         group_lens=meta.decode_group_lens, max_group=self.max_group,
+                         merge_counters=self._counters(nd, meta))
             self._prefill(q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
                           meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out)
             return out
@@ -215,5 +229,6 @@ class TritonAttention:
         if meta.num_decodes:
             self._decode(q[p:], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
                          k_scale, v_scale, num_splits=self.decode_splits, out=out[p:], pdl=self.pdl,
-                         group_lens=meta.decode_group_lens, max_group=self.max_group)
+                         group_lens=meta.decode_group_lens, max_group=self.max_group,
+                         merge_counters=self._counters(q.shape[0] - p, meta))
         return out

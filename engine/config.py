@@ -80,6 +80,12 @@ class EngineConfig:
             and the KV-cache write inside the qkv GEMV's epilogue (``kernels.gemv_rope``) instead of a
             kernel of their own between it and attention (default on: 1-3% faster batch-1 decode on an
             H200, BENCHMARKS.md); quantised caches always take the separate kernel.
+        merge_decode_splits: with the triton backend, merge a split decode sequence's partial results
+            inside the decode attention kernel (the last of its programs to finish merges them:
+            ``merge_counters`` of ``kernels.attention_decode``) instead of in a reduction kernel launched
+            after it, one launch fewer a layer. Results are the same within rounding; off by default
+            until timed on a GPU (BENCHMARKS.md). Decode row groups (``verify_group_rows``) keep the
+            reduction kernel.
     """
 
     model: str
@@ -109,6 +115,7 @@ class EngineConfig:
     ngram_max: int = 3
     verify_group_rows: int | None = None
     fused_rope: bool = True
+    merge_decode_splits: bool = False
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> ValueError:
@@ -157,6 +164,8 @@ class EngineConfig:
             raise bad("verify_group_rows", "must be None or in [1, 32]")
         if not isinstance(self.fused_rope, bool):
             raise bad("fused_rope", "must be a bool")
+        if not isinstance(self.merge_decode_splits, bool):
+            raise bad("merge_decode_splits", "must be a bool")
         if self.speculative_method is not None and self.decode_lookahead:
             raise bad("decode_lookahead", "cannot be combined with speculative decoding (speculative_method)")
 

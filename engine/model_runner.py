@@ -165,7 +165,11 @@ class ModelRunner:
     def _attention(self, kv: KVCache) -> TorchAttention | TritonAttention:
         s = self.spec
         if self.backend == "triton":
-            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl, max_group=self.max_group)
+            cfg = self.config
+            # every decode row of a step is one of its scheduled tokens, and a graph pads to its size
+            rows = max(cfg.max_num_batched_tokens, cfg.max_num_seqs, *cfg.graph_batch_sizes(), 1)
+            return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl, max_group=self.max_group,
+                                   merge_rows=rows if cfg.merge_decode_splits else 0)
         return TorchAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim)
 
     # ---------------------------------------------------------------- sizing

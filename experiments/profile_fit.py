@@ -20,7 +20,7 @@ table: the dense tables include it). The fit:
    attention is taken to be proportional to the context read at a given batch size;
 2. decode base ``d(B) = t(B, small) - k_B * x_small``; ``step_overhead_s`` is the
    intercept at ``B = 0`` of the line through the two smallest batches (clipped to
-   ``[0, min d]``) and ``dense(B) = d(B) - overhead``;
+   ``[0, min d]``, and to 0 when noise makes some ``d`` negative) and ``dense(B) = d(B) - overhead``;
 3. prefill attention: per ``T``, the slope ``k_T = dt / dP`` between ``C = 0`` and the largest
    ``C``; points ``(P, k_T * P)`` of the chunk sizes ``T >= 256`` only (below that the
    attention of even a long context is lost in the step's noise), plus ``(1, 0)``;
@@ -205,7 +205,8 @@ def fit_profile(decodes: Sequence[DecodeSample], prefills: Sequence[PrefillSampl
         base[b] = ss[0].time_s - k * ss[0].ctx_tokens
     b1, b2 = batches[:2]
     intercept = base[b1] - b1 * (base[b2] - base[b1]) / (b2 - b1)
-    overhead = min(max(0.0, intercept), min(base.values()))
+    # >= 0 even when noise makes a batch's base negative (a steep small-to-large slope on a noisy machine)
+    overhead = max(0.0, min(intercept, min(base.values())))
     dense_dec = [(float(b), base[b] - overhead) for b in batches]
     dense_table = monotone_table(dense_dec)
     dense_dec_fn = PiecewiseLinear(*dense_table)

@@ -17,6 +17,8 @@ With n_s == 1 the partition program writes the normalised output directly (a run
 it writes its unnormalised partial output, running max (log2 domain) and denominator, and kernel 2
 (reduce; it returns at once where n_s == 1) merges the n_s partials. Partial buffers exist only when
 num_splits > 1. A sequence of length 0 (CUDA-graph padding) has n_s == 1 and yields zeros, not NaN.
+With ``merge_counters`` there is no kernel 2: each (sequence, kv head) counts its finished programs in
+an atomic counter, and the last one merges the partials (``_merge_if_last``), saving a launch a layer.
 
 Row groups (speculative verification): a decode verifying ``k`` drafts is ``k + 1`` consecutive rows over
 one block table at contexts ctx, ctx + 1, ..., each attending causally. Given ``group_lens`` (per row: the
@@ -66,14 +68,43 @@ def _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_ma
              mask=io_mask)
 
 
+@triton.jit
+def _merge_if_last(ctr, n_s, prow0, po_ptr, pm_ptr, pl_ptr, out_ptr, row_off, head, offs_d, stride_oh, g_ok,
+                   io_mask, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The reduction inside the partition kernel: the last of a (sequence, kv head)'s ``n_s`` programs to
+    finish merges their partials (rows ``prow0 + i`` of the buffers, split i) and writes the output.
+
+    Each program's partial stores precede its arrival (CTA barrier, then an acq_rel atomic at GPU scope),
+    so the last to arrive sees them all; it reads them past L1 and resets the counter for the next launch
+    (or graph replay): the counter is zero between launches.
+    """
+    tl.debug_barrier()
+    if tl.atomic_add(ctr, 1, sem="acq_rel", scope="gpu") == n_s - 1:
+        tl.debug_barrier()
+        m_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        for i in range(0, n_s):
+            m_max = tl.maximum(m_max, tl.load(pm_ptr + prow0 + i, mask=g_ok, other=float("-inf"),
+                                              cache_modifier=".cg"))
+        m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
+        num = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+        den = tl.zeros([BLOCK_G], tl.float32)
+        for i in range(0, n_s):
+            w = tl.exp2(tl.load(pm_ptr + prow0 + i, mask=g_ok, other=float("-inf"), cache_modifier=".cg") - m_max)
+            den += tl.load(pl_ptr + prow0 + i, mask=g_ok, other=0.0, cache_modifier=".cg") * w
+            num += tl.load(po_ptr + (prow0 + i)[:, None] * BLOCK_D + offs_d[None, :], mask=g_ok[:, None],
+                           other=0.0, cache_modifier=".cg") * w[:, None]
+        _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, num, den, io_mask)
+        tl.atomic_xchg(ctr, 0)
+
+
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
 def _decode_partition_kernel(
     q_ptr, kc_ptr, vc_ptr, ks_ptr, vs_ptr, bt_ptr, seq_lens_ptr, group_ptr, out_ptr, po_ptr, pm_ptr, pl_ptr,
-    qk_scale, stride_qs, stride_qh, stride_os, stride_oh, stride_bt,
+    ctr_ptr, qk_scale, stride_qs, stride_qh, stride_os, stride_oh, stride_bt,
     block_size, num_kv_heads, num_q_heads, num_splits, keys_per_split,
     GROUP: tl.constexpr, MAX_ROWS: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, GROUPED: tl.constexpr,
-    QUANT: tl.constexpr, DOT_DT: tl.constexpr, PDL: tl.constexpr,
+    QUANT: tl.constexpr, DOT_DT: tl.constexpr, MERGE_LAST: tl.constexpr, PDL: tl.constexpr,
 ):
     pdl_enter(PDL)
     # num_splits (grid size, the most splits per sequence) and keys_per_split (a multiple of BLOCK_N) are
@@ -157,6 +188,9 @@ def _decode_partition_kernel(
                 tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
                 tl.store(pm_ptr + prow, m_i, mask=g_ok)
                 tl.store(pl_ptr + prow, l_i, mask=g_ok)
+                if MERGE_LAST:
+                    _merge_if_last(ctr_ptr + s * num_kv_heads + kvh, n_s, prow - split, po_ptr, pm_ptr, pl_ptr,
+                                   out_ptr, row_off, head, offs_d, stride_oh, g_ok, io_mask, BLOCK_G, BLOCK_D)
     else:
         _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
 
@@ -230,7 +264,7 @@ def paged_decode_attention(
     seq_lens: torch.Tensor, softmax_scale: float, k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None, num_splits: int | None = None, out: torch.Tensor | None = None,
     pdl: bool = False, config: DecodeConfig | None = None, group_lens: torch.Tensor | None = None,
-    max_group: int = 1,
+    max_group: int = 1, merge_counters: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of one new query per sequence over its whole paged context (positions 0..seq_len-1).
 
@@ -252,6 +286,10 @@ def paged_decode_attention(
             contexts and are attended together, or 0 for a row inside an earlier row's group. The result
             is the same as without groups; only the K/V bytes read change. Not checked on the device.
         max_group: the most rows of one group (a compile-time tile size; used with ``group_lens``).
+        merge_counters: optional int32 zeros, at least S * Hkv of them: split sequences are merged inside
+            the partition kernel by the last of their programs to finish (no reduction kernel); the kernel
+            leaves them zero, so one buffer serves every later call and graph replay on its stream. Used
+            without ``group_lens`` only (row groups keep the reduction kernel).
 
     Returns:
         out [S, Hq, D] in q's dtype.
@@ -259,6 +297,12 @@ def paged_decode_attention(
     num_seqs, hq, hkv, quantized = _check_args(
         q, k_cache, v_cache, block_tables, seq_lens, k_scale, v_scale, num_splits, out, config, group_lens,
         max_group)
+    if merge_counters is not None:
+        check_tensor("merge_counters", merge_counters, 1, (torch.int32,))
+        check_same_device(q=q, merge_counters=merge_counters)
+        if merge_counters.numel() < num_seqs * hkv:
+            raise ValueError(f"merge_counters has {merge_counters.numel()} counters, needs num_seqs * "
+                             f"num_kv_heads = {num_seqs * hkv}")
     launch = pdl_launch_options(pdl, q.device)
     if out is None:
         out = torch.empty_like(q)
@@ -282,18 +326,19 @@ def paged_decode_attention(
         pl = torch.empty_like(pm)
     else:
         po = pm = pl = out  # unused dummies
+    merge = merge_counters is not None and num_splits > 1 and group_lens is None
     _decode_partition_kernel[(num_seqs, hkv, num_splits)](
         q, k_cache, v_cache, k_scale if quantized else k_cache, v_scale if quantized else v_cache,
         block_tables, seq_lens, group_lens if group_lens is not None else seq_lens, out, po, pm, pl,
-        float(softmax_scale) * math.log2(math.e),
+        merge_counters if merge else seq_lens, float(softmax_scale) * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), block_tables.stride(0),
         k_cache.shape[1], hkv, hq, num_splits, split_keys,
         GROUP=group, MAX_ROWS=rows, BLOCK_G=max(16, next_pow2(group * rows)), HEAD_DIM=d, BLOCK_D=block_d,
         BLOCK_N=cfg.block_n, SPLIT=num_splits > 1, GROUPED=group_lens is not None, QUANT=quantized,
-        DOT_DT=dot_dtype(q.dtype, q.device),
+        DOT_DT=dot_dtype(q.dtype, q.device), MERGE_LAST=merge,
         PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch,
     )
-    if num_splits > 1:
+    if num_splits > 1 and not merge:
         _decode_reduce_kernel[(num_seqs, hq)](
             po, pm, pl, seq_lens, out, out.stride(0), out.stride(1), hq, num_splits, split_keys,
             HEAD_DIM=d, BLOCK_D=block_d, BLOCK_SPLITS=max(16, next_pow2(num_splits)),

@@ -76,3 +76,39 @@ def test_int4_needs_width_multiple_of_group(tiny_llama):
     pytest.importorskip("kernels.quant_linear")
     with pytest.raises(ValueError, match=r"int4 quantization needs in_features divisible by 128, got a \[96, 64\]"):
         runner(tiny_llama, dtype="bfloat16", quantization="int4", device=DEV)
+
+
+def test_merged_decode_splits_give_the_reduction_kernels_logits(tiny_llama, monkeypatch):
+    """``merge_decode_splits``: a decode split over its context is merged inside the attention kernel
+    (no reduction-kernel launch) and gives the reduction kernel's logits."""
+    import kernels.attention_decode as attention_decode
+
+    launches = []
+    real = attention_decode._decode_reduce_kernel
+
+    class CountingLaunch:  # the reduction kernel, counting its launches
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return real[grid]
+
+    monkeypatch.setattr(attention_decode, "_decode_reduce_kernel", CountingLaunch())
+    ids = torch.randint(0, 300, (201,), generator=torch.Generator().manual_seed(4)).tolist()  # 52 of 64 blocks
+    logits, counts = [], []
+    for merge in (False, True):
+        launches.clear()
+        r = runner(tiny_llama, dtype="bfloat16", attention_backend="triton", device=DEV, enforce_eager=True,
+                   merge_decode_splits=merge)
+        seq = make_seq("a", ids, 0)
+        chunked_logits(r, seq, [200])
+        seq.num_computed = 200  # decode position 200: 201 keys, two splits of 128 (and the ragged rest)
+        logits.append(r.logits(StepPlan(2, 0.0, decodes=[seq]), all_rows=True)[0].cpu())
+        counts.append(len(launches))
+    assert counts[0] >= 2 and counts[1] == 0  # one reduction a layer without merging, none with it
+    torch.testing.assert_close(logits[1], logits[0], atol=2e-2, rtol=0)  # bf16 outputs, one rounding apart
+
+
+def test_merge_decode_splits_must_be_a_bool():
+    from engine.config import EngineConfig
+
+    with pytest.raises(ValueError, match="EngineConfig.merge_decode_splits: must be a bool, got 'yes'"):
+        EngineConfig("m", merge_decode_splits="yes")

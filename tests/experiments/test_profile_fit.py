@@ -207,3 +207,14 @@ def test_short_chunks_on_a_long_prefix_cost_what_was_measured() -> None:
             assert got == pytest.approx(timed(t, c), rel=1e-6), (t, c)
     # the pairs-only table prices a 16-token chunk on 4,096 cached tokens far off
     assert without.shape_time(16, 1, 0, 0, 16 * 4096 + 136) < 0.9 * timed(16, 4096)
+
+
+def test_noise_that_makes_a_decode_base_negative_still_gives_a_valid_profile() -> None:
+    """On a busy machine a batch's large-context step can be timed so slow that its base (the small-context
+    time less the slope's share) is negative: the overhead is then 0, never negative (an invalid profile)."""
+    decodes = [DecodeSample(b, b * c, decode_time(b, b * c)) for b in (1, 2, 8, 64, 256) for c in (32, 2048)]
+    decodes[3] = DecodeSample(2, 2 * 2048, 500 * decode_time(2, 2 * 2048))  # one step hit by a stall
+    prefills = [PrefillSample(t, c, prefill_time(t, c)) for t in (16, 128, 1024, 8192) for c in (0, 4096)]
+    fit = fit_profile(decodes, prefills)
+    assert fit.step_overhead_s == 0.0
+    profile_of(fit)  # validates

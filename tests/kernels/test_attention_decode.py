@@ -218,3 +218,60 @@ def test_decode_row_groups_bad_arguments_raise() -> None:
         paged_decode_attention(*args, group_lens=group_lens[:2], max_group=4)
     with pytest.raises(ValueError, match="max_group must be a positive int, got 0"):
         paged_decode_attention(*args, group_lens=group_lens, max_group=0)
+
+
+@pytest.mark.parametrize(("ctx_lens", "hq", "hkv", "d", "bs", "dtype", "splits"),
+                         [case for case in CASES if case[6] != 1])
+def test_decode_merged_in_the_partition_kernel_matches_reference(ctx_lens: list[int], hq: int, hkv: int, d: int,
+                                                                 bs: int, dtype: torch.dtype,
+                                                                 splits: int | None) -> None:
+    """With ``merge_counters`` the last program of each split sequence merges the partials (no reduction
+    kernel): the same results as with the reduction kernel, twice in a row on one counter buffer (the
+    kernel leaves it zero), extra counters untouched."""
+    args = _inputs(ctx_lens, hq, hkv, d, bs, dtype, torch.float32, seed=sum(ctx_lens) + 3 * hq)
+    counters = torch.zeros(len(ctx_lens) * hkv + 5, dtype=torch.int32, device=DEVICE)
+    ref = paged_decode_attention_ref(*args)
+    with_reduce = paged_decode_attention(*args, num_splits=splits)
+    for _ in range(2):
+        out = torch.full_like(args[0], float("nan"))
+        paged_decode_attention(*args, num_splits=splits, out=out, merge_counters=counters)
+        assert_fp32_close(out, ref)
+        assert torch.allclose(out, with_reduce, rtol=1e-5, atol=1e-6)
+        assert torch.equal(counters, torch.zeros_like(counters))
+
+
+def test_decode_merged_bf16_and_bad_counters() -> None:
+    args = _inputs([37, 5, 640, 0], 8, 2, 64, 16, torch.bfloat16, torch.bfloat16, seed=9)  # 640: 2 splits
+    counters = torch.zeros(8, dtype=torch.int32, device=DEVICE)
+    out = torch.full_like(args[0], float("nan"))
+    paged_decode_attention(*args, num_splits=2, out=out, merge_counters=counters)
+    ref = paged_decode_attention_ref(*args).float()
+    assert (out.float() - ref).abs().max() <= BF16_ATOL_REL * ref.abs().max()
+    assert torch.equal(out[3], torch.zeros_like(out[3]))  # an empty context: zeros
+    with pytest.raises(ValueError, match="merge_counters has 7 counters, needs num_seqs \\* num_kv_heads = 8"):
+        paged_decode_attention(*args, num_splits=2, merge_counters=counters[:7])
+    with pytest.raises(ValueError, match="merge_counters"):
+        paged_decode_attention(*args, num_splits=2, merge_counters=counters.to(torch.int64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="concurrent programs need a GPU")
+def test_decode_merged_under_graph_replays_on_the_gpu() -> None:
+    """On a GPU the programs of a sequence finish in any order, concurrently: replayed in one CUDA graph
+    many times, the merged kernel keeps giving the reduction kernel's output and leaves the counters zero."""
+    args = _inputs([8000, 3, 4100, 700, 1, 6000], 32, 8, 64, 16, torch.bfloat16, torch.bfloat16, seed=11)
+    want = paged_decode_attention(*args)
+    counters = torch.zeros(6 * 8, dtype=torch.int32, device=DEVICE)
+    outs = [torch.full_like(want, float("nan")) for _ in range(8)]
+    paged_decode_attention(*args, out=outs[0], merge_counters=counters)  # compile outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for out in outs:
+            paged_decode_attention(*args, out=out, merge_counters=counters)
+    for _ in range(25):
+        for out in outs:
+            out.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        for out in outs:
+            assert torch.allclose(out.float(), want.float(), rtol=0, atol=2e-2 * want.float().abs().max().item())
+    assert torch.equal(counters, torch.zeros_like(counters))
