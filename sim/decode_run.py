@@ -27,8 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from policies.scheduler import Scheduler
+from policies.sequence import Sequence
 from policies.types import StepPlan
 from sim.lookahead import LookaheadTracker
+
+Pricer = Callable[[int], float]  # decode_ctx_tokens -> seconds of a decode-only step of a fixed batch
 
 
 class DecodeRun:
@@ -121,7 +124,7 @@ class DecodeRun:
         self.steps += k
         return now, k
 
-    def _pricers(self, decodes: list, lookahead: bool) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    def _pricers(self, decodes: list[Sequence], lookahead: bool) -> tuple[Pricer, Pricer]:
         """``ctx -> seconds`` of a decode-only step of ``decodes``, served and cold (the same floats as
         ``step_time`` and ``cold_time`` of its plan)."""
         nb, pricer = len(decodes), self.decode_pricer
