@@ -190,11 +190,10 @@ class TritonAttention:
         self.merge_counters = (torch.zeros(merge_rows * num_kv_heads, dtype=torch.int32, device=kv.data.device)
                                if merge_rows > 0 else None)
 
-    def _counters(self, rows: int, meta: StepMetadata) -> torch.Tensor | None:
+    def _counters(self, rows: int) -> torch.Tensor | None:
         """The merge counters for a decode of ``rows`` rows, or None (reduction kernel)."""
         c = self.merge_counters
-        return c if c is not None and meta.decode_group_lens is None and rows * self.num_kv_heads <= c.numel() \
-            else None
+        return c if c is not None and rows * self.num_kv_heads <= c.numel() else None
 
     def plain_cache(self, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """See ``AttentionBackend``: the layer's caches unless they are quantised."""
@@ -218,7 +217,7 @@ class TritonAttention:
             self._decode(q[:nd], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
                          k_scale, v_scale, num_splits=self.decode_splits, out=out[:nd], pdl=self.pdl,
                          group_lens=meta.decode_group_lens, max_group=self.max_group,
-                         merge_counters=self._counters(nd, meta))
+                         merge_counters=self._counters(nd))
             self._prefill(q, k_cache, v_cache, meta.prefill_block_tables, meta.prefill_cu_seqlens,
                           meta.prefill_seq_lens, self.scale, k_scale, v_scale, out=out)
             return out
@@ -230,5 +229,5 @@ class TritonAttention:
             self._decode(q[p:], k_cache, v_cache, meta.decode_block_tables, meta.decode_seq_lens, self.scale,
                          k_scale, v_scale, num_splits=self.decode_splits, out=out[p:], pdl=self.pdl,
                          group_lens=meta.decode_group_lens, max_group=self.max_group,
-                         merge_counters=self._counters(q.shape[0] - p, meta))
+                         merge_counters=self._counters(q.shape[0] - p))
         return out

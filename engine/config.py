@@ -84,8 +84,7 @@ class EngineConfig:
             inside the decode attention kernel (the last of its programs to finish merges them:
             ``merge_counters`` of ``kernels.attention_decode``) instead of in a reduction kernel launched
             after it, one launch fewer a layer. Results are the same within rounding; off by default
-            until timed on a GPU (BENCHMARKS.md). Decode row groups (``verify_group_rows``) keep the
-            reduction kernel.
+            until timed on a GPU (BENCHMARKS.md). Decode row groups (``verify_group_rows``) merge so too.
     """
 
     model: str

@@ -69,10 +69,11 @@ def _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_ma
 
 
 @triton.jit
-def _merge_if_last(ctr, n_s, prow0, po_ptr, pm_ptr, pl_ptr, out_ptr, row_off, head, offs_d, stride_oh, g_ok,
-                   io_mask, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The reduction inside the partition kernel: the last of a (sequence, kv head)'s ``n_s`` programs to
-    finish merges their partials (rows ``prow0 + i`` of the buffers, split i) and writes the output.
+def _merge_if_last(ctr, n_s, row_ns, prow0, po_ptr, pm_ptr, pl_ptr, out_ptr, row_off, head, offs_d, stride_oh,
+                   merge_ok, io_mask, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The reduction inside the partition kernel: the last of a (sequence or row group, kv head)'s ``n_s``
+    programs to finish merges the partials of each tile row where ``merge_ok`` (buffer rows ``prow0 + i``
+    for its splits ``i < row_ns``) and writes their outputs.
 
     Each program's partial stores precede its arrival (CTA barrier, then an acq_rel atomic at GPU scope),
     so the last to arrive sees them all; it reads them past L1 and resets the counter for the next launch
@@ -83,17 +84,19 @@ def _merge_if_last(ctr, n_s, prow0, po_ptr, pm_ptr, pl_ptr, out_ptr, row_off, he
         tl.debug_barrier()
         m_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
         for i in range(0, n_s):
-            m_max = tl.maximum(m_max, tl.load(pm_ptr + prow0 + i, mask=g_ok, other=float("-inf"),
+            ok = merge_ok & (i < row_ns)
+            m_max = tl.maximum(m_max, tl.load(pm_ptr + prow0 + i, mask=ok, other=float("-inf"),
                                               cache_modifier=".cg"))
         m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
         num = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
         den = tl.zeros([BLOCK_G], tl.float32)
         for i in range(0, n_s):
-            w = tl.exp2(tl.load(pm_ptr + prow0 + i, mask=g_ok, other=float("-inf"), cache_modifier=".cg") - m_max)
-            den += tl.load(pl_ptr + prow0 + i, mask=g_ok, other=0.0, cache_modifier=".cg") * w
-            num += tl.load(po_ptr + (prow0 + i)[:, None] * BLOCK_D + offs_d[None, :], mask=g_ok[:, None],
+            ok = merge_ok & (i < row_ns)
+            w = tl.exp2(tl.load(pm_ptr + prow0 + i, mask=ok, other=float("-inf"), cache_modifier=".cg") - m_max)
+            den += tl.load(pl_ptr + prow0 + i, mask=ok, other=0.0, cache_modifier=".cg") * w
+            num += tl.load(po_ptr + (prow0 + i)[:, None] * BLOCK_D + offs_d[None, :], mask=ok[:, None],
                            other=0.0, cache_modifier=".cg") * w[:, None]
-        _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, num, den, io_mask)
+        _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, num, den, io_mask & merge_ok[:, None])
         tl.atomic_xchg(ctr, 0)
 
 
@@ -180,6 +183,11 @@ def _decode_partition_kernel(
             tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=part_ok[:, None])
             tl.store(pm_ptr + prow, m_i, mask=part_ok)
             tl.store(pl_ptr + prow, l_i, mask=part_ok)
+            if MERGE_LAST:  # noqa: SIM102 - a compile-time branch around a runtime one
+                if n_s > 1:  # every program of the group arrives, written rows or not
+                    _merge_if_last(ctr_ptr + s * num_kv_heads + kvh, n_s, row_ns, prow - split, po_ptr, pm_ptr,
+                                   pl_ptr, out_ptr, row_off, head, offs_d, stride_oh, g_ok & (row_ns > 1),
+                                   io_mask, BLOCK_G, BLOCK_D)
         else:
             if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
                 _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
@@ -189,8 +197,9 @@ def _decode_partition_kernel(
                 tl.store(pm_ptr + prow, m_i, mask=g_ok)
                 tl.store(pl_ptr + prow, l_i, mask=g_ok)
                 if MERGE_LAST:
-                    _merge_if_last(ctr_ptr + s * num_kv_heads + kvh, n_s, prow - split, po_ptr, pm_ptr, pl_ptr,
-                                   out_ptr, row_off, head, offs_d, stride_oh, g_ok, io_mask, BLOCK_G, BLOCK_D)
+                    _merge_if_last(ctr_ptr + s * num_kv_heads + kvh, n_s, tl.zeros([BLOCK_G], tl.int32) + n_s,
+                                   prow - split, po_ptr, pm_ptr, pl_ptr, out_ptr, row_off, head, offs_d, stride_oh,
+                                   g_ok, io_mask, BLOCK_G, BLOCK_D)
     else:
         _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
 
@@ -288,8 +297,8 @@ def paged_decode_attention(
         max_group: the most rows of one group (a compile-time tile size; used with ``group_lens``).
         merge_counters: optional int32 zeros, at least S * Hkv of them: split sequences are merged inside
             the partition kernel by the last of their programs to finish (no reduction kernel); the kernel
-            leaves them zero, so one buffer serves every later call and graph replay on its stream. Used
-            without ``group_lens`` only (row groups keep the reduction kernel).
+            leaves them zero, so one buffer serves every later call and graph replay on its stream. With
+            ``group_lens`` a group counts under its first row.
 
     Returns:
         out [S, Hq, D] in q's dtype.
@@ -326,7 +335,7 @@ def paged_decode_attention(
         pl = torch.empty_like(pm)
     else:
         po = pm = pl = out  # unused dummies
-    merge = merge_counters is not None and num_splits > 1 and group_lens is None
+    merge = merge_counters is not None and num_splits > 1
     _decode_partition_kernel[(num_seqs, hkv, num_splits)](
         q, k_cache, v_cache, k_scale if quantized else k_cache, v_scale if quantized else v_cache,
         block_tables, seq_lens, group_lens if group_lens is not None else seq_lens, out, po, pm, pl,

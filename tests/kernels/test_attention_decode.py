@@ -208,6 +208,14 @@ def test_decode_row_groups_match_reference(groups: list[tuple[int, int]], hq: in
     assert_fp32_close(out, paged_decode_attention_ref(*args))
     plain = paged_decode_attention(*args, num_splits=splits, out=torch.full_like(args[0], float("nan")))
     assert_fp32_close(out, plain)
+    # merged in the partition kernel (each group counts under its first row), twice on one buffer
+    counters = torch.zeros(len(group_lens) * hkv, dtype=torch.int32, device=DEVICE)
+    for _ in range(2):
+        merged = torch.full_like(args[0], float("nan"))
+        paged_decode_attention(*args, num_splits=splits, out=merged, group_lens=group_lens, max_group=max_group,
+                               merge_counters=counters)
+        assert torch.allclose(merged, out, rtol=1e-5, atol=1e-6)
+        assert torch.equal(counters, torch.zeros_like(counters))
 
 
 def test_decode_row_groups_bad_arguments_raise() -> None:
