@@ -166,8 +166,8 @@ class ModelRunner:
         s = self.spec
         if self.backend == "triton":
             cfg = self.config
-            # every decode row of a step is one of its scheduled tokens, and a graph pads to its size
-            rows = max(cfg.max_num_batched_tokens, cfg.max_num_seqs, *cfg.graph_batch_sizes(), 1)
+            # a step's decode rows are among its scheduled tokens; graphs pad to at most max_num_seqs rows
+            rows = max(cfg.max_num_batched_tokens, cfg.max_num_seqs)
             return TritonAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim, pdl=self.pdl, max_group=self.max_group,
                                    merge_rows=rows if cfg.merge_decode_splits else 0)
         return TorchAttention(kv, s.num_heads, s.num_kv_heads, s.head_dim)

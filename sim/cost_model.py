@@ -162,6 +162,10 @@ class CalibratedCostModel:
         #: prices every step alike (no lookahead, or no ``decode_steps_cold``)
         self.lookahead_rows: int | None = (
             (self.graph_batch_sizes or [self._cold.max_batch])[-1] if self._cold is not None else None)
+        # Per decode-row count B, ``ctx -> seconds`` of a plain decode-only step (None: ``shape_time``
+        # prices it): the one place step_time, cold_step_time and decode_pricer choose a decode price.
+        self._warm_prices = self._decode_prices(None)
+        self._cold_prices = self._decode_prices(self._cold) if self._cold is not None else self._warm_prices
 
     @classmethod
     def from_file(cls, path: str | Path, block_size: int = 16) -> CalibratedCostModel:
@@ -171,12 +175,11 @@ class CalibratedCostModel:
     def step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` in seconds."""
         nd = len(plan.decodes) + plan.num_draft_tokens  # decode rows: a verified draft is one more row
-        if nd and not (plan.prefills or plan.swap_in or plan.swap_out) \
+        if nd < len(self._warm_prices) and not (plan.prefills or plan.swap_in or plan.swap_out) \
                 and (not plan.num_draft_tokens or self._spec is None):  # the hot case, a plain decode-only step
-            if self._surface is not None and self._surface.covers(nd):
-                return self._surface(nd, plan.decode_ctx_tokens)
-            if nd < len(self._graph_dense):  # graphed: ``shape_time``'s terms in its order
-                return self._graph_base[nd] + self._dec(plan.decode_ctx_tokens)
+            price = self._warm_prices[nd]
+            if price is not None:
+                return price(plan.decode_ctx_tokens)
         return self.shape_time(plan.num_prefill_tokens, len(plan.prefills), nd,
                                plan.decode_ctx_tokens, plan.prefill_attn_pairs,
                                len(plan.swap_in) + len(plan.swap_out), plan.num_draft_tokens,
@@ -191,14 +194,27 @@ class CalibratedCostModel:
         Returns:
             The pricer, or None where such steps take ``shape_time``'s general path (price the plan).
         """
-        if cold and self._cold is not None and self._cold.covers(num_decodes):
-            return partial(self._cold, num_decodes)
-        if self._surface is not None and self._surface.covers(num_decodes):
-            return partial(self._surface, num_decodes)
-        if 0 < num_decodes < len(self._graph_dense):
-            base, dec = self._graph_base[num_decodes], self._dec
-            return lambda ctx: base + dec(ctx)
-        return None
+        prices = self._cold_prices if cold else self._warm_prices
+        return prices[num_decodes] if 0 <= num_decodes < len(prices) else None
+
+    def _decode_prices(self, cold: DecodeSurface | None) -> list[Callable[[int], float] | None]:
+        """Per decode-row count B (index; 0: None), the price of a plain decode-only step: ``cold``'s where
+        it covers B, else the measured decode steps' (``decode_steps``), else a graphed step's tables
+        (``shape_time``'s terms in its order), else None."""
+        surface = self._surface
+        top = max(len(self._graph_dense) - 1, surface.max_batch if surface is not None else 0,
+                  cold.max_batch if cold is not None else 0)
+        prices: list[Callable[[int], float] | None] = [None]
+        for b in range(1, top + 1):
+            if cold is not None and cold.covers(b):
+                prices.append(partial(cold, b))
+            elif surface is not None and surface.covers(b):
+                prices.append(partial(surface, b))
+            elif b < len(self._graph_dense):
+                prices.append(partial(_graphed_time, self._graph_base[b], self._dec))
+            else:
+                prices.append(None)
+        return prices
 
     def cold_step_time(self, plan: StepPlan) -> float:
         """Predicted duration of ``plan`` when no looked-ahead step serves it (``sim/lookahead.py``).
@@ -207,9 +223,11 @@ class CalibratedCostModel:
         other step (and every step of a profile without it) as ``step_time``.
         """
         nd = len(plan.decodes)
-        if self._cold is not None and self._cold.covers(nd) and not (
+        if self._cold is not None and nd < len(self._cold_prices) and not (
                 plan.prefills or plan.swap_in or plan.swap_out or plan.num_draft_tokens):
-            return self._cold(nd, plan.decode_ctx_tokens)
+            price = self._cold_prices[nd]  # the served price where the cold table does not cover nd
+            if price is not None:
+                return price(plan.decode_ctx_tokens)
         return self.step_time(plan)
 
     def dropped_time(self, after: StepPlan) -> float:
@@ -297,3 +315,7 @@ class CalibratedCostModel:
                 total += self._mixed_dec(nd)
         return total + swap
 
+
+def _graphed_time(base: float, decode_attention: Callable[[float], float], ctx: int) -> float:
+    """A graphed decode-only step: its base (overhead, dense, LM head) plus its attention, in that order."""
+    return base + decode_attention(ctx)
