@@ -18,7 +18,7 @@ it writes its unnormalised partial output, running max (log2 domain) and denomin
 (reduce; it returns at once where n_s == 1) merges the n_s partials. Partial buffers exist only when
 num_splits > 1. A sequence of length 0 (CUDA-graph padding) has n_s == 1 and yields zeros, not NaN.
 With ``merge_counters`` there is no kernel 2: each (sequence, kv head) counts its finished programs in
-an atomic counter, and the last one merges the partials (``_merge_if_last``), saving a launch a layer.
+an atomic counter, and the last one merges the partials (``merge_if_last``), saving a launch a layer.
 
 Row groups (speculative verification): a decode verifying ``k`` drafts is ``k + 1`` consecutive rows over
 one block table at contexts ctx, ctx + 1, ..., each attending causally. Given ``group_lens`` (per row: the
@@ -50,54 +50,8 @@ from kernels._util import (
     next_pow2,
 )
 from kernels.decode_launch import DecodeConfig, default_decode_config, default_num_splits, keys_per_split
+from kernels.decode_merge import active_splits, decode_reduce_kernel, merge_if_last, store_normalised
 from kernels.pdl import pdl_enter, pdl_launch_options
-
-
-@triton.jit
-def _active_splits(ctx, keys_per_split, num_splits):
-    """Splits a sequence of ``ctx`` keys uses: clamp(cdiv(ctx, keys_per_split), 1, num_splits)."""
-    return tl.minimum(tl.maximum(tl.cdiv(ctx, keys_per_split), 1), num_splits)
-
-
-@triton.jit
-def _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask):
-    """out[row, head, :] = acc / l_i, ``row_off`` the row's element offset (a scalar, or per tile row
-    [BLOCK_G, 1]); rows with no key (l_i == 0) get acc == 0 and so zeros."""
-    out = acc / tl.maximum(l_i, 1e-30)[:, None]
-    tl.store(out_ptr + row_off + head[:, None] * stride_oh + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=io_mask)
-
-
-@triton.jit
-def _merge_if_last(ctr, n_s, row_ns, prow0, po_ptr, pm_ptr, pl_ptr, out_ptr, row_off, head, offs_d, stride_oh,
-                   merge_ok, io_mask, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
-    """The reduction inside the partition kernel: the last of a (sequence or row group, kv head)'s ``n_s``
-    programs to finish merges the partials of each tile row where ``merge_ok`` (buffer rows ``prow0 + i``
-    for its splits ``i < row_ns``) and writes their outputs.
-
-    Each program's partial stores precede its arrival (CTA barrier, then an acq_rel atomic at GPU scope),
-    so the last to arrive sees them all; it reads them past L1 and resets the counter for the next launch
-    (or graph replay): the counter is zero between launches.
-    """
-    tl.debug_barrier()
-    if tl.atomic_add(ctr, 1, sem="acq_rel", scope="gpu") == n_s - 1:
-        tl.debug_barrier()
-        m_max = tl.full([BLOCK_G], float("-inf"), tl.float32)
-        for i in range(0, n_s):
-            ok = merge_ok & (i < row_ns)
-            m_max = tl.maximum(m_max, tl.load(pm_ptr + prow0 + i, mask=ok, other=float("-inf"),
-                                              cache_modifier=".cg"))
-        m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-        num = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-        den = tl.zeros([BLOCK_G], tl.float32)
-        for i in range(0, n_s):
-            ok = merge_ok & (i < row_ns)
-            w = tl.exp2(tl.load(pm_ptr + prow0 + i, mask=ok, other=float("-inf"), cache_modifier=".cg") - m_max)
-            den += tl.load(pl_ptr + prow0 + i, mask=ok, other=0.0, cache_modifier=".cg") * w
-            num += tl.load(po_ptr + (prow0 + i)[:, None] * BLOCK_D + offs_d[None, :], mask=ok[:, None],
-                           other=0.0, cache_modifier=".cg") * w[:, None]
-        _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, num, den, io_mask & merge_ok[:, None])
-        tl.atomic_xchg(ctr, 0)
 
 
 @triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
@@ -124,7 +78,7 @@ def _decode_partition_kernel(
         ctx = tl.load(seq_lens_ptr + s + nq - 1)  # the group's longest context sets the splits
     else:
         ctx = tl.load(seq_lens_ptr + s)
-    n_s = _active_splits(ctx, keys_per_split, num_splits)
+    n_s = active_splits(ctx, keys_per_split, num_splits)
     if split >= n_s:
         return  # this sequence needs fewer splits
     lo = split * keys_per_split
@@ -174,9 +128,9 @@ def _decode_partition_kernel(
     if SPLIT:
         if GROUPED:
             # Each row by its own split count: an unsplit row (also ctx == 0) is written normalised by split 0.
-            row_ns = _active_splits(row_ctx, keys_per_split, num_splits)
+            row_ns = active_splits(row_ctx, keys_per_split, num_splits)
             if split == 0:
-                _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i,
+                store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i,
                                   io_mask & (row_ns == 1)[:, None])
             part_ok = g_ok & (row_ns > 1) & (split < row_ns)
             prow = (row.to(tl.int64) * num_q_heads + head) * num_splits + split
@@ -185,52 +139,23 @@ def _decode_partition_kernel(
             tl.store(pl_ptr + prow, l_i, mask=part_ok)
             if MERGE_LAST:  # noqa: SIM102 - a compile-time branch around a runtime one
                 if n_s > 1:  # every program of the group arrives, written rows or not
-                    _merge_if_last(ctr_ptr + s * num_kv_heads + kvh, n_s, row_ns, prow - split, po_ptr, pm_ptr,
+                    merge_if_last(ctr_ptr + s * num_kv_heads + kvh, n_s, row_ns, prow - split, po_ptr, pm_ptr,
                                    pl_ptr, out_ptr, row_off, head, offs_d, stride_oh, g_ok & (row_ns > 1),
                                    io_mask, BLOCK_G, BLOCK_D)
         else:
             if n_s == 1:  # runtime branch: an unsplit sequence (also ctx == 0) needs no partials nor reduction
-                _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
+                store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
             else:
                 prow = (s.to(tl.int64) * num_q_heads + head) * num_splits + split
                 tl.store(po_ptr + prow[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_ok[:, None])
                 tl.store(pm_ptr + prow, m_i, mask=g_ok)
                 tl.store(pl_ptr + prow, l_i, mask=g_ok)
                 if MERGE_LAST:
-                    _merge_if_last(ctr_ptr + s * num_kv_heads + kvh, n_s, tl.zeros([BLOCK_G], tl.int32) + n_s,
+                    merge_if_last(ctr_ptr + s * num_kv_heads + kvh, n_s, tl.zeros([BLOCK_G], tl.int32) + n_s,
                                    prow - split, po_ptr, pm_ptr, pl_ptr, out_ptr, row_off, head, offs_d, stride_oh,
                                    g_ok, io_mask, BLOCK_G, BLOCK_D)
     else:
-        _store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
-
-
-@triton.jit(do_not_specialize=["num_splits", "keys_per_split"])
-def _decode_reduce_kernel(
-    po_ptr, pm_ptr, pl_ptr, seq_lens_ptr, out_ptr, stride_os, stride_oh, num_q_heads, num_splits,
-    keys_per_split, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SPLITS: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    pdl_enter(PDL)
-    s = tl.program_id(0)
-    h = tl.program_id(1)
-    n_s = _active_splits(tl.load(seq_lens_ptr + s), keys_per_split, num_splits)
-    if n_s == 1:
-        return  # the partition kernel wrote this sequence's output directly
-    offs_p = tl.arange(0, BLOCK_SPLITS)
-    offs_d = tl.arange(0, BLOCK_D)
-    p_ok = offs_p < n_s  # splits >= n_s wrote nothing: their buffer rows hold stale data
-    row = (s.to(tl.int64) * num_q_heads + h) * num_splits + offs_p
-    m = tl.load(pm_ptr + row, mask=p_ok, other=float("-inf"))
-    l_part = tl.load(pl_ptr + row, mask=p_ok, other=0.0)
-    m_max = tl.max(m, axis=0)
-    m_max = tl.where(m_max == float("-inf"), 0.0, m_max)
-    w = tl.exp2(m - m_max)  # masked splits: exp2(-inf) = 0
-    acc = tl.load(po_ptr + row[:, None] * BLOCK_D + offs_d[None, :], mask=p_ok[:, None], other=0.0)
-    num = tl.sum(acc * w[:, None], axis=0)
-    den = tl.sum(l_part * w, axis=0)
-    out = num / tl.maximum(den, 1e-30)
-    tl.store(out_ptr + s.to(tl.int64) * stride_os + h * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty),
-             mask=offs_d < HEAD_DIM)
+        store_normalised(out_ptr, row_off, head, offs_d, stride_oh, acc, l_i, io_mask)
 
 
 def _check_args(
@@ -348,7 +273,7 @@ def paged_decode_attention(
         PDL=pdl, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **launch,
     )
     if num_splits > 1 and not merge:
-        _decode_reduce_kernel[(num_seqs, hq)](
+        decode_reduce_kernel[(num_seqs, hq)](
             po, pm, pl, seq_lens, out, out.stride(0), out.stride(1), hq, num_splits, split_keys,
             HEAD_DIM=d, BLOCK_D=block_d, BLOCK_SPLITS=max(16, next_pow2(num_splits)),
             PDL=pdl, num_warps=4 if block_d >= 128 else 2, **launch,

@@ -22,15 +22,10 @@ from policies.preemption import VICTIM_POLICIES
 from policies.scheduler_config import SchedulerConfig
 from policies.sequence import SeqStatus, Sequence
 from policies.speculation import SpeculationPolicy, assign_drafts, book_verified
+from policies.step_log import STEP_LOG_COLUMNS, log_decode_run, log_step
 from policies.types import PrefillChunk, Request, StepPlan, StepResult
 
 __all__ = ["STEP_LOG_COLUMNS", "Scheduler", "SchedulerConfig"]
-
-STEP_LOG_COLUMNS = ("start_s", "duration_s", "prefill_tokens", "decodes", "kv_blocks_used",
-                    "running", "waiting", "swapped", "preempted", "prefills", "decode_ctx_tokens",
-                    "prefill_attn_pairs", "draft_tokens", "draft_ctx_tokens", "prefill_ctx_tokens")
-# a decode-only step's row before its times, blocks, sizes and context are filled in (book_decode_run)
-_DECODE_ROW = array("d", [0.0] * len(STEP_LOG_COLUMNS))
 
 
 class Scheduler:
@@ -304,11 +299,8 @@ class Scheduler:
                 bm.free(seq.block_table)
                 self.finished.append(seq)
             self.running = [s for s in self.running if s.status is SeqStatus.RUNNING]
-        self.step_log.extend((plan.now, result.duration_s, plan.num_prefill_tokens, len(plan.decodes),
-                              bm.num_used, len(self.running), len(self.waiting), len(self.swapped),
-                              len(plan.preempted), len(plan.prefills), plan.decode_ctx_tokens,
-                              plan.prefill_attn_pairs, plan.num_draft_tokens, plan.draft_ctx_tokens,
-                              plan.prefill_ctx_tokens))
+        log_step(self.step_log, plan, result.duration_s, bm.num_used, len(self.running), len(self.waiting),
+                 len(self.swapped))
         return done
 
     def book_decode_run(self, decodes: list[Sequence], starts: list[float], outs: list[float], used: list[int],
@@ -334,15 +326,7 @@ class Scheduler:
             seq.num_generated += k
             seq.total_len += k
             seq.token_times += ends
-        # the rows postprocess logs: only the times, the blocks in use and the context change
-        rows = _DECODE_ROW * k
-        width = len(STEP_LOG_COLUMNS)
-        rows[0::width] = array("d", starts)
-        rows[1::width] = array("d", outs)
-        rows[4::width] = array("d", used)
-        rows[10::width] = array("d", range(ctx + nb, ctx + nb * (k + 1), nb))
-        rows[3::width] = rows[5::width] = array("d", [nb]) * k
-        self.step_log.extend(rows)
+        log_decode_run(self.step_log, starts, outs, used, nb, ctx)
 
     # ---------------------------------------------------------------- abort
     def abort_request(self, request_id: str, now: float | None = None) -> Sequence | None:

@@ -84,14 +84,14 @@ def test_merged_decode_splits_give_the_reduction_kernels_logits(tiny_llama, monk
     import kernels.attention_decode as attention_decode
 
     launches = []
-    real = attention_decode._decode_reduce_kernel
+    real = attention_decode.decode_reduce_kernel
 
     class CountingLaunch:  # the reduction kernel, counting its launches
         def __getitem__(self, grid):
             launches.append(grid)
             return real[grid]
 
-    monkeypatch.setattr(attention_decode, "_decode_reduce_kernel", CountingLaunch())
+    monkeypatch.setattr(attention_decode, "decode_reduce_kernel", CountingLaunch())
     ids = torch.randint(0, 300, (201,), generator=torch.Generator().manual_seed(4)).tolist()  # 52 of 64 blocks
     logits, counts = [], []
     for merge in (False, True):
